@@ -1,0 +1,304 @@
+package idem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Default durations (SPEC §1).
+const (
+	DefaultLease     = 30 * time.Second
+	DefaultRetention = 24 * time.Hour
+)
+
+// Keeper applies the policy of SPEC §2 on top of a Store: it turns Begin
+// outcomes into leases, replays and errors, renews leases, and reports every
+// outcome to an Observer. The zero value is not usable: Store must be set.
+// A Keeper is safe for concurrent use and must not be copied after first use.
+type Keeper struct {
+	// Store holds the records. Required.
+	Store Store
+	// Lease is how long an executor holds a key before another may take it
+	// over. If zero, DefaultLease (30 s) is used.
+	Lease time.Duration
+	// Retention is how long a completed record is replayed. If zero,
+	// DefaultRetention (24 h) is used.
+	Retention time.Duration
+	// Observer, if set, receives every outcome.
+	Observer Observer
+}
+
+func (k *Keeper) lease() time.Duration {
+	if k.Lease > 0 {
+		return k.Lease
+	}
+	return DefaultLease
+}
+
+func (k *Keeper) retention() time.Duration {
+	if k.Retention > 0 {
+		return k.Retention
+	}
+	return DefaultRetention
+}
+
+func (k *Keeper) observe(ctx context.Context, e Event) {
+	if k.Observer != nil {
+		k.Observer.Observe(ctx, e)
+	}
+}
+
+// storeErr reports a store error to the observer and returns it wrapped with
+// the operation and key.
+func (k *Keeper) storeErr(ctx context.Context, op, key string, fence uint64, d time.Duration, err error) error {
+	kind := EventStoreError
+	if errors.Is(err, ErrLeaseLost) {
+		kind = EventLeaseLost
+	}
+	k.observe(ctx, Event{Kind: kind, Key: key, Fence: fence, Op: op, Duration: d, Err: err})
+	return fmt.Errorf("idem: %s %q: %w", op, key, err)
+}
+
+// Attempt is the result of Keeper.Begin. Exactly one of these holds:
+// Lease != nil (the caller executes), or Lease == nil and Result holds the
+// stored result to replay.
+type Attempt struct {
+	Lease  *Lease
+	Result []byte
+}
+
+// Replayed reports whether the attempt is a replay of a stored result.
+func (a Attempt) Replayed() bool { return a.Lease == nil }
+
+// Begin starts the operation named by (scope, key) with fingerprint fp.
+// It returns an Attempt holding a Lease when the caller must execute, or the
+// stored result to replay. Otherwise it returns an *InFlightError (matches
+// ErrInFlight), ErrMismatch, ErrInvalidKey for an empty key, or a store error
+// wrapped with the step and key. Begin does not apply ValidateKey: message
+// ids may be any non-empty string; HTTP callers validate the header first.
+func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attempt, error) {
+	if key == "" {
+		return Attempt{}, fmt.Errorf("%w: empty", ErrInvalidKey)
+	}
+	rk := RecordKey(scope, key)
+	start := time.Now()
+	b, err := k.Store.Begin(ctx, rk, fp, k.lease())
+	if err != nil {
+		return Attempt{}, k.storeErr(ctx, "begin", rk, 0, time.Since(start), err)
+	}
+	switch b.Outcome {
+	case Acquired:
+		if b.Takeover {
+			k.observe(ctx, Event{Kind: EventTakeover, Key: rk, Fence: b.Fence, Op: "begin"})
+		}
+		return Attempt{Lease: &Lease{k: k, key: rk, fence: b.Fence, takeover: b.Takeover, start: time.Now()}}, nil
+	case Replay:
+		k.observe(ctx, Event{Kind: EventReplayed, Key: rk, Op: "begin"})
+		res := b.Result
+		if res == nil {
+			res = []byte{}
+		}
+		return Attempt{Result: res}, nil
+	case InFlight:
+		k.observe(ctx, Event{Kind: EventConflict, Key: rk, Fence: b.Fence, Op: "begin"})
+		return Attempt{}, &InFlightError{LeaseLeft: b.LeaseLeft}
+	case Mismatch:
+		k.observe(ctx, Event{Kind: EventMismatch, Key: rk, Op: "begin"})
+		return Attempt{}, ErrMismatch
+	}
+	return Attempt{}, fmt.Errorf("idem: begin %q: store returned unknown outcome %d", rk, b.Outcome)
+}
+
+// BeginWait is Begin, except that while the key is in flight it waits up to
+// maxWait for the holder to finish and then answers with the replay (or
+// acquires the key if the holder released it or its lease expired). When the
+// bound passes it returns the last *InFlightError. Stores that implement
+// Waiter wake it on completion; others are polled with capped backoff.
+func (k *Keeper) BeginWait(ctx context.Context, scope, key string, fp []byte, maxWait time.Duration) (Attempt, error) {
+	deadline := time.Now().Add(maxWait)
+	poll := 5 * time.Millisecond
+	for {
+		a, err := k.Begin(ctx, scope, key, fp)
+		var inflight *InFlightError
+		if !errors.As(err, &inflight) {
+			return a, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return a, err
+		}
+		d := min(left, inflight.LeaseLeft+time.Millisecond)
+		if w, ok := k.Store.(Waiter); ok {
+			if werr := w.Wait(ctx, RecordKey(scope, key), d); werr != nil && ctx.Err() != nil {
+				return Attempt{}, ctx.Err()
+			}
+			continue
+		}
+		d = min(d, poll)
+		poll = min(poll*2, 250*time.Millisecond)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Attempt{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Lease is the right to execute one operation, held until Complete or
+// Release. Its methods are safe for concurrent use.
+type Lease struct {
+	k        *Keeper
+	key      string
+	fence    uint64
+	takeover bool
+	start    time.Time
+
+	mu       sync.Mutex
+	finished bool
+	stop     chan struct{} // closed to stop renewal
+	done     chan struct{} // closed when the renewal goroutine exits
+	lost     chan struct{} // closed when renewal found the lease lost
+	lostOnce sync.Once
+}
+
+// Key returns the store key the lease holds.
+func (l *Lease) Key() string { return l.key }
+
+// Fence returns the lease's fence. Pass it to downstream writes so a stale
+// executor's write can be refused.
+func (l *Lease) Fence() uint64 { return l.fence }
+
+// Takeover reports whether the lease was acquired by taking over an expired
+// lease (the previous executor may have run partly or fully).
+func (l *Lease) Takeover() bool { return l.takeover }
+
+// Context returns ctx carrying the lease's fence (see FenceFromContext).
+func (l *Lease) Context(ctx context.Context) context.Context { return WithFence(ctx, l.fence) }
+
+// Complete stores result and ends the lease. It returns ErrLeaseLost
+// (wrapped) when the lease was taken over; the record is then untouched.
+// Complete stops renewal first. Calling Complete or Release again returns an
+// error and does nothing.
+func (l *Lease) Complete(ctx context.Context, result []byte) error {
+	if err := l.finish(); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := l.k.Store.Complete(ctx, l.key, l.fence, result, l.k.retention())
+	l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: "complete", Duration: time.Since(l.start)})
+	if err != nil {
+		return l.k.storeErr(ctx, "complete", l.key, l.fence, time.Since(start), err)
+	}
+	return nil
+}
+
+// Release removes the record so that the next Begin executes, and ends the
+// lease. It returns ErrLeaseLost (wrapped) when the lease was taken over.
+func (l *Lease) Release(ctx context.Context) error {
+	if err := l.finish(); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := l.k.Store.Release(ctx, l.key, l.fence)
+	l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: "release", Duration: time.Since(l.start)})
+	if err != nil {
+		return l.k.storeErr(ctx, "release", l.key, l.fence, time.Since(start), err)
+	}
+	return nil
+}
+
+// errFinished is returned by a second Complete or Release.
+var errFinished = errors.New("idem: lease already completed or released")
+
+func (l *Lease) finish() error {
+	l.mu.Lock()
+	if l.finished {
+		l.mu.Unlock()
+		return errFinished
+	}
+	l.finished = true
+	stop, done := l.stop, l.done
+	l.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-done
+	}
+	return nil
+}
+
+// Extend pushes the lease out by the Keeper's lease duration from now. It
+// returns ErrLeaseLost (wrapped) when the lease was taken over, and nil
+// without doing anything when the store cannot extend leases.
+func (l *Lease) Extend(ctx context.Context) error {
+	x, ok := l.k.Store.(Extender)
+	if !ok {
+		return nil
+	}
+	start := time.Now()
+	if err := x.Extend(ctx, l.key, l.fence, l.k.lease()); err != nil {
+		return l.k.storeErr(ctx, "extend", l.key, l.fence, time.Since(start), err)
+	}
+	return nil
+}
+
+// StartRenewal extends the lease every third of the lease duration until
+// Complete or Release, so an operation that runs longer than the lease is not
+// taken over. If the store refuses an extension with ErrLeaseLost, renewal
+// stops and Lost is closed. Transient store errors are retried at the next
+// tick. Calling StartRenewal more than once, or after Complete or Release,
+// does nothing. The goroutine it starts always exits by the time Complete or
+// Release returns.
+func (l *Lease) StartRenewal() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.finished || l.stop != nil {
+		return
+	}
+	if _, ok := l.k.Store.(Extender); !ok {
+		return
+	}
+	l.stop, l.done = make(chan struct{}), make(chan struct{})
+	every := l.k.lease() / 3
+	go l.renew(every, l.stop, l.done)
+}
+
+func (l *Lease) renew(every time.Duration, stop, done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), every)
+		err := l.Extend(ctx)
+		cancel()
+		if errors.Is(err, ErrLeaseLost) {
+			l.markLost()
+			return
+		}
+	}
+}
+
+func (l *Lease) lostChan() chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost == nil {
+		l.lost = make(chan struct{})
+	}
+	return l.lost
+}
+
+func (l *Lease) markLost() { l.lostOnce.Do(func() { close(l.lostChan()) }) }
+
+// Lost returns a channel closed when renewal found that the lease was taken
+// over. The operation may then be running twice; its completion will be
+// refused.
+func (l *Lease) Lost() <-chan struct{} { return l.lostChan() }
