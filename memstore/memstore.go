@@ -1,0 +1,513 @@
+package memstore
+
+import (
+	"bytes"
+	"context"
+	"hash/maphash"
+	"math"
+	"math/bits"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// Compile-time checks that *Store implements the store interfaces.
+var (
+	_ idem.Store     = (*Store)(nil)
+	_ idem.Extender  = (*Store)(nil)
+	_ idem.Sweeper   = (*Store)(nil)
+	_ idem.Waiter    = (*Store)(nil)
+	_ idem.Inspector = (*Store)(nil)
+)
+
+// Options configures a Store. The zero value is valid: no record limit, the
+// process clock, and a shard count derived from GOMAXPROCS.
+type Options struct {
+	// MaxRecords caps the records the store holds; 0 means no limit. When
+	// the store is full, Begin of a NEW key returns idem.ErrStoreFull, which
+	// wraps idem.ErrStoreUnavailable (HTTP 503). Live records are never
+	// evicted; dead ones (completed past retention, abandoned in progress
+	// past Abandon) are reclaimed to make room. Keys that already have a
+	// record are never refused.
+	MaxRecords int
+
+	// Now is the store clock. If nil, time.Now is used. Tests inject a fake
+	// clock. The clock must not step back: deadlines and fences are derived
+	// from it. (time.Now is safe: the store measures elapsed time on its
+	// monotonic reading.)
+	Now func() time.Time
+
+	// Shards is the number of lock shards. If zero, a power of two near
+	// 4*GOMAXPROCS, at least 16, is used. Other values are rounded up to a
+	// power of two.
+	Shards int
+
+	// Abandon is how long an in-progress record is kept after its lease
+	// ended without a takeover, completion or release (its executor
+	// crashed and nobody retried). Until then the record still fences,
+	// still refuses other fingerprints with idem.Mismatch and can be taken
+	// over; after it, the record is dead and Sweep or a later Begin removes
+	// it. If zero, idem.DefaultRetention (24 h) is used.
+	Abandon time.Duration
+}
+
+// Store is an in-memory idem.Store for single-process services and tests.
+// It implements idem.Store, idem.Extender, idem.Sweeper, idem.Waiter and
+// idem.Inspector, and is safe for concurrent use.
+//
+// Records live in a fixed number of shards, each a map guarded by its own
+// mutex, so operations on different keys rarely contend. Expired records are
+// removed lazily when a mutating call touches them, and in bulk by Sweep,
+// which the owner schedules: the store starts no goroutines.
+//
+// Records are lost when the process exits: a Store gives at-most-once
+// execution only within one process lifetime.
+type Store struct {
+	now     func() time.Time
+	epoch   time.Time // store clock at New; clock() is time since epoch
+	epochUS int64     // epoch in Unix microseconds: the fence base
+	max     int64     // MaxRecords, 0 for no limit
+	abandon int64     // Options.Abandon in nanoseconds
+	seed    maphash.Seed
+	mask    uint64
+	shards  []shard
+
+	count atomic.Int64 // records held, live or dead-not-yet-removed
+
+	// minDeath is a lower bound of the store-clock instant at which the
+	// first record held becomes dead. Begin on a full store sweeps only
+	// when it has passed, so a full store of live records costs no scans.
+	minDeath atomic.Int64
+	sweepMu  sync.Mutex // serialises sweeps (Sweep and reclaim)
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[string]*record
+	// hwm is the highest fence the shard has issued. Fresh fences exceed
+	// it, so a key's fences keep growing after its record is deleted, even
+	// within one microsecond.
+	hwm uint64
+	_   [64]byte // keep neighbouring shards' locks off one cache line
+}
+
+// record is one key's state. Times are store-clock nanoseconds since epoch.
+type record struct {
+	state    idem.State
+	fence    uint64
+	start    int64  // when the current fence acquired the record
+	deadline int64  // lease end (in progress) or retention end (completed)
+	fp       []byte // points into fpBuf when it fits
+	result   []byte
+	wait     *waitq // nil unless a Wait is blocked on the record
+	fpBuf    [32]byte
+}
+
+// waitq is the wake-up channel of the Waits blocked on one record.
+type waitq struct {
+	ch chan struct{}
+	n  int // waiters not yet woken
+}
+
+// New returns an empty Store configured by o. It starts no goroutines.
+func New(o Options) *Store {
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	n := o.Shards
+	if n <= 0 {
+		n = max(16, 4*runtime.GOMAXPROCS(0))
+	}
+	n = 1 << bits.Len(uint(n-1)) // round up to a power of two
+	abandon := o.Abandon
+	if abandon <= 0 {
+		abandon = idem.DefaultRetention
+	}
+	epoch := now()
+	s := &Store{
+		now:     now,
+		epoch:   epoch,
+		epochUS: epoch.UnixMicro(),
+		max:     int64(max(o.MaxRecords, 0)),
+		abandon: int64(abandon),
+		seed:    maphash.MakeSeed(),
+		mask:    uint64(n - 1),
+		shards:  make([]shard, n),
+	}
+	for i := range s.shards {
+		s.shards[i].m = make(map[string]*record)
+	}
+	s.minDeath.Store(math.MaxInt64)
+	return s
+}
+
+// Len returns the number of records held. It counts records that have died
+// (completed past retention, abandoned) but were not yet removed by Sweep or
+// by a later call on their key, so it is an upper bound of the live records.
+func (s *Store) Len() int { return int(s.count.Load()) }
+
+// clock returns the store clock as nanoseconds since epoch.
+func (s *Store) clock() int64 { return int64(s.now().Sub(s.epoch)) }
+
+func (s *Store) shard(key string) *shard {
+	return &s.shards[maphash.String(s.seed, key)&s.mask]
+}
+
+// add returns t+d, saturating instead of overflowing.
+func add(t int64, d time.Duration) int64 {
+	if d > 0 && t > math.MaxInt64-int64(d) {
+		return math.MaxInt64
+	}
+	return t + int64(d)
+}
+
+// death returns the instant r becomes dead.
+func (s *Store) death(r *record) int64 {
+	if r.state == idem.StateCompleted {
+		return r.deadline
+	}
+	return add(r.deadline, time.Duration(s.abandon))
+}
+
+// noteDeath lowers minDeath to r's death if it is earlier.
+func (s *Store) noteDeath(r *record) {
+	d := s.death(r)
+	for {
+		cur := s.minDeath.Load()
+		if d >= cur || s.minDeath.CompareAndSwap(cur, d) {
+			return
+		}
+	}
+}
+
+// wake releases the Waits blocked on r. The shard lock must be held.
+func (r *record) wake() {
+	if r.wait != nil {
+		close(r.wait.ch)
+		r.wait = nil
+	}
+}
+
+// lookup returns key's live record, or nil. A dead record is removed. The
+// shard lock must be held.
+func (s *Store) lookup(sh *shard, key string, now int64) *record {
+	r := sh.m[key]
+	if r != nil && now >= s.death(r) {
+		delete(sh.m, key)
+		s.count.Add(-1)
+		r.wake()
+		return nil
+	}
+	return r
+}
+
+// nextFence returns a fresh fence for sh: above every fence the shard has
+// issued, and at least the store clock in Unix microseconds. The shard lock
+// must be held.
+func (s *Store) nextFence(sh *shard, now int64) uint64 {
+	f := sh.hwm + 1
+	if c := s.epochUS + now/1000; c > 0 && uint64(c) > f {
+		f = uint64(c)
+	}
+	sh.hwm = f
+	return f
+}
+
+// reserve counts one more record, or reports false when the store is full.
+func (s *Store) reserve() bool {
+	if s.max == 0 {
+		s.count.Add(1)
+		return true
+	}
+	if s.count.Add(1) > s.max {
+		s.count.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Begin applies the begin step of the record state machine (see idem.Store).
+// A fresh record's fence exceeds every fence the key had before; a takeover's
+// fence is the previous fence plus one. Fingerprints are compared byte for
+// byte, so a nil and an empty fingerprint are equal. Begin of a new key on a
+// full store returns idem.ErrStoreFull. fp is copied; the Result of a Replay
+// is a fresh copy owned by the caller.
+func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Duration) (idem.Begun, error) {
+	if err := ctx.Err(); err != nil {
+		return idem.Begun{}, err
+	}
+	now := s.clock()
+	for reclaimed := false; ; reclaimed = true {
+		b, full := s.begin(key, fp, lease, now)
+		if !full {
+			return b, nil
+		}
+		if reclaimed || !s.reclaim(now) {
+			return idem.Begun{}, idem.ErrStoreFull
+		}
+	}
+}
+
+// begin is Begin under the shard lock; full reports a new key refused for
+// lack of room.
+func (s *Store) begin(key string, fp []byte, lease time.Duration, now int64) (b idem.Begun, full bool) {
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r := s.lookup(sh, key, now)
+	if r != nil {
+		switch {
+		case !bytes.Equal(r.fp, fp):
+			return idem.Begun{Outcome: idem.Mismatch}, false
+		case r.state == idem.StateCompleted:
+			res := make([]byte, len(r.result)) // never nil
+			copy(res, r.result)
+			return idem.Begun{Outcome: idem.Replay, Result: res}, false
+		case now < r.deadline:
+			return idem.Begun{Outcome: idem.InFlight, Fence: r.fence, LeaseLeft: time.Duration(r.deadline - now)}, false
+		}
+		// In progress, lease ended: take over.
+		r.fence++
+		sh.hwm = max(sh.hwm, r.fence)
+		r.start = now
+		r.deadline = add(now, lease)
+		s.noteDeath(r)
+		return idem.Begun{Outcome: idem.Acquired, Fence: r.fence, Takeover: true}, false
+	}
+	if !s.reserve() {
+		return idem.Begun{}, true
+	}
+	r = &record{state: idem.StateInProgress, start: now, deadline: add(now, lease)}
+	if len(fp) <= len(r.fpBuf) {
+		r.fp = r.fpBuf[:copy(r.fpBuf[:], fp)]
+	} else {
+		r.fp = bytes.Clone(fp)
+	}
+	r.fence = s.nextFence(sh, now)
+	sh.m[key] = r
+	s.noteDeath(r)
+	return idem.Begun{Outcome: idem.Acquired, Fence: r.fence}, false
+}
+
+// held returns key's in-progress record if fence holds it, or nil. The shard
+// lock must be held. A record whose lease ended but which nobody took over is
+// still held by its fence.
+func (s *Store) held(sh *shard, key string, fence uint64, now int64) *record {
+	r := s.lookup(sh, key, now)
+	if r == nil || r.state != idem.StateInProgress || r.fence != fence {
+		return nil
+	}
+	return r
+}
+
+// Complete stores a copy of result for the in-progress record held by fence,
+// marks it completed and keeps it for retention. Otherwise it returns
+// idem.ErrLeaseLost and changes nothing. The lease need not be live: fence
+// alone decides, so an executor whose lease ended but was not taken over may
+// still complete. Complete wakes the Waits blocked on key.
+func (s *Store) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.clock()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r := s.held(sh, key, fence, now)
+	if r == nil {
+		return idem.ErrLeaseLost
+	}
+	r.state = idem.StateCompleted
+	r.result = bytes.Clone(result)
+	r.deadline = add(now, retention)
+	s.noteDeath(r)
+	r.wake()
+	return nil
+}
+
+// Release removes the in-progress record held by fence so that the next
+// Begin executes. Otherwise it returns idem.ErrLeaseLost and changes nothing.
+// Release wakes the Waits blocked on key.
+func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.clock()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r := s.held(sh, key, fence, now)
+	if r == nil {
+		return idem.ErrLeaseLost
+	}
+	delete(sh.m, key)
+	s.count.Add(-1)
+	r.wake()
+	return nil
+}
+
+// Extend sets the lease of the in-progress record held by fence to end lease
+// from now. Otherwise it returns idem.ErrLeaseLost and changes nothing. A
+// lease that ended without a takeover may be extended again.
+func (s *Store) Extend(ctx context.Context, key string, fence uint64, lease time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.clock()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r := s.held(sh, key, fence, now)
+	if r == nil {
+		return idem.ErrLeaseLost
+	}
+	r.deadline = add(now, lease)
+	s.noteDeath(r)
+	return nil
+}
+
+// Wait blocks until key's record leaves the in-progress state (completed,
+// released or removed), ctx is done, or d elapses, whichever is first. It
+// returns nil at once when key has no in-progress record. It returns ctx.Err()
+// when ctx is done, and nil otherwise. d is measured by a real timer, not by
+// Options.Now. A Wait that ends leaves nothing behind.
+func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d <= 0 {
+		return nil
+	}
+	now := s.clock()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	r := s.lookup(sh, key, now)
+	if r == nil || r.state != idem.StateInProgress {
+		sh.mu.Unlock()
+		return nil
+	}
+	q := r.wait
+	if q == nil {
+		q = &waitq{ch: make(chan struct{})}
+		r.wait = q
+	}
+	q.n++
+	sh.mu.Unlock()
+
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var err error
+	select {
+	case <-q.ch:
+		return nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-t.C:
+	}
+	// Timed out or canceled: leave the queue, and drop it when it is empty
+	// and was not already closed.
+	sh.mu.Lock()
+	q.n--
+	if q.n == 0 {
+		if r := sh.m[key]; r != nil && r.wait == q {
+			r.wait = nil
+		}
+	}
+	sh.mu.Unlock()
+	return err
+}
+
+// Sweep removes the dead records: completed records past retention and
+// in-progress records abandoned for longer than Options.Abandon. It reports
+// how many it removed. A ctx done before Sweep starts returns ctx.Err() and
+// removes nothing; one done during the sweep stops it and returns the count
+// so far with ctx.Err(). Sweep never changes the outcome of a later call:
+// dead records already behave as absent.
+func (s *Store) Sweep(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return s.sweep(ctx, s.clock())
+}
+
+// reclaim sweeps to make room for a new record, if any record may have died
+// since the last sweep. It reports whether it removed any.
+func (s *Store) reclaim(now int64) bool {
+	if now < s.minDeath.Load() {
+		return false
+	}
+	n, _ := s.sweep(context.Background(), now)
+	return n > 0
+}
+
+func (s *Store) sweep(ctx context.Context, now int64) (int, error) {
+	s.sweepMu.Lock()
+	defer s.sweepMu.Unlock()
+	// Recompute minDeath: every record is folded in either below or by
+	// the call that changes it concurrently.
+	s.minDeath.Store(math.MaxInt64)
+	n := 0
+	for i := range s.shards {
+		if err := ctx.Err(); err != nil {
+			s.minDeath.Store(math.MinInt64) // unknown: let reclaim sweep
+			return n, err
+		}
+		sh := &s.shards[i]
+		low, removed := int64(math.MaxInt64), 0
+		sh.mu.Lock()
+		for k, r := range sh.m {
+			d := s.death(r)
+			if now >= d {
+				delete(sh.m, k)
+				r.wake()
+				removed++
+			} else if d < low {
+				low = d
+			}
+		}
+		s.count.Add(int64(-removed))
+		sh.mu.Unlock()
+		n += removed
+		for {
+			cur := s.minDeath.Load()
+			if low >= cur || s.minDeath.CompareAndSwap(cur, low) {
+				break
+			}
+		}
+	}
+	return n, nil
+}
+
+// Get returns a copy of key's live record, or ok == false when there is none
+// (never created, released, or dead). An in-progress record whose lease ended
+// is live, with Remaining zero. Get changes nothing and never fails except
+// for a done ctx.
+func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return idem.Record{}, false, err
+	}
+	now := s.clock()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r := sh.m[key]
+	if r == nil || now >= s.death(r) {
+		return idem.Record{}, false, nil
+	}
+	rec := idem.Record{
+		State:       r.state,
+		Fingerprint: bytes.Clone(r.fp),
+		Fence:       r.fence,
+		Age:         time.Duration(now - r.start),
+		Remaining:   time.Duration(max(r.deadline-now, 0)),
+	}
+	if r.state == idem.StateCompleted {
+		rec.Result = make([]byte, len(r.result))
+		copy(rec.Result, r.result)
+	}
+	return rec, true, nil
+}
