@@ -1,0 +1,295 @@
+package idemmsg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// BatchBeginner is implemented by stores that can apply SPEC §2's begin step
+// to many keys in one round trip (a pipeline, a multi-key script, one SQL
+// statement). Batch uses it when the Deduper's store implements it, and
+// otherwise calls Begin for each key concurrently.
+type BatchBeginner interface {
+	// BeginBatch applies idem.Store.Begin to every key with the same
+	// fingerprint and lease and returns the results in the order of keys.
+	// Each key is atomic on its own; the batch as a whole need not be. An
+	// error means that none of the results are known.
+	BeginBatch(ctx context.Context, keys []string, fp []byte, lease time.Duration) ([]idem.Begun, error)
+}
+
+// Outcome is what Batch or BatchTx did with one message of a batch.
+type Outcome struct {
+	Status Status
+	// Err is the error for this message: fn's error (Failed), an
+	// *idem.InFlightError (InFlight), a store or key error (NotRun), or an
+	// error matching ErrNotRecorded (Executed). Nil otherwise.
+	Err error
+}
+
+// Batch is Once for many messages of one scope, with the claims made
+// together: in one store round trip when the store implements BatchBeginner,
+// otherwise concurrently (at most Parallelism at a time). It then calls
+// fn(ctx, i) for each claimed ids[i], in order and one at a time, renews
+// the claims while fn runs, and finally completes the ids whose fn returned
+// nil and releases the others, concurrently.
+//
+// The returned outcomes are in the order of ids, with the same meaning as
+// Once's results. An id that occurs more than once in ids is claimed and
+// processed once; its later occurrences are Duplicate when the first one is
+// acknowledged, and share its outcome otherwise. If fn panics, every claim
+// not yet completed is released and the panic is re-raised.
+func (d *Deduper) Batch(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error) []Outcome {
+	out := make([]Outcome, len(ids))
+	if len(ids) == 0 {
+		return out
+	}
+	// Unique, valid ids, in order of first occurrence.
+	first := make(map[string]int, len(ids))
+	var uniq []int // indexes into ids
+	for i, id := range ids {
+		if id == "" {
+			out[i] = Outcome{NotRun, fmt.Errorf("idemmsg: message %d: %w: empty", i, idem.ErrInvalidKey)}
+			continue
+		}
+		if _, ok := first[id]; !ok {
+			first[id] = i
+			uniq = append(uniq, i)
+		}
+	}
+	keys := make([]string, len(uniq))
+	for j, i := range uniq {
+		keys[j] = idem.RecordKey(scope, ids[i])
+	}
+
+	begun, errs := d.beginAll(ctx, keys)
+	type claim struct {
+		i, j  int // index in ids, index in keys
+		fence uint64
+	}
+	var claims []claim
+	for j, i := range uniq {
+		if errs[j] != nil {
+			d.observe(ctx, idem.Event{Kind: idem.EventStoreError, Key: keys[j], Op: "begin", Err: errs[j]})
+			out[i] = Outcome{NotRun, fmt.Errorf("idem: begin %q: %w", keys[j], errs[j])}
+			continue
+		}
+		b := begun[j]
+		switch b.Outcome {
+		case idem.Acquired:
+			if b.Takeover {
+				d.observe(ctx, idem.Event{Kind: idem.EventTakeover, Key: keys[j], Fence: b.Fence, Op: "begin"})
+			}
+			claims = append(claims, claim{i: i, j: j, fence: b.Fence})
+		case idem.Replay:
+			d.observe(ctx, idem.Event{Kind: idem.EventReplayed, Key: keys[j], Op: "begin"})
+			out[i] = Outcome{Status: Duplicate}
+		case idem.InFlight:
+			d.observe(ctx, idem.Event{Kind: idem.EventConflict, Key: keys[j], Fence: b.Fence, Op: "begin"})
+			out[i] = Outcome{InFlight, &idem.InFlightError{LeaseLeft: b.LeaseLeft}}
+		case idem.Mismatch:
+			d.observe(ctx, idem.Event{Kind: idem.EventMismatch, Key: keys[j], Op: "begin"})
+			out[i] = Outcome{NotRun, idem.ErrMismatch}
+		default:
+			out[i] = Outcome{NotRun, fmt.Errorf("idem: begin %q: store returned unknown outcome %d", keys[j], b.Outcome)}
+		}
+	}
+
+	if len(claims) > 0 {
+		held := make([]heldKey, len(claims))
+		for c, cl := range claims {
+			held[c] = heldKey{key: keys[cl.j], fence: cl.fence}
+		}
+		r := d.startRenewal(held)
+		start := time.Now()
+		ferrs := make([]error, len(claims))
+		ran := 0
+		func() {
+			defer func() {
+				if ran < len(claims) { // fn panicked: release every claim, then re-panic
+					r.stop()
+					d.finishAll(ctx, held, make([]error, len(claims)), true, start)
+				}
+			}()
+			for c, cl := range claims {
+				ferrs[c] = fn(idem.WithFence(ctx, cl.fence), cl.i)
+				ran++
+			}
+		}()
+		r.stop()
+		ferrs2 := d.finishAll(ctx, held, ferrs, false, start)
+		for c, cl := range claims {
+			switch {
+			case ferrs[c] != nil:
+				out[cl.i] = Outcome{Failed, errors.Join(ferrs[c], ferrs2[c])}
+			case ferrs2[c] != nil:
+				out[cl.i] = Outcome{Executed, fmt.Errorf("%w: %w", ErrNotRecorded, ferrs2[c])}
+			default:
+				out[cl.i] = Outcome{Status: Executed}
+			}
+		}
+	}
+
+	// Later occurrences of an id follow the first.
+	for i, id := range ids {
+		if id == "" {
+			continue
+		}
+		if f := first[id]; f != i {
+			if out[f].Status.Ack() {
+				out[i] = Outcome{Status: Duplicate}
+			} else {
+				out[i] = out[f]
+			}
+		}
+	}
+	return out
+}
+
+func (d *Deduper) observe(ctx context.Context, e idem.Event) {
+	if d.Observer != nil {
+		d.Observer.Observe(ctx, e)
+	}
+}
+
+func (d *Deduper) parallelism() int {
+	if d.Parallelism > 0 {
+		return d.Parallelism
+	}
+	return 32
+}
+
+// each calls f(i) for i in [0, n), at most parallelism at a time.
+func (d *Deduper) each(n int, f func(i int)) {
+	if n == 1 {
+		f(0)
+		return
+	}
+	sem := make(chan struct{}, d.parallelism())
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			f(i)
+		}()
+	}
+	wg.Wait()
+}
+
+// beginAll begins every key: one call when the store is a BatchBeginner,
+// otherwise concurrent Begin calls. errs[j] is the error for keys[j].
+func (d *Deduper) beginAll(ctx context.Context, keys []string) ([]idem.Begun, []error) {
+	begun := make([]idem.Begun, len(keys))
+	errs := make([]error, len(keys))
+	if len(keys) == 0 {
+		return begun, errs
+	}
+	if bb, ok := d.Store.(BatchBeginner); ok {
+		res, err := bb.BeginBatch(ctx, keys, fingerprint, d.lease())
+		if err == nil && len(res) != len(keys) {
+			err = fmt.Errorf("idemmsg: BeginBatch returned %d results for %d keys", len(res), len(keys))
+		}
+		if err != nil {
+			for j := range errs {
+				errs[j] = err
+			}
+			return begun, errs
+		}
+		return res, errs
+	}
+	d.each(len(keys), func(j int) {
+		begun[j], errs[j] = d.Store.Begin(ctx, keys[j], fingerprint, d.lease())
+	})
+	return begun, errs
+}
+
+type heldKey struct {
+	key   string
+	fence uint64
+}
+
+// finishAll completes held[c] when ferrs[c] is nil (and release is false)
+// and releases it otherwise, concurrently. It returns the store errors.
+func (d *Deduper) finishAll(ctx context.Context, held []heldKey, ferrs []error, release bool, start time.Time) []error {
+	sctx := context.WithoutCancel(ctx)
+	errs := make([]error, len(held))
+	ran := time.Since(start)
+	d.each(len(held), func(c int) {
+		h := held[c]
+		op := "complete"
+		t := time.Now()
+		var err error
+		if release || ferrs[c] != nil {
+			op = "release"
+			err = d.Store.Release(sctx, h.key, h.fence)
+		} else {
+			err = d.Store.Complete(sctx, h.key, h.fence, result, d.retention())
+		}
+		d.observe(ctx, idem.Event{Kind: idem.EventExecuted, Key: h.key, Fence: h.fence, Op: op, Duration: ran})
+		if err != nil {
+			kind := idem.EventStoreError
+			if errors.Is(err, idem.ErrLeaseLost) {
+				kind = idem.EventLeaseLost
+			}
+			d.observe(ctx, idem.Event{Kind: kind, Key: h.key, Fence: h.fence, Op: op, Duration: time.Since(t), Err: err})
+			errs[c] = fmt.Errorf("idem: %s %q: %w", op, h.key, err)
+		}
+	})
+	return errs
+}
+
+// renewal extends a batch's claims every third of the lease until stopped.
+type renewal struct {
+	stopOnce sync.Once
+	stopc    chan struct{}
+	done     chan struct{}
+}
+
+func (r *renewal) stop() {
+	if r.stopc == nil {
+		return
+	}
+	r.stopOnce.Do(func() { close(r.stopc) })
+	<-r.done
+}
+
+func (d *Deduper) startRenewal(held []heldKey) *renewal {
+	r := &renewal{}
+	x, ok := d.Store.(idem.Extender)
+	if !ok {
+		return r
+	}
+	r.stopc, r.done = make(chan struct{}), make(chan struct{})
+	every := d.lease() / 3
+	go func() {
+		defer close(r.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		lost := make([]bool, len(held))
+		for {
+			select {
+			case <-r.stopc:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), every)
+			d.each(len(held), func(c int) {
+				if lost[c] {
+					return
+				}
+				if err := x.Extend(ctx, held[c].key, held[c].fence, d.lease()); errors.Is(err, idem.ErrLeaseLost) {
+					lost[c] = true
+					d.observe(ctx, idem.Event{Kind: idem.EventLeaseLost, Key: held[c].key, Fence: held[c].fence, Op: "extend", Err: err})
+				}
+			})
+			cancel()
+		}
+	}()
+	return r
+}

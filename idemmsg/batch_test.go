@@ -1,0 +1,241 @@
+package idemmsg_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemmsg"
+	"github.com/idemkit/idem/idemmsg/internal/fakestore"
+)
+
+func statuses(out []idemmsg.Outcome) []idemmsg.Status {
+	s := make([]idemmsg.Status, len(out))
+	for i, o := range out {
+		s[i] = o.Status
+	}
+	return s
+}
+
+func TestBatch(t *testing.T) {
+	t.Parallel()
+	const (
+		E = idemmsg.Executed
+		D = idemmsg.Duplicate
+		I = idemmsg.InFlight
+		F = idemmsg.Failed
+		N = idemmsg.NotRun
+	)
+	for _, batched := range []bool{false, true} {
+		t.Run(map[bool]string{false: "parallel begins", true: "BatchBeginner"}[batched], func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			c := newClock()
+			fs := fakestore.New(c.Now)
+			var store idem.Store = fs
+			if batched {
+				store = fakestore.Batch{Store: fs}
+			}
+			d := &idemmsg.Deduper{Store: store}
+			// Prior state: "done" processed, "busy" held by another consumer.
+			if st, _ := d.Once(ctx, "s", "done", func(context.Context) error { return nil }); st != E {
+				t.Fatal(st)
+			}
+			if _, err := fs.Begin(ctx, idem.RecordKey("s", "busy"), []byte{}, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			ids := []string{"a", "done", "b", "busy", "a", "bad", "", "bad", "c"}
+			var ran []string
+			out := d.Batch(ctx, "s", ids, func(ctx context.Context, i int) error {
+				if _, ok := idem.FenceFromContext(ctx); !ok {
+					t.Error("no fence in the handler's context")
+				}
+				ran = append(ran, ids[i])
+				if ids[i] == "bad" {
+					return errBoom
+				}
+				return nil
+			})
+			want := []idemmsg.Status{E, D, E, I, D, F, N, F, E}
+			if got := statuses(out); !reflect.DeepEqual(got, want) {
+				t.Fatalf("statuses %v, want %v", got, want)
+			}
+			if want := []string{"a", "b", "bad", "c"}; !reflect.DeepEqual(ran, want) {
+				t.Fatalf("ran %v, want %v (in order, each once)", ran, want)
+			}
+			if !errors.Is(out[5].Err, errBoom) || !errors.Is(out[7].Err, errBoom) || !errors.Is(out[3].Err, idem.ErrInFlight) || !errors.Is(out[6].Err, idem.ErrInvalidKey) {
+				t.Fatalf("errors: %+v", out)
+			}
+			if batched && fs.Calls("beginbatch") != 1 {
+				t.Fatalf("beginbatch called %d times, want 1", fs.Calls("beginbatch"))
+			}
+			// The failed id was released: the redelivery runs it.
+			out = d.Batch(ctx, "s", []string{"bad", "a"}, func(context.Context, int) error { return nil })
+			if got := statuses(out); !reflect.DeepEqual(got, []idemmsg.Status{E, D}) {
+				t.Fatalf("redelivery %v", got)
+			}
+		})
+	}
+}
+
+func TestBatchStoreErrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	fs := fakestore.New(nil)
+	d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fs}}
+	fs.FailNext("begin", errors.New("down"))
+	ran := 0
+	out := d.Batch(ctx, "s", []string{"x"}, func(context.Context, int) error { ran++; return nil })
+	if out[0].Status != idemmsg.NotRun || !errors.Is(out[0].Err, idem.ErrStoreUnavailable) || ran != 0 {
+		t.Fatalf("%+v ran %d", out, ran)
+	}
+	fs.FailNext("complete", errors.New("down"))
+	out = d.Batch(ctx, "s", []string{"x"}, func(context.Context, int) error { ran++; return nil })
+	if out[0].Status != idemmsg.Executed || !errors.Is(out[0].Err, idemmsg.ErrNotRecorded) || !out[0].Status.Ack() {
+		t.Fatalf("%+v", out)
+	}
+	if out := d.Batch(ctx, "s", nil, nil); len(out) != 0 {
+		t.Fatal(out)
+	}
+}
+
+func TestBatchPanicReleasesAll(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	fs := fakestore.New(nil)
+	d := &idemmsg.Deduper{Store: fs}
+	func() {
+		defer func() {
+			if r := recover(); r != "kaboom" {
+				t.Fatalf("recovered %v", r)
+			}
+		}()
+		d.Batch(ctx, "s", []string{"a", "b", "c"}, func(_ context.Context, i int) error {
+			if i == 1 {
+				panic("kaboom")
+			}
+			return nil
+		})
+	}()
+	if fs.Len() != 0 {
+		t.Fatalf("%d records left after a panic, want all released", fs.Len())
+	}
+}
+
+func TestBatchRenews(t *testing.T) {
+	t.Parallel()
+	fs := fakestore.New(nil)
+	d := &idemmsg.Deduper{Store: fs, Lease: 30 * time.Millisecond}
+	out := d.Batch(context.Background(), "s", []string{"a", "b"}, func(_ context.Context, i int) error {
+		time.Sleep(50 * time.Millisecond) // longer than the lease: survives only if renewed
+		return nil
+	})
+	for i, o := range out {
+		if o.Status != idemmsg.Executed || o.Err != nil {
+			t.Fatalf("message %d: %+v (lease not renewed?)", i, o)
+		}
+	}
+	if fs.Calls("extend") == 0 {
+		t.Fatal("no extension")
+	}
+}
+
+// txClaimer models INSERT ... ON CONFLICT DO NOTHING in a transaction: claims
+// become visible to others only at commit.
+type txClaimer struct {
+	committed map[string]bool
+	pending   map[string]bool
+}
+
+func newTx(committed map[string]bool) *txClaimer {
+	return &txClaimer{committed: committed, pending: map[string]bool{}}
+}
+
+func (c *txClaimer) Claim(_ context.Context, scope, id string) (bool, error) {
+	k := idem.RecordKey(scope, id)
+	if c.committed[k] || c.pending[k] {
+		return false, nil
+	}
+	c.pending[k] = true
+	return true, nil
+}
+
+func (c *txClaimer) ClaimBatch(ctx context.Context, scope string, ids []string) ([]string, error) {
+	var fresh []string
+	for _, id := range ids {
+		if ok, _ := c.Claim(ctx, scope, id); ok {
+			fresh = append(fresh, id)
+		}
+	}
+	return fresh, nil
+}
+
+func (c *txClaimer) commit() {
+	for k := range c.pending {
+		c.committed[k] = true
+	}
+}
+
+func TestOnceTx(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := map[string]bool{}
+	ok := func(context.Context) error { return nil }
+
+	tx := newTx(db)
+	if st, err := idemmsg.OnceTx(ctx, tx, "s", "m", func(context.Context) error { return errBoom }); st != idemmsg.Failed || !errors.Is(err, errBoom) {
+		t.Fatalf("%v %v", st, err)
+	}
+	// rolled back: nothing committed
+	tx = newTx(db)
+	if st, err := idemmsg.OnceTx(ctx, tx, "s", "m", ok); st != idemmsg.Executed || err != nil {
+		t.Fatalf("%v %v", st, err)
+	}
+	tx.commit()
+	if st, _ := idemmsg.OnceTx(ctx, newTx(db), "s", "m", ok); st != idemmsg.Duplicate {
+		t.Fatalf("after commit: %v", st)
+	}
+	if st, err := idemmsg.OnceTx(ctx, newTx(db), "s", "", ok); st != idemmsg.NotRun || !errors.Is(err, idem.ErrInvalidKey) {
+		t.Fatalf("%v %v", st, err)
+	}
+	failing := idemmsg.ClaimerFunc(func(context.Context, string, string) (bool, error) { return false, errBoom })
+	if st, err := idemmsg.OnceTx(ctx, failing, "s", "n", ok); st != idemmsg.NotRun || !errors.Is(err, errBoom) {
+		t.Fatalf("%v %v", st, err)
+	}
+}
+
+func TestBatchTx(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := map[string]bool{idem.RecordKey("s", "old"): true}
+	tx := newTx(db)
+	ids := []string{"a", "old", "b", "a"}
+	var got []int
+	out, err := idemmsg.BatchTx(ctx, tx, "s", ids, func(_ context.Context, fresh []int) error {
+		got = fresh
+		return nil
+	})
+	if err != nil || !reflect.DeepEqual(got, []int{0, 2}) {
+		t.Fatalf("fresh %v err %v", got, err)
+	}
+	want := []idemmsg.Status{idemmsg.Executed, idemmsg.Duplicate, idemmsg.Executed, idemmsg.Duplicate}
+	if !reflect.DeepEqual(statuses(out), want) {
+		t.Fatalf("%v", statuses(out))
+	}
+	// A failing handler fails the whole batch.
+	out, err = idemmsg.BatchTx(ctx, newTx(db), "s", []string{"x", "y"}, func(context.Context, []int) error { return errBoom })
+	if !errors.Is(err, errBoom) || out[0].Status != idemmsg.Failed || out[1].Status != idemmsg.Failed {
+		t.Fatalf("%+v %v", out, err)
+	}
+	// A claimer returning an id it was not asked for is refused.
+	bogus := idemmsg.BatchClaimerFunc(func(context.Context, string, []string) ([]string, error) { return []string{"zzz"}, nil })
+	if _, err := idemmsg.BatchTx(ctx, bogus, "s", []string{"x"}, nil); err == nil {
+		t.Fatal("bogus claim accepted")
+	}
+	if _, err := idemmsg.BatchTx(ctx, newTx(db), "s", []string{"x", ""}, nil); !errors.Is(err, idem.ErrInvalidKey) {
+		t.Fatal(err)
+	}
+}
