@@ -1,0 +1,321 @@
+package memstore_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/memstore"
+	"github.com/idemkit/idem/storetest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// clock is a fake store clock, safe for concurrent use.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var all = storetest.Features{Extend: true, Sweep: true, Wait: true, Inspect: true}
+
+func TestConformanceFakeClock(t *testing.T) {
+	c := newClock()
+	f := all
+	f.Advance = c.Advance
+	storetest.Run(t, func(testing.TB) idem.Store {
+		return memstore.New(memstore.Options{Now: c.Now})
+	}, f)
+}
+
+func TestConformanceRealClock(t *testing.T) {
+	f := all
+	f.MinLease = 20 * time.Millisecond
+	storetest.Run(t, func(testing.TB) idem.Store {
+		return memstore.New(memstore.Options{})
+	}, f)
+}
+
+// TestConformanceOneShard puts every key behind one lock, so the shard-wide
+// fence high-water mark and map are shared by all keys.
+func TestConformanceOneShard(t *testing.T) {
+	c := newClock()
+	f := all
+	f.Advance = c.Advance
+	storetest.Run(t, func(testing.TB) idem.Store {
+		return memstore.New(memstore.Options{Now: c.Now, Shards: 1})
+	}, f)
+}
+
+func TestMaxRecords(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := memstore.New(memstore.Options{MaxRecords: 3, Now: c.Now})
+	const lease, retention = time.Minute, time.Hour
+
+	begin := func(key string) (idem.Begun, error) { return s.Begin(ctx, key, []byte("fp"), lease) }
+	mustAcquire := func(key string) uint64 {
+		t.Helper()
+		b, err := begin(key)
+		if err != nil || b.Outcome != idem.Acquired {
+			t.Fatalf("Begin(%q) = %+v, %v; want acquired", key, b, err)
+		}
+		return b.Fence
+	}
+	wantFull := func(key string) {
+		t.Helper()
+		_, err := begin(key)
+		if !errors.Is(err, idem.ErrStoreFull) || !errors.Is(err, idem.ErrStoreUnavailable) {
+			t.Fatalf("Begin(%q) on a full store = %v, want ErrStoreFull wrapping ErrStoreUnavailable", key, err)
+		}
+	}
+
+	fa := mustAcquire("a")
+	fb := mustAcquire("b")
+	mustAcquire("c")
+	if n := s.Len(); n != 3 {
+		t.Fatalf("Len = %d, want 3", n)
+	}
+	wantFull("d")
+	if n := s.Len(); n != 3 {
+		t.Fatalf("Len after a refused Begin = %d, want 3", n)
+	}
+	// Keys that have a record are still served when full.
+	if b, err := begin("a"); err != nil || b.Outcome != idem.InFlight {
+		t.Fatalf("Begin(held key) on a full store = %+v, %v; want in-flight", b, err)
+	}
+	// Live records are never evicted, however old their lease: an expired
+	// lease is taken over, not reclaimed.
+	c.Advance(2 * lease)
+	wantFull("d")
+	if b, err := begin("a"); err != nil || b.Outcome != idem.Acquired || !b.Takeover || b.Fence != fa+1 {
+		t.Fatalf("takeover on a full store = %+v, %v", b, err)
+	}
+	// Release makes room.
+	if err := s.Release(ctx, "b", fb); err != nil {
+		t.Fatal(err)
+	}
+	mustAcquire("d")
+	wantFull("e")
+
+	// Completed records past retention are reclaimed to make room, wherever
+	// they are.
+	for _, k := range []string{"a", "c", "d"} {
+		b, err := begin(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = b
+	}
+	for _, k := range []string{"c", "d"} {
+		rec, ok, err := s.Get(ctx, k)
+		if err != nil || !ok {
+			t.Fatalf("Get(%q) = %v, %v", k, ok, err)
+		}
+		if err := s.Complete(ctx, k, rec.Fence, nil, retention); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantFull("e")
+	c.Advance(retention + time.Second)
+	mustAcquire("e")
+	mustAcquire("f")
+	if n := s.Len(); n != 3 {
+		t.Fatalf("Len after reclaiming = %d, want 3 (a, e, f)", n)
+	}
+	wantFull("g")
+}
+
+// TestMaxRecordsConcurrent checks that the limit holds exactly under
+// concurrent Begins of new keys.
+func TestMaxRecordsConcurrent(t *testing.T) {
+	const limit, workers, perWorker = 100, 8, 50
+	s := memstore.New(memstore.Options{MaxRecords: limit})
+	var mu sync.Mutex
+	acquired := 0
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range perWorker {
+				k := string(rune('A'+w)) + "/" + string(rune('0'+i/10)) + string(rune('0'+i%10))
+				b, err := s.Begin(context.Background(), k, nil, time.Minute)
+				switch {
+				case err == nil && b.Outcome == idem.Acquired:
+					mu.Lock()
+					acquired++
+					mu.Unlock()
+				case errors.Is(err, idem.ErrStoreFull):
+				default:
+					t.Errorf("Begin(%q) = %+v, %v", k, b, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if acquired != limit || s.Len() != limit {
+		t.Fatalf("acquired %d, Len %d; want exactly %d", acquired, s.Len(), limit)
+	}
+}
+
+func TestSweepAbandoned(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := memstore.New(memstore.Options{Now: c.Now, Abandon: time.Hour})
+	b, err := s.Begin(ctx, "k", []byte("A"), time.Minute)
+	if err != nil || b.Outcome != idem.Acquired {
+		t.Fatalf("Begin = %+v, %v", b, err)
+	}
+	c.Advance(time.Minute + 59*time.Minute) // lease ended 59m ago
+	if n, err := s.Sweep(ctx); n != 0 || err != nil {
+		t.Fatalf("Sweep before Abandon = %d, %v; want 0, nil", n, err)
+	}
+	if b2, _ := s.Begin(ctx, "k", []byte("B"), time.Minute); b2.Outcome != idem.Mismatch {
+		t.Fatalf("Begin(other fp) on a lapsed lease = %+v, want mismatch", b2)
+	}
+	c.Advance(2 * time.Minute)
+	if n, err := s.Sweep(ctx); n != 1 || err != nil {
+		t.Fatalf("Sweep after Abandon = %d, %v; want 1, nil", n, err)
+	}
+	if s.Len() != 0 {
+		t.Fatalf("Len after Sweep = %d, want 0", s.Len())
+	}
+	b3, err := s.Begin(ctx, "k", []byte("B"), time.Minute)
+	if err != nil || b3.Outcome != idem.Acquired || b3.Takeover || b3.Fence <= b.Fence {
+		t.Fatalf("Begin after the abandoned record was swept = %+v, %v; want a fresh fence > %d", b3, err, b.Fence)
+	}
+}
+
+// TestFenceClock checks that fresh fences follow the store clock in Unix
+// microseconds, and keep growing when the clock does not move.
+func TestFenceClock(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := memstore.New(memstore.Options{Now: c.Now})
+	want := uint64(c.Now().UnixMicro())
+	prev := uint64(0)
+	for i := range 5 {
+		b, err := s.Begin(ctx, "k", nil, time.Minute)
+		if err != nil || b.Outcome != idem.Acquired {
+			t.Fatalf("Begin = %+v, %v", b, err)
+		}
+		if b.Fence < want || b.Fence <= prev {
+			t.Fatalf("cycle %d: fence %d, want ≥ clock %d and > previous %d", i, b.Fence, want, prev)
+		}
+		prev = b.Fence
+		if err := s.Release(ctx, "k", b.Fence); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Advance(time.Second)
+	b, _ := s.Begin(ctx, "k", nil, time.Minute)
+	if w := uint64(c.Now().UnixMicro()); b.Fence != w {
+		t.Fatalf("fence after the clock moved on = %d, want the clock %d", b.Fence, w)
+	}
+}
+
+// TestWaitCleanup checks that Waits that time out or are canceled leave no
+// queue behind, and that a later Complete still wakes new waiters.
+func TestWaitCleanup(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New(memstore.Options{})
+	b, _ := s.Begin(ctx, "k", nil, time.Minute)
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			if err := s.Wait(ctx, "k", time.Millisecond); err != nil {
+				t.Errorf("Wait: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	cctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+	defer cancel()
+	if err := s.Wait(cctx, "k", time.Minute); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait with an expiring ctx = %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Wait(ctx, "k", time.Minute) }()
+	time.Sleep(5 * time.Millisecond)
+	if err := s.Complete(ctx, "k", b.Fence, nil, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait not woken by Complete")
+	}
+	if err := s.Wait(ctx, "k", time.Minute); err != nil {
+		t.Fatalf("Wait on a completed record = %v, want nil at once", err)
+	}
+}
+
+func BenchmarkStore(b *testing.B) {
+	storetest.Benchmark(b, func(testing.TB) idem.Store { return memstore.New(memstore.Options{}) })
+}
+
+// BenchmarkBeginComplete measures the direct hot path: a new key's Begin
+// and Complete, in parallel, with the keys prepared outside the timer.
+func BenchmarkBeginComplete(b *testing.B) {
+	s := memstore.New(memstore.Options{})
+	fp := idem.Fingerprint([]byte("POST /charges"))
+	result := []byte(`{"id":"ch_1"}`)
+	var next sync.Mutex
+	worker := 0
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		next.Lock()
+		worker++
+		prefix := string(rune('a'+worker%26)) + string(rune('a'+worker/26)) + "-"
+		next.Unlock()
+		ctx := context.Background()
+		buf := []byte(prefix)
+		for i := 0; pb.Next(); i++ {
+			buf = appendInt(buf[:len(prefix)], i)
+			k := string(buf)
+			bg, err := s.Begin(ctx, k, fp, time.Minute)
+			if err != nil || bg.Outcome != idem.Acquired {
+				b.Fatalf("Begin = %+v, %v", bg, err)
+			}
+			if err := s.Complete(ctx, k, bg.Fence, result, time.Hour); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
+}
+
+func appendInt(b []byte, i int) []byte {
+	var d [20]byte
+	n := len(d)
+	for {
+		n--
+		d[n] = byte('0' + i%10)
+		i /= 10
+		if i == 0 {
+			break
+		}
+	}
+	return append(b, d[n:]...)
+}

@@ -1,0 +1,298 @@
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// SeedEnv names the environment variable that fixes the Model subtest's
+// random seed, to replay a failure. The seed is logged on every run.
+const SeedEnv = "IDEM_STORETEST_SEED"
+
+// modelRec is the reference model's view of one record.
+type modelRec struct {
+	state    idem.State
+	fp       []byte
+	fence    uint64
+	start    time.Duration // model time the current fence acquired it
+	deadline time.Duration // lease end or retention end, model time
+	result   []byte
+}
+
+// model is a deliberately simple reference implementation of the idem.Store
+// contract, against which a store is checked step by step.
+type model struct {
+	now      time.Duration // time advanced since the model started
+	recs     map[string]*modelRec
+	issued   map[string][]uint64 // every fence handed out, per key
+	maxFence map[string]uint64
+}
+
+// live returns key's record if it is not past retention.
+func (m *model) live(key string) *modelRec {
+	r := m.recs[key]
+	if r != nil && r.state == idem.StateCompleted && m.now >= r.deadline {
+		delete(m.recs, key)
+		return nil
+	}
+	return r
+}
+
+func (m *model) held(key string, fence uint64) *modelRec {
+	r := m.live(key)
+	if r == nil || r.state != idem.StateInProgress || r.fence != fence {
+		return nil
+	}
+	return r
+}
+
+func (m *model) issue(key string, fence uint64) {
+	m.issued[key] = append(m.issued[key], fence)
+	m.maxFence[key] = max(m.maxFence[key], fence)
+}
+
+// testModel runs a seeded random sequence of operations on a few keys and
+// checks every answer against the model.
+//
+// With a fake clock it runs 2000 operations over 8 keys, including clock
+// advances that expire leases and retentions; leases and retentions are odd
+// multiples of MinLease and advances even multiples, so no deadline ever
+// falls within MinLease of the clock. With a real clock it runs 300
+// operations with one-hour leases and retentions and no advances: nothing
+// expires, so no answer depends on timing.
+func testModel(t *testing.T, h *harness) {
+	seed := rand.Uint64()
+	if v := os.Getenv(SeedEnv); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("%s=%q: %v", SeedEnv, v, err)
+		}
+	}
+	t.Logf("seed %d (set %s=%d to replay)", seed, SeedEnv, seed)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+
+	s := h.newStore(t)
+	ctx := context.Background()
+	ks := keys(t, 8)
+	fps := [][]byte{fpA, fpB, nil, {}}
+	m := &model{recs: map[string]*modelRec{}, issued: map[string][]uint64{}, maxFence: map[string]uint64{}}
+
+	grid, half := 2*h.u, h.u
+	ops, lease, lease2, retention := 300, h.long, h.long, h.long
+	maxTime := time.Duration(0)
+	if h.fake {
+		ops = 2000
+		lease, lease2, retention = 20*grid+half, 7*grid+half, 60*grid+half
+		maxTime = 4000 * grid
+		h.advance(half) // from here on the clock is on the half-grid
+		m.now = half
+	}
+	x, isX := s.(idem.Extender)
+	isX = isX && h.f.Extend
+	in, isIn := s.(idem.Inspector)
+	isIn = isIn && h.f.Inspect
+	sw, isSw := s.(idem.Sweeper)
+	isSw = isSw && h.f.Sweep
+
+	var log []string
+	i := 0
+	fail := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("seed %d, op %d: %s\nlast operations:\n  %s", seed, i, fmt.Sprintf(format, args...), strings.Join(log, "\n  "))
+	}
+	note := func(format string, args ...any) {
+		if len(log) == 30 {
+			log = log[1:]
+		}
+		log = append(log, fmt.Sprintf("%4d t=%-8v ", i, m.now)+fmt.Sprintf(format, args...))
+	}
+	near := func(got, want time.Duration) bool {
+		if !h.fake {
+			return got > 0 && got <= want+h.u
+		}
+		return got >= want-h.u && got <= want+h.u
+	}
+	pickFence := func(k string) uint64 {
+		r := m.live(k)
+		is := m.issued[k]
+		switch n := rng.IntN(10); {
+		case n < 6 && r != nil && r.state == idem.StateInProgress:
+			return r.fence
+		case n < 8 && len(is) > 0:
+			return is[rng.IntN(len(is))]
+		case n < 9:
+			return 0
+		default:
+			return m.maxFence[k] + 1 + uint64(rng.IntN(3))
+		}
+	}
+	wantLost := func(op string, err error, r *modelRec) {
+		t.Helper()
+		if r != nil {
+			if err != nil {
+				fail("%s: %v, want success", op, err)
+			}
+			return
+		}
+		if !errors.Is(err, idem.ErrLeaseLost) {
+			fail("%s = %v, want idem.ErrLeaseLost", op, err)
+		}
+	}
+
+	for i = 0; i < ops; i++ {
+		k := ks[rng.IntN(len(ks))]
+		kn := k[strings.LastIndexByte(k, '/')+1:]
+		n := rng.IntN(100)
+		switch {
+		case n < 35 || (n >= 65 && n < 75 && !isX) || (n >= 75 && n < 88 && !h.fake) ||
+			(n >= 88 && n < 97 && !isIn) || (n >= 97 && !isSw):
+			fp := fps[rng.IntN(len(fps))]
+			if rng.IntN(3) == 0 {
+				fp = fps[0] // favour one fingerprint so replays are common
+			}
+			b, err := s.Begin(ctx, k, fp, lease)
+			note("Begin(%s, fp %s) = %s, %v", kn, shortFP(fp), describe(b), err)
+			if err != nil {
+				fail("Begin: %v", err)
+			}
+			r := m.live(k)
+			switch {
+			case r == nil:
+				if b.Outcome != idem.Acquired || b.Takeover || b.Fence <= m.maxFence[k] {
+					fail("Begin on an absent record = %s, want acquired with fence > %d", describe(b), m.maxFence[k])
+				}
+				m.recs[k] = &modelRec{state: idem.StateInProgress, fp: bytes.Clone(fp), fence: b.Fence, start: m.now, deadline: m.now + lease}
+				m.issue(k, b.Fence)
+			case !bytes.Equal(r.fp, fp):
+				if b.Outcome != idem.Mismatch || b.Fence != 0 || b.Result != nil {
+					fail("Begin with fingerprint %s on a record with %s = %s, want mismatch", shortFP(fp), shortFP(r.fp), describe(b))
+				}
+			case r.state == idem.StateCompleted:
+				if b.Outcome != idem.Replay || b.Result == nil || !bytes.Equal(b.Result, r.result) || b.Fence != 0 {
+					fail("Begin on a completed record = %s, want replay of %s", describe(b), short(r.result))
+				}
+			case m.now < r.deadline:
+				if b.Outcome != idem.InFlight || b.Fence != r.fence || !near(b.LeaseLeft, r.deadline-m.now) {
+					fail("Begin on a held record = %s, want in-flight, fence %d, lease left %v", describe(b), r.fence, r.deadline-m.now)
+				}
+			default:
+				if b.Outcome != idem.Acquired || !b.Takeover || b.Fence != r.fence+1 {
+					fail("Begin on an expired lease = %s, want takeover with fence %d", describe(b), r.fence+1)
+				}
+				r.fence, r.start, r.deadline = b.Fence, m.now, m.now+lease
+				m.issue(k, b.Fence)
+			}
+
+		case n < 55:
+			f := pickFence(k)
+			var res []byte
+			if l := rng.IntN(20); l > 0 || rng.IntN(2) == 0 {
+				res = make([]byte, l)
+				for j := range res {
+					res[j] = byte(rng.IntN(256))
+				}
+			}
+			err := s.Complete(ctx, k, f, res, retention)
+			note("Complete(%s, fence %d, %s) = %v", kn, f, shortFP(res), err)
+			r := m.held(k, f)
+			wantLost("Complete", err, r)
+			if r != nil {
+				r.state, r.result, r.deadline = idem.StateCompleted, append([]byte{}, res...), m.now+retention
+			}
+
+		case n < 65:
+			f := pickFence(k)
+			err := s.Release(ctx, k, f)
+			note("Release(%s, fence %d) = %v", kn, f, err)
+			r := m.held(k, f)
+			wantLost("Release", err, r)
+			if r != nil {
+				delete(m.recs, k)
+			}
+
+		case n < 75:
+			f := pickFence(k)
+			d := lease
+			if rng.IntN(2) == 0 {
+				d = lease2
+			}
+			err := x.Extend(ctx, k, f, d)
+			note("Extend(%s, fence %d, %v) = %v", kn, f, d, err)
+			r := m.held(k, f)
+			wantLost("Extend", err, r)
+			if r != nil {
+				r.deadline = m.now + d
+			}
+
+		case n < 88:
+			d := grid * time.Duration(1+rng.IntN(12))
+			if rng.IntN(10) == 0 {
+				d = retention + half
+				d -= d % grid
+			}
+			if m.now+d > maxTime {
+				note("Advance skipped: time budget spent")
+				continue
+			}
+			h.advance(d)
+			m.now += d
+			note("Advance(%v)", d)
+
+		case n < 97:
+			rec, found, err := in.Get(ctx, k)
+			note("Get(%s) = %v %+v, %v", kn, found, rec, err)
+			if err != nil {
+				fail("Get: %v", err)
+			}
+			r := m.live(k)
+			if (r != nil) != found {
+				fail("Get found = %v, want %v", found, r != nil)
+			}
+			if r == nil {
+				continue
+			}
+			if rec.State != r.state || rec.Fence != r.fence || !bytes.Equal(rec.Fingerprint, r.fp) || !bytes.Equal(rec.Result, r.result) {
+				fail("Get = %+v, want state %v fence %d fp %s result %s", rec, r.state, r.fence, shortFP(r.fp), short(r.result))
+			}
+			if r.state == idem.StateCompleted && rec.Result == nil {
+				fail("Get of a completed record: nil Result, want non-nil")
+			}
+			remaining := max(r.deadline-m.now, 0)
+			if h.fake && (!near(rec.Remaining, remaining) || !near(rec.Age, m.now-r.start)) {
+				fail("Get Remaining %v, Age %v; want %v, %v", rec.Remaining, rec.Age, remaining, m.now-r.start)
+			}
+
+		default:
+			removed, err := sw.Sweep(ctx)
+			note("Sweep() = %d, %v", removed, err)
+			if err != nil || removed < 0 {
+				fail("Sweep = %d, %v", removed, err)
+			}
+			// Sweep must not change any outcome; the model is unchanged.
+		}
+	}
+}
+
+func shortFP(b []byte) string {
+	switch {
+	case b == nil:
+		return "nil"
+	case len(b) == 0:
+		return "empty"
+	case bytes.Equal(b, fpA):
+		return "A"
+	case bytes.Equal(b, fpB):
+		return "B"
+	}
+	return short(b)
+}
