@@ -28,10 +28,11 @@
 //   - Fencing, not the lease clock, decides Complete, Release and Extend: the
 //     holder of an in-progress record whose lease ended may still complete,
 //     release or extend it until someone takes it over.
-//   - An in-progress record whose lease ended stays (it still fences,
-//     refuses other fingerprints with Mismatch, and is taken over with fence
-//     + 1) for at least 10000×MinLease after its lease ended; Run never
-//     advances the clock further than that. Sweep must not remove it sooner.
+//   - An in-progress record whose lease ended stays, still fencing, still
+//     refusing other fingerprints with Mismatch and taken over with the
+//     previous fence plus one, for at least 10000×MinLease after its lease
+//     ended; Run never advances the clock further than that. Sweep must not
+//     remove it sooner.
 //   - Sweep changes no outcome of any later call.
 //   - Lease and retention boundaries: Run never asks about an instant within
 //     MinLease of a deadline, so "expired at the deadline" and "expired just
