@@ -1,0 +1,80 @@
+// Package idemhttp is net/http middleware that makes retries of unsafe
+// requests safe, following the Idempotency-Key header draft
+// (draft-ietf-httpapi-idempotency-key-header) and the behaviour contract of
+// this module (SPEC §3).
+//
+// A protected request (POST and PATCH by default) carries a key:
+//
+//	Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"
+//
+// The first request with a key runs the handler exactly once. Its response
+// streams to the client as written and is stored; every retry with the same
+// key and the same request (method, path and query, Content-Type, body) gets
+// the stored status, headers and body bytes back with
+// Idempotency-Replayed: true and Idempotent-Replayed: true, without running
+// the handler. Keys are scoped (by default to a hash of the Authorization
+// header), so two clients never share a record.
+//
+//	k := &idem.Keeper{Store: memstore.New(memstore.Options{})}
+//	mw := &idemhttp.Middleware{Keeper: k}
+//	http.ListenAndServe(addr, mw.Handler(mux))
+//
+// # Answers
+//
+// Errors are RFC 9457 application/problem+json documents with the members
+// type (ProblemTypePrefix + code), title, status, detail and code. The
+// codes are stable; clients should branch on them:
+//
+//	status  code                      when
+//	400     idempotency-key-missing   no key, and keys are required (Optional unset)
+//	400     idempotency-key-invalid   empty, > 255 bytes, not visible ASCII, bad sf-string, or two header lines
+//	400     request-body-unreadable   the request body could not be read
+//	400     scope-invalid             Middleware.Scope returned an error
+//	400     request-invalid           Middleware.Fingerprint returned an error
+//	409     request-in-progress       the key is executing; Retry-After = seconds left on its lease (≥ 1)
+//	413     request-too-large         the body is larger than MaxBody (default 1 MiB)
+//	422     idempotency-key-reused    the key was used for a different request; nothing changed
+//	500     stored-response-invalid   the stored response cannot be decoded; the handler does not run
+//	503     store-unavailable         the store failed; the handler did not run (Retry-After: 1)
+//	503     request-canceled          the request was canceled before its key was claimed
+//
+// # What is stored
+//
+// Responses with a status below 500 other than 429 complete the record
+// (so 4xx answers replay deterministically); 5xx, 429, a handler panic
+// (including http.ErrAbortHandler) release it so that a retry executes.
+// Middleware.Stored changes the policy. The record is completed or
+// released by a store call detached from the request's context (bounded by
+// CompleteTimeout), so a client that disconnects does not prevent it.
+//
+// The status and headers are snapshotted when the handler writes the
+// status (or returns without writing: an implicit 200 with an empty body).
+// Hop-by-hop headers (and those named in Connection) and the NeverReplay
+// list (by default Set-Cookie, Authorization, WWW-Authenticate,
+// Proxy-Authenticate and Date) are neither stored nor replayed; a replay
+// gets a fresh Date, and its Content-Length is the stored body's. A body
+// larger than MaxResult reaches the client whole but is not stored: a
+// replay answers the status and headers with an empty body and
+// Idempotency-Replay: omitted. Informational (1xx) responses and trailers
+// are passed through and not stored.
+//
+// # Leases and fences
+//
+// While the handler runs it holds the key's lease, which is renewed every
+// third of the lease period (idem.Lease.StartRenewal) when the store
+// implements idem.Extender. The lease's fence is in the handler's context
+// (idem.FenceFromContext), so a downstream write can be made conditional
+// on it. If the lease is nevertheless taken over (a stalled process), the
+// late completion is refused with idem.ErrLeaseLost: the client still gets
+// its response, the newer executor's record stands, and the loss is
+// reported through Keeper.Observer and Outcome.Err.
+//
+// # The response writer
+//
+// The handler's http.ResponseWriter passes every write through at once and
+// supports http.Flusher and Unwrap (for http.ResponseController). Writes
+// made through a hijacked connection or directly to the unwrapped writer are
+// not recorded.
+//
+// This package imports only the standard library.
+package idemhttp

@@ -1,0 +1,186 @@
+package idemhttp_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/memstore"
+)
+
+// rawResp is a response read off the wire: its exact bytes and its parse.
+type rawResp struct {
+	raw    []byte // everything the server sent
+	status int
+	header http.Header
+	body   []byte
+}
+
+// problemCode extracts the "code" member of a problem+json body.
+func (r *rawResp) problemCode() string {
+	const k = `"code":"`
+	i := bytes.Index(r.body, []byte(k))
+	if i < 0 {
+		return ""
+	}
+	rest := r.body[i+len(k):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return ""
+	}
+	return string(rest[:j])
+}
+
+// replayed reports whether both replay headers are set to true.
+func (r *rawResp) replayed() bool {
+	return r.header.Get("Idempotency-Replayed") == "true" && r.header.Get("Idempotent-Replayed") == "true"
+}
+
+// wire returns the raw response with the Date line and, when replayHeaders
+// is set, the replay marker lines removed: what must be byte-identical
+// between a first answer and its replay.
+func (r *rawResp) wire() string {
+	var out []string
+	for _, line := range strings.SplitAfter(string(r.raw), "\r\n") {
+		l := strings.ToLower(line)
+		if strings.HasPrefix(l, "date:") || strings.HasPrefix(l, "idempotency-replayed:") || strings.HasPrefix(l, "idempotent-replayed:") {
+			continue
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "")
+}
+
+// req is one raw HTTP/1.1 request.
+type req struct {
+	method string
+	path   string
+	hdr    []string // "Name: value" lines, in order
+	body   string
+}
+
+func (q req) bytes() []byte {
+	var b bytes.Buffer
+	m := q.method
+	if m == "" {
+		m = "POST"
+	}
+	p := q.path
+	if p == "" {
+		p = "/pay"
+	}
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n", m, p)
+	for _, h := range q.hdr {
+		b.WriteString(h + "\r\n")
+	}
+	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(q.body), q.body)
+	return b.Bytes()
+}
+
+// send writes q on a fresh connection to srv and reads the whole answer.
+func send(t testing.TB, srv *httptest.Server, q req) *rawResp {
+	t.Helper()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(q.bytes()); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), nil)
+	if err != nil {
+		t.Fatalf("parse response: %v\n%s", err, raw)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rawResp{raw: raw, status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// app is the handler under test: it counts executions and answers per the
+// request's X-Status header (default 201) with a JSON body describing the
+// call, a Set-Cookie (never replayed) and a two-valued X-Multi header.
+type app struct {
+	calls atomic.Int64
+}
+
+func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := a.calls.Add(1)
+	body, _ := io.ReadAll(r.Body)
+	fence, _ := idem.FenceFromContext(r.Context())
+	status := http.StatusCreated
+	if s := r.Header.Get("X-Status"); s != "" {
+		fmt.Sscan(s, &status)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Set-Cookie", "session=secret")
+	h.Add("X-Multi", "one")
+	h.Add("X-Multi", "two")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"call":%d,"fence":%d,"body":%q}`, n, fence, body)
+}
+
+// failingStore fails every call with idem.ErrStoreUnavailable.
+type failingStore struct{}
+
+func (failingStore) Begin(context.Context, string, []byte, time.Duration) (idem.Begun, error) {
+	return idem.Begun{}, fmt.Errorf("dial: connection refused: %w", idem.ErrStoreUnavailable)
+}
+func (failingStore) Complete(context.Context, string, uint64, []byte, time.Duration) error {
+	return idem.ErrStoreUnavailable
+}
+func (failingStore) Release(context.Context, string, uint64) error { return idem.ErrStoreUnavailable }
+
+// outcomes records OnOutcome calls.
+type outcomes struct {
+	mu   sync.Mutex
+	list []idemhttp.Outcome
+	ch   chan idemhttp.Outcome
+}
+
+func newOutcomes() *outcomes { return &outcomes{ch: make(chan idemhttp.Outcome, 1024)} }
+
+func (o *outcomes) record(_ *http.Request, oc idemhttp.Outcome) {
+	o.mu.Lock()
+	o.list = append(o.list, oc)
+	o.mu.Unlock()
+	o.ch <- oc
+}
+
+// next waits for the next outcome.
+func (o *outcomes) next(t testing.TB) idemhttp.Outcome {
+	t.Helper()
+	select {
+	case oc := <-o.ch:
+		return oc
+	case <-time.After(10 * time.Second):
+		t.Fatal("no outcome reported")
+		return idemhttp.Outcome{}
+	}
+}
+
+// newKeeper returns a keeper over a fresh memstore.
+func newKeeper(lease time.Duration) (*idem.Keeper, *memstore.Store) {
+	s := memstore.New(memstore.Options{})
+	return &idem.Keeper{Store: s, Lease: lease}, s
+}

@@ -1,0 +1,609 @@
+package idemhttp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// Defaults of Middleware's zero-valued fields.
+const (
+	// DefaultMaxBody is the request body limit when Middleware.MaxBody is 0.
+	DefaultMaxBody = 1 << 20
+	// DefaultMaxResult is the stored body cap when Middleware.MaxResult is 0.
+	DefaultMaxResult = 1 << 20
+	// DefaultCompleteTimeout bounds the store call that completes or releases
+	// a record when Middleware.CompleteTimeout is 0.
+	DefaultCompleteTimeout = 10 * time.Second
+)
+
+// Response headers set on replays.
+const (
+	// HeaderReplayed is set to "true" on every replayed response, together
+	// with HeaderReplayedAlt.
+	HeaderReplayed = "Idempotency-Replayed"
+	// HeaderReplayedAlt is the spelling some clients (Stripe's) look for.
+	HeaderReplayedAlt = "Idempotent-Replayed"
+	// HeaderReplay is set to "omitted" on a replay whose body was larger
+	// than the stored-result cap and was not stored.
+	HeaderReplay = "Idempotency-Replay"
+)
+
+// hopByHop are the connection-specific headers (RFC 9110 §7.6.1 and the
+// classic list of RFC 2616), which are never stored or replayed whatever
+// Middleware.NeverReplay says. Headers named in a Connection header are
+// dropped too.
+var hopByHop = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// DefaultNeverReplay returns the headers that are neither stored nor
+// replayed when Middleware.NeverReplay is nil (SPEC §3), besides the
+// hop-by-hop headers that are always dropped: Set-Cookie, Authorization,
+// WWW-Authenticate, Proxy-Authenticate and Date (a fresh Date is sent on
+// every answer).
+func DefaultNeverReplay() []string {
+	return []string{"Set-Cookie", "Authorization", "Www-Authenticate", "Proxy-Authenticate", "Date"}
+}
+
+// Middleware is net/http middleware that makes POST and PATCH (by default)
+// requests carrying an Idempotency-Key header safe to retry (SPEC §3): the
+// first request with a key runs the handler once, live; its response is
+// stored and replayed byte for byte to every retry with the same key and
+// the same request; a retry while the first still runs gets 409, a reuse of
+// the key for a different request 422, and when the store is unreachable the
+// handler does not run (503) unless FailOpen is set.
+//
+// Configure the exported fields, then call Handler. Handler reads the
+// configuration once: later changes to the fields have no effect on handlers
+// already built. Zero values give the documented defaults; only Keeper is
+// required.
+type Middleware struct {
+	// Keeper runs the record state machine: store, lease, retention and
+	// observer. Required.
+	Keeper *idem.Keeper
+
+	// Methods are the protected methods. Requests with other methods pass
+	// through untouched, even with a key. If nil, POST and PATCH.
+	Methods []string
+
+	// Optional lets protected requests without a key pass through
+	// unprotected. If false (the default) they are answered 400
+	// idempotency-key-missing.
+	Optional bool
+
+	// Header is the request header carrying the key. If empty,
+	// DefaultHeader ("Idempotency-Key").
+	Header string
+
+	// Scope returns the scope of a request's key: who the key belongs to
+	// (tenant, account, API key). Two scopes never share a record. An error
+	// is answered 400 scope-invalid. If nil, DefaultScope (a SHA-256 of the
+	// Authorization header; never the raw value).
+	Scope func(*http.Request) (string, error)
+
+	// Fingerprint returns the fingerprint of a request: same key with a
+	// different fingerprint is answered 422. body is the request body (read
+	// in full, at most MaxBody bytes); Fingerprint must not retain it. An
+	// error is answered 400 request-invalid. If nil, DefaultFingerprint, or
+	// its canonical-JSON variant when CanonicalJSON is set.
+	Fingerprint func(r *http.Request, body []byte) ([]byte, error)
+
+	// CanonicalJSON makes the default fingerprint use the RFC 8785
+	// canonical form of JSON bodies (Content-Type application/json or
+	// */*+json), so that member order, insignificant white space, string
+	// escapes and number spelling do not matter. A body that is not valid
+	// I-JSON (RFC 7493: also no duplicate member names, no lone surrogates,
+	// no numbers outside the double range) is fingerprinted as raw bytes:
+	// the handler gets it unchanged and answers it as it sees fit.
+	// Ignored when Fingerprint is set.
+	CanonicalJSON bool
+
+	// MaxBody is the largest request body, in bytes, that a protected
+	// request may carry: larger bodies are answered 413 request-too-large
+	// and the handler does not run. If 0 (or negative), DefaultMaxBody
+	// (1 MiB).
+	MaxBody int64
+
+	// Stored reports whether a response with the given status completes the
+	// record (and is replayed to retries). Otherwise the record is released
+	// and a retry executes again. If nil, statuses below 500 except 429.
+	Stored func(status int) bool
+
+	// MaxResult caps the stored body, in bytes. The client always gets the
+	// whole response; when the body is larger, the record stores the status
+	// and headers only and a replay answers them with an empty body and
+	// Idempotency-Replay: omitted. If 0 (or negative), DefaultMaxResult
+	// (1 MiB).
+	MaxResult int
+
+	// NeverReplay lists response headers that are neither stored nor
+	// replayed, in addition to the hop-by-hop headers (and those named in
+	// Connection), which are always dropped. If nil, DefaultNeverReplay(); an empty non-nil slice
+	// drops nothing more.
+	NeverReplay []string
+
+	// Wait, if positive, turns on wait mode: a retry that arrives while the
+	// first request still runs is held for up to Wait and answered with the
+	// replay when the first completes (or executes, if the first released
+	// the key), instead of 409. If the bound passes it gets 409.
+	Wait time.Duration
+
+	// FailOpen runs the handler unprotected (no record, no replay) when the
+	// store cannot be reached. If false (the default) such requests are
+	// answered 503 store-unavailable and the handler does not run.
+	FailOpen bool
+
+	// CompleteTimeout bounds the store call that completes or releases the
+	// record after the handler returns. That call is detached from the
+	// request's context, so it happens even when the client has gone.
+	// If 0, DefaultCompleteTimeout (10 s).
+	CompleteTimeout time.Duration
+
+	// OnOutcome, if set, is called once per request that reaches the
+	// middleware, after the answer, with what happened. It runs on the
+	// request's goroutine and must be fast. Store-level events (takeovers,
+	// lease losses, store errors) are reported by Keeper.Observer as well.
+	OnOutcome func(r *http.Request, o Outcome)
+}
+
+// OutcomeKind names what the middleware did with a request.
+type OutcomeKind uint8
+
+// Outcome kinds. String returns the name in parentheses.
+const (
+	// OutcomeExecuted (executed): the handler ran under a lease. See
+	// Outcome.Stored and Outcome.Err for what became of the record.
+	OutcomeExecuted OutcomeKind = iota + 1
+	// OutcomeReplayed (replayed): a stored response was replayed.
+	OutcomeReplayed
+	// OutcomeConflict (conflict): the key was in flight; 409.
+	OutcomeConflict
+	// OutcomeMismatch (mismatch): the key was used for a different request; 422.
+	OutcomeMismatch
+	// OutcomeKeyMissing (key_missing): no key and keys are required; 400.
+	OutcomeKeyMissing
+	// OutcomeKeyInvalid (key_invalid): malformed or repeated key; 400.
+	OutcomeKeyInvalid
+	// OutcomeTooLarge (too_large): the body exceeded MaxBody; 413.
+	OutcomeTooLarge
+	// OutcomeBadRequest (bad_request): the body could not be read, or Scope
+	// or Fingerprint failed; 400.
+	OutcomeBadRequest
+	// OutcomeStoreUnavailable (store_unavailable): the store failed; 503.
+	OutcomeStoreUnavailable
+	// OutcomeFailOpen (fail_open): the store failed and the handler ran
+	// unprotected (FailOpen).
+	OutcomeFailOpen
+	// OutcomePassthrough (passthrough): the method is not protected, or the
+	// key is missing and Optional is set; the handler ran unprotected.
+	OutcomePassthrough
+	// OutcomeCanceled (canceled): the request was canceled while its key was
+	// being claimed (or waited for); the handler did not run.
+	OutcomeCanceled
+	// OutcomeReplayInvalid (replay_invalid): the stored response could not
+	// be decoded; 500. The handler did not run.
+	OutcomeReplayInvalid
+	// OutcomePanic (panic): the handler panicked; the record was released
+	// and the panic continued.
+	OutcomePanic
+)
+
+var outcomeNames = [...]string{
+	OutcomeExecuted:         "executed",
+	OutcomeReplayed:         "replayed",
+	OutcomeConflict:         "conflict",
+	OutcomeMismatch:         "mismatch",
+	OutcomeKeyMissing:       "key_missing",
+	OutcomeKeyInvalid:       "key_invalid",
+	OutcomeTooLarge:         "too_large",
+	OutcomeBadRequest:       "bad_request",
+	OutcomeStoreUnavailable: "store_unavailable",
+	OutcomeFailOpen:         "fail_open",
+	OutcomePassthrough:      "passthrough",
+	OutcomeCanceled:         "canceled",
+	OutcomeReplayInvalid:    "replay_invalid",
+	OutcomePanic:            "panic",
+}
+
+// String returns the kind's name, as used in metrics labels.
+func (k OutcomeKind) String() string {
+	if int(k) < len(outcomeNames) && outcomeNames[k] != "" {
+		return outcomeNames[k]
+	}
+	return "unknown"
+}
+
+// Outcome describes what the middleware did with one request.
+type Outcome struct {
+	Kind OutcomeKind
+	// Status is the status code answered (the handler's for executed,
+	// fail_open and passthrough; 0 for panic).
+	Status int
+	// Fence is the lease's fence when the handler ran under a lease.
+	Fence uint64
+	// Takeover reports that the lease was taken over from an executor whose
+	// lease had expired.
+	Takeover bool
+	// Stored reports, for executed, that the record was completed with the
+	// response (otherwise it was released, or the store refused or failed).
+	Stored bool
+	// Omitted reports that the body was over MaxResult and was not stored
+	// (executed), or was not stored originally (replayed).
+	Omitted bool
+	// Err is the error behind store_unavailable, fail_open, bad_request,
+	// key_invalid, canceled and replay_invalid outcomes, and, for executed
+	// and panic, the error of the completing or releasing store call (for
+	// example wrapping idem.ErrLeaseLost when a takeover happened while the
+	// handler ran: the client got the handler's response, and the newer
+	// executor's record stands).
+	Err error
+}
+
+// handler is a configured Middleware around next.
+type handler struct {
+	next            http.Handler
+	keeper          *idem.Keeper
+	methods         []string
+	optional        bool
+	header          string
+	scope           func(*http.Request) (string, error)
+	fingerprint     func(*http.Request, []byte) ([]byte, error)
+	canonical       bool
+	maxBody         int64
+	stored          func(int) bool
+	maxResult       int
+	deny            map[string]bool
+	wait            time.Duration
+	failOpen        bool
+	completeTimeout time.Duration
+	onOutcome       func(*http.Request, Outcome)
+}
+
+// Handler returns next wrapped by the middleware. Its signature fits chi's
+// Router.Use and similar middleware chains. Handler panics if m.Keeper or
+// m.Keeper.Store is nil, as http.Handle panics on a nil handler: that is a
+// programming error found at start-up.
+func (m *Middleware) Handler(next http.Handler) http.Handler {
+	if m.Keeper == nil || m.Keeper.Store == nil {
+		panic("idemhttp: Middleware.Keeper with a Store is required")
+	}
+	if next == nil {
+		panic("idemhttp: nil handler")
+	}
+	h := &handler{
+		next:            next,
+		keeper:          m.Keeper,
+		methods:         []string{http.MethodPost, http.MethodPatch},
+		optional:        m.Optional,
+		header:          DefaultHeader,
+		scope:           m.Scope,
+		fingerprint:     m.Fingerprint,
+		canonical:       m.CanonicalJSON,
+		maxBody:         m.MaxBody,
+		stored:          m.Stored,
+		maxResult:       m.MaxResult,
+		wait:            m.Wait,
+		failOpen:        m.FailOpen,
+		completeTimeout: m.CompleteTimeout,
+		onOutcome:       m.OnOutcome,
+	}
+	if m.Methods != nil {
+		h.methods = append([]string(nil), m.Methods...)
+	}
+	if m.Header != "" {
+		h.header = textproto.CanonicalMIMEHeaderKey(m.Header)
+	}
+	if h.maxBody <= 0 {
+		h.maxBody = DefaultMaxBody
+	}
+	if h.maxResult <= 0 {
+		h.maxResult = DefaultMaxResult
+	}
+	if h.completeTimeout <= 0 {
+		h.completeTimeout = DefaultCompleteTimeout
+	}
+	never := m.NeverReplay
+	if never == nil {
+		never = DefaultNeverReplay()
+	}
+	h.deny = make(map[string]bool, len(hopByHop)+len(never))
+	for _, n := range hopByHop {
+		h.deny[n] = true
+	}
+	for _, n := range never {
+		h.deny[textproto.CanonicalMIMEHeaderKey(n)] = true
+	}
+	return h
+}
+
+// defaultStored is the default storage policy: statuses below 500 except 429.
+func defaultStored(status int) bool { return status < 500 && status != http.StatusTooManyRequests }
+
+func (h *handler) report(r *http.Request, o Outcome) {
+	if h.onOutcome != nil {
+		h.onOutcome(r, o)
+	}
+}
+
+func (h *handler) protected(method string) bool {
+	for _, m := range h.methods {
+		if m == method {
+			return true
+		}
+	}
+	return false
+}
+
+// ServeHTTP implements SPEC §3.
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.protected(r.Method) {
+		h.next.ServeHTTP(w, r)
+		h.report(r, Outcome{Kind: OutcomePassthrough})
+		return
+	}
+	key, err := parseKeyValues(r.Header[h.header])
+	if err != nil {
+		if errors.Is(err, ErrKeyMissing) {
+			if h.optional {
+				h.next.ServeHTTP(w, r)
+				h.report(r, Outcome{Kind: OutcomePassthrough})
+				return
+			}
+			WriteProblem(w, CodeKeyMissing, "")
+			h.report(r, Outcome{Kind: OutcomeKeyMissing, Status: http.StatusBadRequest, Err: err})
+			return
+		}
+		WriteProblem(w, CodeKeyInvalid, "")
+		h.report(r, Outcome{Kind: OutcomeKeyInvalid, Status: http.StatusBadRequest, Err: err})
+		return
+	}
+	var scope string
+	if h.scope != nil {
+		scope, err = h.scope(r)
+	} else {
+		scope, err = DefaultScope(r)
+	}
+	if err != nil {
+		WriteProblem(w, CodeScopeInvalid, "")
+		h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
+		return
+	}
+	body, err := h.readBody(r)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if err == errTooLarge || errors.As(err, &tooLarge) {
+			w.Header().Set("Connection", "close")
+			WriteProblem(w, CodeTooLarge, "")
+			h.report(r, Outcome{Kind: OutcomeTooLarge, Status: http.StatusRequestEntityTooLarge, Err: err})
+			return
+		}
+		WriteProblem(w, CodeBodyUnreadable, "")
+		h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
+		return
+	}
+	var fp []byte
+	switch {
+	case h.fingerprint != nil:
+		fp, err = h.fingerprint(r, body)
+		if err != nil {
+			WriteProblem(w, CodeRequestInvalid, "")
+			h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
+			return
+		}
+	case h.canonical:
+		fp = canonicalFingerprint(r, body)
+	default:
+		fp = fingerprint(r, body, false)
+	}
+
+	var a idem.Attempt
+	if h.wait > 0 {
+		a, err = h.keeper.BeginWait(r.Context(), scope, key, fp, h.wait)
+	} else {
+		a, err = h.keeper.Begin(r.Context(), scope, key, fp)
+	}
+	if err != nil {
+		h.refuse(w, r, body, err)
+		return
+	}
+	if a.Lease == nil {
+		h.replay(w, r, a.Result)
+		return
+	}
+	h.execute(w, r, body, a.Lease)
+}
+
+// refuse answers a request whose key could not be claimed.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, body []byte, err error) {
+	var inflight *idem.InFlightError
+	switch {
+	case errors.As(err, &inflight):
+		w.Header()["Retry-After"] = []string{strconv.Itoa(inflight.RetryAfter())}
+		WriteProblem(w, CodeInProgress, "")
+		h.report(r, Outcome{Kind: OutcomeConflict, Status: http.StatusConflict, Err: err})
+	case errors.Is(err, idem.ErrMismatch):
+		WriteProblem(w, CodeKeyReused, "")
+		h.report(r, Outcome{Kind: OutcomeMismatch, Status: http.StatusUnprocessableEntity, Err: err})
+	case r.Context().Err() != nil:
+		w.Header()["Retry-After"] = []string{"1"}
+		WriteProblem(w, CodeCanceled, "")
+		h.report(r, Outcome{Kind: OutcomeCanceled, Status: http.StatusServiceUnavailable, Err: err})
+	case h.failOpen:
+		r2 := r.WithContext(r.Context()) // shallow copy: only the body changes
+		setBody(r2, body)
+		c := newCapture(w, h)
+		h.next.ServeHTTP(c, r2)
+		status := c.code
+		if status == 0 {
+			status = http.StatusOK
+		}
+		c.free()
+		h.report(r, Outcome{Kind: OutcomeFailOpen, Status: status, Err: err})
+	default:
+		w.Header()["Retry-After"] = []string{"1"}
+		WriteProblem(w, CodeStoreUnavailable, "")
+		h.report(r, Outcome{Kind: OutcomeStoreUnavailable, Status: http.StatusServiceUnavailable, Err: err})
+	}
+}
+
+// replay answers a stored response.
+func (h *handler) replay(w http.ResponseWriter, r *http.Request, result []byte) {
+	d, err := decodeResponse(result)
+	if err != nil {
+		WriteProblem(w, CodeStoredResponseInvalid, "")
+		h.report(r, Outcome{Kind: OutcomeReplayInvalid, Status: http.StatusInternalServerError, Err: err})
+		return
+	}
+	hdr := w.Header()
+	d.eachHeader(func(name string, vs []string) {
+		if !h.deny[name] {
+			hdr[name] = vs
+		}
+	})
+	vals := make([]string, 3)
+	vals[0], vals[1] = "true", "true"
+	hdr[HeaderReplayed] = vals[0:1:1]
+	hdr[HeaderReplayedAlt] = vals[1:2:2]
+	if d.omitted {
+		vals[2] = "omitted"
+		hdr[HeaderReplay] = vals[2:3:3]
+		// An empty body; with no Content-Length net/http sends
+		// Content-Length: 0 (or nothing, for statuses without a body).
+		delete(hdr, "Content-Length")
+	} else if cl, ok := hdr["Content-Length"]; ok && (len(cl) != 1 || cl[0] != strconv.Itoa(len(d.body))) {
+		// The handler declared a length it did not write: answer the
+		// truth. (A Content-Length the handler did not set is left to
+		// net/http, which frames the replay as it framed the original.)
+		vals[2] = strconv.Itoa(len(d.body))
+		hdr["Content-Length"] = vals[2:3:3]
+	}
+	w.WriteHeader(d.status)
+	if len(d.body) > 0 {
+		_, _ = w.Write(d.body)
+	}
+	h.report(r, Outcome{Kind: OutcomeReplayed, Status: d.status, Omitted: d.omitted})
+}
+
+// execute runs the handler under lease and completes or releases the record.
+func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, lease *idem.Lease) {
+	lease.StartRenewal()
+	r2 := r.WithContext(lease.Context(r.Context()))
+	setBody(r2, body)
+	c := newCapture(w, h)
+	finished := false
+	defer func() {
+		if finished {
+			return
+		}
+		// The handler panicked (or called runtime.Goexit): release the
+		// record so a retry executes, and let the panic continue.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
+		err := lease.Release(ctx)
+		cancel()
+		h.report(r, Outcome{Kind: OutcomePanic, Fence: lease.Fence(), Takeover: lease.Takeover(), Err: err})
+	}()
+	h.next.ServeHTTP(c, r2)
+	finished = true
+
+	if c.code == 0 { // nothing written: net/http answers 200, empty body
+		c.snapshot(http.StatusOK)
+	}
+	o := Outcome{Kind: OutcomeExecuted, Status: c.code, Fence: lease.Fence(), Takeover: lease.Takeover(), Omitted: c.omit}
+	stored := h.stored
+	if stored == nil {
+		stored = defaultStored
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
+	if stored(c.code) {
+		result := make([]byte, len(c.buf))
+		copy(result, c.buf)
+		if c.omit {
+			result[1] |= flagOmitted
+		}
+		o.Err = lease.Complete(ctx, result)
+		o.Stored = o.Err == nil
+	} else {
+		o.Err = lease.Release(ctx)
+	}
+	cancel()
+	c.free()
+	h.report(r, o)
+}
+
+// appendHead encodes the status and the storable headers of hdr.
+func (h *handler) appendHead(b []byte, status int, hdr http.Header) []byte {
+	conn := hdr["Connection"]
+	if len(conn) == 0 {
+		return appendHead(b, status, 0, hdr, h.denied)
+	}
+	return appendHead(b, status, 0, hdr, func(name string) bool {
+		if h.deny[name] {
+			return true
+		}
+		for _, v := range conn {
+			for _, tok := range strings.Split(v, ",") {
+				if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(tok)) == name {
+					return true
+				}
+			}
+		}
+		return false
+	})
+}
+
+func (h *handler) denied(name string) bool { return h.deny[name] }
+
+var errTooLarge = errors.New("idemhttp: request body too large")
+
+// readBody reads the whole body, at most h.maxBody bytes.
+func (h *handler) readBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	if r.ContentLength > h.maxBody {
+		return nil, errTooLarge
+	}
+	n := int64(512)
+	if r.ContentLength >= 0 {
+		n = r.ContentLength + 1 // +1: room for the read that sees EOF
+	}
+	buf := make([]byte, 0, n)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		k, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if int64(len(buf)) > h.maxBody {
+			return nil, errTooLarge
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// setBody gives r a fresh reader over body, which the middleware read.
+func setBody(r *http.Request, body []byte) {
+	r.ContentLength = int64(len(body))
+	if body == nil {
+		r.Body = http.NoBody
+		r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+}

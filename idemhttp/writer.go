@@ -1,0 +1,94 @@
+package idemhttp
+
+import (
+	"net/http"
+	"sync"
+)
+
+// capture is the http.ResponseWriter the handler writes to on a first
+// execution. Every write goes through to the client at once; capture keeps
+// a copy: the status and header snapshot (encoded when the status is
+// written, which is when net/http snapshots them too) and the body up to
+// the stored-result cap.
+type capture struct {
+	w     http.ResponseWriter
+	h     *handler
+	buf   []byte // encoded head, then the body bytes captured so far
+	head  int    // length of the encoded head in buf
+	body  int    // body bytes written by the handler (captured or not)
+	code  int    // final status; 0 until written
+	omit  bool   // body exceeded the cap and was dropped from buf
+	flush http.Flusher
+}
+
+var capturePool = sync.Pool{New: func() any { return &capture{buf: make([]byte, 0, 4096)} }}
+
+func newCapture(w http.ResponseWriter, h *handler) *capture {
+	c := capturePool.Get().(*capture)
+	c.w, c.h = w, h
+	c.flush, _ = w.(http.Flusher)
+	return c
+}
+
+func (c *capture) free() {
+	if cap(c.buf) > 64<<10 {
+		c.buf = make([]byte, 0, 4096)
+	}
+	*c = capture{buf: c.buf[:0]}
+	capturePool.Put(c)
+}
+
+// Header returns the underlying writer's header map.
+func (c *capture) Header() http.Header { return c.w.Header() }
+
+// WriteHeader snapshots the status and headers of the first final status
+// and passes it on. Informational (1xx, except 101) statuses pass through
+// without being recorded; a repeated call is passed on (net/http logs it).
+func (c *capture) WriteHeader(code int) {
+	if c.code == 0 && (code >= 200 && code <= 999 || code == http.StatusSwitchingProtocols) {
+		c.snapshot(code)
+	}
+	c.w.WriteHeader(code)
+}
+
+func (c *capture) snapshot(code int) {
+	c.code = code
+	c.buf = c.h.appendHead(c.buf[:0], code, c.w.Header())
+	c.head = len(c.buf)
+}
+
+// Write passes p to the client and records it. The whole of p is recorded
+// even when the client write fails, so that a handler that finishes after
+// its caller went away still stores the response it produced.
+func (c *capture) Write(p []byte) (int, error) {
+	if c.code == 0 {
+		c.snapshot(http.StatusOK)
+	}
+	c.body += len(p)
+	if !c.omit {
+		if c.body > c.h.maxResult {
+			c.omit = true
+			c.buf = c.buf[:c.head]
+		} else {
+			c.buf = append(c.buf, p...)
+		}
+	}
+	return c.w.Write(p)
+}
+
+// Flush sends buffered data to the client (http.Flusher), writing an
+// implicit 200 status first if none was written.
+func (c *capture) Flush() {
+	if c.code == 0 {
+		c.snapshot(http.StatusOK)
+	}
+	if c.flush != nil {
+		c.flush.Flush()
+		return
+	}
+	_ = http.NewResponseController(c.w).Flush()
+}
+
+// Unwrap returns the underlying writer, for http.ResponseController.
+// Writes made directly to it are not recorded.
+func (c *capture) Unwrap() http.ResponseWriter { return c.w }

@@ -1,0 +1,493 @@
+package jcs
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// MaxDepth is the deepest nesting of arrays and objects accepted.
+const MaxDepth = 256
+
+// ErrInvalid is wrapped by every error Canonicalize returns.
+var ErrInvalid = errors.New("jcs: invalid input")
+
+// Canonicalize returns the RFC 8785 canonical form of the JSON text data. It
+// returns an error wrapping ErrInvalid when data is not a single I-JSON
+// value (surrounding white space allowed).
+func Canonicalize(data []byte) ([]byte, error) {
+	return Append(make([]byte, 0, len(data)), data)
+}
+
+// Append appends the canonical form of data to dst (see Canonicalize). On
+// error it returns dst unchanged in length.
+func Append(dst, data []byte) ([]byte, error) {
+	p := parser{in: data, out: dst}
+	start := len(dst)
+	p.ws()
+	if err := p.value(0); err != nil {
+		return dst[:start], err
+	}
+	p.ws()
+	if p.pos != len(p.in) {
+		return dst[:start], p.errf("unexpected data after the value")
+	}
+	return p.out, nil
+}
+
+type parser struct {
+	in      []byte
+	pos     int
+	out     []byte
+	scratch []byte // decoded string content
+}
+
+func (p *parser) errf(format string, args ...any) error {
+	return fmt.Errorf("%w: offset %d: %s", ErrInvalid, p.pos, fmt.Sprintf(format, args...))
+}
+
+func (p *parser) ws() {
+	for p.pos < len(p.in) {
+		switch p.in[p.pos] {
+		case ' ', '\t', '\n', '\r':
+			p.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (p *parser) value(depth int) error {
+	if p.pos >= len(p.in) {
+		return p.errf("unexpected end of input")
+	}
+	switch c := p.in[p.pos]; {
+	case c == '{':
+		return p.object(depth + 1)
+	case c == '[':
+		return p.array(depth + 1)
+	case c == '"':
+		s, err := p.str()
+		if err != nil {
+			return err
+		}
+		p.out = AppendString(p.out, s)
+		return nil
+	case c == '-' || c >= '0' && c <= '9':
+		return p.number()
+	case c == 't':
+		return p.literal("true")
+	case c == 'f':
+		return p.literal("false")
+	case c == 'n':
+		return p.literal("null")
+	default:
+		return p.errf("unexpected byte 0x%02x", c)
+	}
+}
+
+func (p *parser) literal(lit string) error {
+	if len(p.in)-p.pos < len(lit) || string(p.in[p.pos:p.pos+len(lit)]) != lit {
+		return p.errf("invalid literal")
+	}
+	p.pos += len(lit)
+	p.out = append(p.out, lit...)
+	return nil
+}
+
+func (p *parser) array(depth int) error {
+	if depth > MaxDepth {
+		return p.errf("nesting deeper than %d", MaxDepth)
+	}
+	p.pos++ // [
+	p.out = append(p.out, '[')
+	p.ws()
+	if p.pos < len(p.in) && p.in[p.pos] == ']' {
+		p.pos++
+		p.out = append(p.out, ']')
+		return nil
+	}
+	for {
+		p.ws()
+		if err := p.value(depth); err != nil {
+			return err
+		}
+		p.ws()
+		if p.pos >= len(p.in) {
+			return p.errf("unterminated array")
+		}
+		switch p.in[p.pos] {
+		case ',':
+			p.pos++
+			p.out = append(p.out, ',')
+		case ']':
+			p.pos++
+			p.out = append(p.out, ']')
+			return nil
+		default:
+			return p.errf("expected , or ] in array")
+		}
+	}
+}
+
+// member is one object member: its decoded name and the position of its
+// canonical "name":value text in p.out.
+type member struct {
+	name       string
+	start, end int
+}
+
+func (p *parser) object(depth int) error {
+	if depth > MaxDepth {
+		return p.errf("nesting deeper than %d", MaxDepth)
+	}
+	p.pos++ // {
+	p.ws()
+	if p.pos < len(p.in) && p.in[p.pos] == '}' {
+		p.pos++
+		p.out = append(p.out, '{', '}')
+		return nil
+	}
+	base := len(p.out)
+	p.out = append(p.out, '{')
+	var members []member
+	sorted := true
+	for {
+		p.ws()
+		if p.pos >= len(p.in) || p.in[p.pos] != '"' {
+			return p.errf("expected a member name")
+		}
+		name, err := p.str()
+		if err != nil {
+			return err
+		}
+		if n := len(members); n > 0 && !lessUTF16(members[n-1].name, name) {
+			sorted = false
+		}
+		p.ws()
+		if p.pos >= len(p.in) || p.in[p.pos] != ':' {
+			return p.errf("expected : after a member name")
+		}
+		p.pos++
+		p.ws()
+		start := len(p.out)
+		p.out = AppendString(p.out, name)
+		p.out = append(p.out, ':')
+		if err := p.value(depth); err != nil {
+			return err
+		}
+		members = append(members, member{name: name, start: start, end: len(p.out)})
+		p.ws()
+		if p.pos >= len(p.in) {
+			return p.errf("unterminated object")
+		}
+		c := p.in[p.pos]
+		p.pos++
+		if c == '}' {
+			break
+		}
+		if c != ',' {
+			p.pos--
+			return p.errf("expected , or } in object")
+		}
+		p.out = append(p.out, ',')
+	}
+	if !sorted {
+		slices.SortStableFunc(members, func(a, b member) int {
+			switch {
+			case lessUTF16(a.name, b.name):
+				return -1
+			case lessUTF16(b.name, a.name):
+				return 1
+			}
+			return 0
+		})
+		for i := 1; i < len(members); i++ {
+			if members[i-1].name == members[i].name {
+				return p.errf("duplicate member name %q", members[i].name)
+			}
+		}
+		body := slices.Clone(p.out[base+1:])
+		p.out = p.out[:base+1]
+		for i, m := range members {
+			if i > 0 {
+				p.out = append(p.out, ',')
+			}
+			p.out = append(p.out, body[m.start-base-1:m.end-base-1]...)
+		}
+	}
+	p.out = append(p.out, '}')
+	return nil
+}
+
+// lessUTF16 reports whether a sorts before b when both are compared as
+// sequences of UTF-16 code units (RFC 8785 §3.2.3). a and b are valid UTF-8.
+func lessUTF16(a, b string) bool {
+	for len(a) > 0 && len(b) > 0 {
+		if a[0] < utf8.RuneSelf && b[0] < utf8.RuneSelf {
+			if a[0] != b[0] {
+				return a[0] < b[0]
+			}
+			a, b = a[1:], b[1:]
+			continue
+		}
+		ra, na := utf8.DecodeRuneInString(a)
+		rb, nb := utf8.DecodeRuneInString(b)
+		if ra != rb {
+			ua, ub := unitsOf(ra), unitsOf(rb)
+			if ua[0] != ub[0] {
+				return ua[0] < ub[0]
+			}
+			return ua[1] < ub[1]
+		}
+		a, b = a[na:], b[nb:]
+	}
+	return len(a) < len(b)
+}
+
+// unitsOf returns the UTF-16 code units of r (the second is 0 for BMP).
+func unitsOf(r rune) [2]rune {
+	if r < 0x10000 {
+		return [2]rune{r, 0}
+	}
+	hi, lo := utf16.EncodeRune(r)
+	return [2]rune{hi, lo}
+}
+
+// str parses a JSON string at p.pos and returns its decoded content.
+func (p *parser) str() (string, error) {
+	p.pos++ // "
+	p.scratch = p.scratch[:0]
+	for {
+		if p.pos >= len(p.in) {
+			return "", p.errf("unterminated string")
+		}
+		c := p.in[p.pos]
+		switch {
+		case c == '"':
+			p.pos++
+			return string(p.scratch), nil
+		case c == '\\':
+			if err := p.escape(); err != nil {
+				return "", err
+			}
+		case c < 0x20:
+			return "", p.errf("control character 0x%02x in string", c)
+		case c < utf8.RuneSelf:
+			p.scratch = append(p.scratch, c)
+			p.pos++
+		default:
+			r, n := utf8.DecodeRune(p.in[p.pos:])
+			if r == utf8.RuneError && n <= 1 {
+				return "", p.errf("invalid UTF-8")
+			}
+			p.scratch = append(p.scratch, p.in[p.pos:p.pos+n]...)
+			p.pos += n
+		}
+	}
+}
+
+func (p *parser) escape() error {
+	if p.pos+1 >= len(p.in) {
+		return p.errf("unterminated escape")
+	}
+	e := p.in[p.pos+1]
+	p.pos += 2
+	switch e {
+	case '"', '\\', '/':
+		p.scratch = append(p.scratch, e)
+	case 'b':
+		p.scratch = append(p.scratch, '\b')
+	case 'f':
+		p.scratch = append(p.scratch, '\f')
+	case 'n':
+		p.scratch = append(p.scratch, '\n')
+	case 'r':
+		p.scratch = append(p.scratch, '\r')
+	case 't':
+		p.scratch = append(p.scratch, '\t')
+	case 'u':
+		r, ok := p.hex4()
+		if !ok {
+			return p.errf("bad \\u escape")
+		}
+		if utf16.IsSurrogate(r) {
+			if r >= 0xdc00 || p.pos+1 >= len(p.in) || p.in[p.pos] != '\\' || p.in[p.pos+1] != 'u' {
+				return p.errf("lone surrogate")
+			}
+			p.pos += 2
+			lo, ok := p.hex4()
+			if !ok {
+				return p.errf("bad \\u escape")
+			}
+			r = utf16.DecodeRune(r, lo)
+			if r == utf8.RuneError {
+				return p.errf("lone surrogate")
+			}
+		}
+		p.scratch = utf8.AppendRune(p.scratch, r)
+	default:
+		return p.errf("bad escape \\%c", e)
+	}
+	return nil
+}
+
+func (p *parser) hex4() (rune, bool) {
+	if len(p.in)-p.pos < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range p.in[p.pos : p.pos+4] {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			r |= rune(c-'A') + 10
+		default:
+			return 0, false
+		}
+	}
+	p.pos += 4
+	return r, true
+}
+
+// number validates an RFC 8259 number and writes its canonical form.
+func (p *parser) number() error {
+	start := p.pos
+	digits := func() int {
+		n := 0
+		for p.pos < len(p.in) && p.in[p.pos] >= '0' && p.in[p.pos] <= '9' {
+			p.pos++
+			n++
+		}
+		return n
+	}
+	if p.in[p.pos] == '-' {
+		p.pos++
+	}
+	if p.pos < len(p.in) && p.in[p.pos] == '0' {
+		p.pos++
+	} else if digits() == 0 {
+		return p.errf("bad number")
+	}
+	if p.pos < len(p.in) && p.in[p.pos] == '.' {
+		p.pos++
+		if digits() == 0 {
+			return p.errf("bad number fraction")
+		}
+	}
+	if p.pos < len(p.in) && (p.in[p.pos] == 'e' || p.in[p.pos] == 'E') {
+		p.pos++
+		if p.pos < len(p.in) && (p.in[p.pos] == '+' || p.in[p.pos] == '-') {
+			p.pos++
+		}
+		if digits() == 0 {
+			return p.errf("bad number exponent")
+		}
+	}
+	f, err := strconv.ParseFloat(string(p.in[start:p.pos]), 64)
+	if err != nil && (math.IsInf(f, 0) || !errors.Is(err, strconv.ErrRange)) {
+		return p.errf("number out of range")
+	}
+	p.out = AppendNumber(p.out, f)
+	return nil
+}
+
+// AppendString appends the RFC 8785 form of the string s (valid UTF-8):
+// quoted, with \" \\ \b \f \n \r \t and \u00xx (lower-case hex) for the
+// other control characters, and every other character as is.
+func AppendString(dst []byte, s string) []byte {
+	const hexdigits = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"':
+			dst = append(dst, '\\', '"')
+		case c == '\\':
+			dst = append(dst, '\\', '\\')
+		case c >= 0x20:
+			dst = append(dst, c)
+		case c == '\b':
+			dst = append(dst, '\\', 'b')
+		case c == '\f':
+			dst = append(dst, '\\', 'f')
+		case c == '\n':
+			dst = append(dst, '\\', 'n')
+		case c == '\r':
+			dst = append(dst, '\\', 'r')
+		case c == '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hexdigits[c>>4], hexdigits[c&0xf])
+		}
+	}
+	return append(dst, '"')
+}
+
+// AppendNumber appends f formatted as ECMAScript's Number.prototype.toString
+// does (RFC 8785 §3.2.2.3): the shortest digits that round-trip, plain
+// notation for decimal exponents from -6 to 20, otherwise d.ddde±x. f must
+// be finite; -0 is written as 0.
+func AppendNumber(dst []byte, f float64) []byte {
+	if f == 0 {
+		return append(dst, '0')
+	}
+	if f < 0 {
+		dst = append(dst, '-')
+		f = -f
+	}
+	var buf [32]byte
+	e := strconv.AppendFloat(buf[:0], f, 'e', -1, 64) // d[.ddd]e±xx
+	i := 0
+	for e[i] != 'e' {
+		i++
+	}
+	mant, exp := e[:i], e[i+1:]
+	var digits [24]byte
+	k := 0
+	for _, c := range mant {
+		if c != '.' {
+			digits[k] = c
+			k++
+		}
+	}
+	x, _ := strconv.Atoi(string(exp))
+	n := x + 1 // value = 0.d1d2…dk × 10^n
+	switch {
+	case k <= n && n <= 21:
+		dst = append(dst, digits[:k]...)
+		for j := 0; j < n-k; j++ {
+			dst = append(dst, '0')
+		}
+	case 0 < n && n <= 21:
+		dst = append(dst, digits[:n]...)
+		dst = append(dst, '.')
+		dst = append(dst, digits[n:k]...)
+	case -6 < n && n <= 0:
+		dst = append(dst, '0', '.')
+		for j := 0; j < -n; j++ {
+			dst = append(dst, '0')
+		}
+		dst = append(dst, digits[:k]...)
+	default:
+		dst = append(dst, digits[0])
+		if k > 1 {
+			dst = append(dst, '.')
+			dst = append(dst, digits[1:k]...)
+		}
+		dst = append(dst, 'e')
+		if n-1 >= 0 {
+			dst = append(dst, '+')
+		}
+		dst = strconv.AppendInt(dst, int64(n-1), 10)
+	}
+	return dst
+}
