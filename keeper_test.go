@@ -1,0 +1,378 @@
+package idem_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/memstore"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// clock is a fake store clock.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *clock { return &clock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+// recorder is an Observer that counts events by kind.
+type recorder struct {
+	mu     sync.Mutex
+	events []idem.Event
+}
+
+func (r *recorder) Observe(_ context.Context, e idem.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+}
+
+func (r *recorder) count(k idem.EventKind) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, e := range r.events {
+		if e.Kind == k {
+			n++
+		}
+	}
+	return n
+}
+
+// faulty wraps a Store and fails every call while down is set.
+type faulty struct {
+	idem.Store
+	down atomic.Bool
+}
+
+var errDown = fmt.Errorf("connection refused: %w", idem.ErrStoreUnavailable)
+
+func (f *faulty) Begin(ctx context.Context, key string, fp []byte, lease time.Duration) (idem.Begun, error) {
+	if f.down.Load() {
+		return idem.Begun{}, errDown
+	}
+	return f.Store.Begin(ctx, key, fp, lease)
+}
+
+func (f *faulty) Complete(ctx context.Context, key string, fence uint64, res []byte, ret time.Duration) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Store.Complete(ctx, key, fence, res, ret)
+}
+
+func (f *faulty) Release(ctx context.Context, key string, fence uint64) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Store.Release(ctx, key, fence)
+}
+
+func TestKeeperLifecycle(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := newClock()
+	obs := &recorder{}
+	k := &idem.Keeper{Store: memstore.New(memstore.Options{Now: c.Now}), Lease: 10 * time.Second, Retention: time.Hour, Observer: obs}
+	fp := []byte("fp-1")
+
+	a, err := k.Begin(ctx, "tenant", "key-1", fp)
+	if err != nil || a.Replayed() {
+		t.Fatalf("first Begin = %+v, %v; want a lease", a, err)
+	}
+	if a.Lease.Fence() == 0 || a.Lease.Takeover() {
+		t.Fatalf("fresh lease: fence %d takeover %v", a.Lease.Fence(), a.Lease.Takeover())
+	}
+	if f, ok := idem.FenceFromContext(a.Lease.Context(ctx)); !ok || f != a.Lease.Fence() {
+		t.Fatalf("FenceFromContext = %d, %v", f, ok)
+	}
+
+	_, err = k.Begin(ctx, "tenant", "key-1", fp)
+	var inflight *idem.InFlightError
+	if !errors.As(err, &inflight) || !errors.Is(err, idem.ErrInFlight) {
+		t.Fatalf("duplicate Begin err = %v, want *InFlightError", err)
+	}
+	if inflight.LeaseLeft <= 0 || inflight.LeaseLeft > 10*time.Second {
+		t.Fatalf("LeaseLeft = %v", inflight.LeaseLeft)
+	}
+	if _, err := k.Begin(ctx, "tenant", "key-1", []byte("other")); !errors.Is(err, idem.ErrMismatch) {
+		t.Fatalf("different fingerprint err = %v, want ErrMismatch", err)
+	}
+	// Another scope is another record.
+	b, err := k.Begin(ctx, "other-tenant", "key-1", fp)
+	if err != nil || b.Replayed() {
+		t.Fatalf("other scope Begin = %+v, %v; want a lease", b, err)
+	}
+	if err := b.Lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := a.Lease.Complete(ctx, []byte("result")); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	if err := a.Lease.Complete(ctx, []byte("again")); err == nil {
+		t.Fatal("second Complete on one lease succeeded")
+	}
+	r, err := k.Begin(ctx, "tenant", "key-1", fp)
+	if err != nil || !r.Replayed() || string(r.Result) != "result" {
+		t.Fatalf("replay Begin = %+v, %v", r, err)
+	}
+	if _, err := k.Begin(ctx, "tenant", "key-1", []byte("other")); !errors.Is(err, idem.ErrMismatch) {
+		t.Fatalf("completed + different fingerprint err = %v, want ErrMismatch", err)
+	}
+
+	c.Advance(time.Hour + time.Second) // past retention: the key is new again
+	n, err := k.Begin(ctx, "tenant", "key-1", []byte("other"))
+	if err != nil || n.Replayed() {
+		t.Fatalf("Begin after retention = %+v, %v; want a lease", n, err)
+	}
+	if n.Lease.Fence() <= a.Lease.Fence() {
+		t.Fatalf("fence after retention %d, want > %d", n.Lease.Fence(), a.Lease.Fence())
+	}
+	if err := n.Lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	for kind, want := range map[idem.EventKind]int{
+		idem.EventExecuted: 3, idem.EventReplayed: 1, idem.EventConflict: 1, idem.EventMismatch: 2,
+		idem.EventTakeover: 0, idem.EventStoreError: 0, idem.EventLeaseLost: 0,
+	} {
+		if got := obs.count(kind); got != want {
+			t.Errorf("%v events = %d, want %d", kind, got, want)
+		}
+	}
+}
+
+func TestKeeperTakeoverAndFencing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := newClock()
+	obs := &recorder{}
+	k := &idem.Keeper{Store: memstore.New(memstore.Options{Now: c.Now}), Lease: time.Second, Observer: obs}
+
+	old, err := k.Begin(ctx, "", "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(2 * time.Second) // the old executor "died": its lease ran out
+	nw, err := k.Begin(ctx, "", "k", nil)
+	if err != nil || nw.Replayed() {
+		t.Fatalf("takeover Begin = %+v, %v", nw, err)
+	}
+	if !nw.Lease.Takeover() || nw.Lease.Fence() != old.Lease.Fence()+1 {
+		t.Fatalf("takeover fence %d (takeover %v), want %d", nw.Lease.Fence(), nw.Lease.Takeover(), old.Lease.Fence()+1)
+	}
+	if err := old.Lease.Complete(ctx, []byte("stale")); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("stale Complete = %v, want ErrLeaseLost", err)
+	}
+	if err := nw.Lease.Complete(ctx, []byte("fresh")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := k.Begin(ctx, "", "k", nil)
+	if err != nil || string(r.Result) != "fresh" {
+		t.Fatalf("replay = %q, %v; want the new executor's result", r.Result, err)
+	}
+	if obs.count(idem.EventTakeover) != 1 || obs.count(idem.EventLeaseLost) != 1 {
+		t.Fatalf("takeover events %d, lease-lost events %d; want 1 and 1", obs.count(idem.EventTakeover), obs.count(idem.EventLeaseLost))
+	}
+}
+
+func TestKeeperStoreErrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := &faulty{Store: memstore.New(memstore.Options{})}
+	obs := &recorder{}
+	k := &idem.Keeper{Store: st, Observer: obs}
+	st.down.Store(true)
+	if _, err := k.Begin(ctx, "", "k", nil); !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Fatalf("Begin with store down = %v, want ErrStoreUnavailable", err)
+	}
+	st.down.Store(false)
+	a, err := k.Begin(ctx, "", "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.down.Store(true)
+	if err := a.Lease.Complete(ctx, nil); !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Fatalf("Complete with store down = %v", err)
+	}
+	if obs.count(idem.EventStoreError) != 2 {
+		t.Fatalf("store error events = %d, want 2", obs.count(idem.EventStoreError))
+	}
+	if _, err := k.Begin(ctx, "", "", nil); !errors.Is(err, idem.ErrInvalidKey) {
+		t.Fatalf("empty key = %v, want ErrInvalidKey", err)
+	}
+}
+
+func TestDo(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	k := &idem.Keeper{Store: memstore.New(memstore.Options{})}
+	type charge struct {
+		ID     string
+		Amount int
+	}
+	var runs atomic.Int32
+	fn := func(ctx context.Context) (charge, error) {
+		if _, ok := idem.FenceFromContext(ctx); !ok {
+			t.Error("fn's context has no fence")
+		}
+		runs.Add(1)
+		return charge{ID: "ch_1", Amount: 500}, nil
+	}
+	v, replayed, err := idem.Do(ctx, k, "acct", "pay-1", fn)
+	if err != nil || replayed || v.ID != "ch_1" {
+		t.Fatalf("first Do = %+v, %v, %v", v, replayed, err)
+	}
+	v, replayed, err = idem.Do(ctx, k, "acct", "pay-1", fn)
+	if err != nil || !replayed || v != (charge{"ch_1", 500}) {
+		t.Fatalf("second Do = %+v, %v, %v", v, replayed, err)
+	}
+	if runs.Load() != 1 {
+		t.Fatalf("fn ran %d times, want 1", runs.Load())
+	}
+
+	// An error releases the key: the next call runs fn again.
+	boom := errors.New("card declined by network")
+	_, _, err = idem.Do(ctx, k, "acct", "pay-2", func(context.Context) (charge, error) { return charge{}, boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("Do error = %v, want %v", err, boom)
+	}
+	if _, replayed, err := idem.Do(ctx, k, "acct", "pay-2", fn); err != nil || replayed {
+		t.Fatalf("Do after error = %v, %v; want a fresh run", replayed, err)
+	}
+
+	// A panic releases the key and re-panics.
+	func() {
+		defer func() {
+			if recover() != "kaboom" {
+				t.Error("Do did not re-panic with fn's value")
+			}
+		}()
+		_, _, _ = idem.Do(ctx, k, "acct", "pay-3", func(context.Context) (charge, error) { panic("kaboom") })
+	}()
+	if _, replayed, err := idem.Do(ctx, k, "acct", "pay-3", fn); err != nil || replayed {
+		t.Fatalf("Do after panic = %v, %v; want a fresh run", replayed, err)
+	}
+
+	// Same key, different fingerprint.
+	_, _, err = idem.DoCall(ctx, k, idem.Call[charge]{Scope: "acct", Key: "pay-1", Fingerprint: []byte("x")}, fn)
+	if !errors.Is(err, idem.ErrMismatch) {
+		t.Fatalf("DoCall with another fingerprint = %v, want ErrMismatch", err)
+	}
+}
+
+// A lease that outlives three lease periods is renewed and never taken over.
+func TestRenewal(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lease := 60 * time.Millisecond
+	k := &idem.Keeper{Store: memstore.New(memstore.Options{}), Lease: lease}
+	a, err := k.Begin(ctx, "", "long", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Lease.StartRenewal()
+	deadline := time.Now().Add(4 * lease)
+	for time.Now().Before(deadline) {
+		if _, err := k.Begin(ctx, "", "long", nil); !errors.Is(err, idem.ErrInFlight) {
+			t.Fatalf("Begin during a renewed lease = %v, want ErrInFlight", err)
+		}
+		time.Sleep(lease / 6)
+	}
+	select {
+	case <-a.Lease.Lost():
+		t.Fatal("renewed lease reported lost")
+	default:
+	}
+	if err := a.Lease.Complete(ctx, []byte("done")); err != nil {
+		t.Fatalf("Complete after renewal: %v", err)
+	}
+
+	// Without renewal the lease runs out and the next Begin takes over.
+	b, err := k.Begin(ctx, "", "dead", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(lease + 20*time.Millisecond)
+	c, err := k.Begin(ctx, "", "dead", nil)
+	if err != nil || c.Replayed() || c.Lease.Fence() != b.Lease.Fence()+1 {
+		t.Fatalf("takeover of an unrenewed lease = %+v, %v", c, err)
+	}
+	// The stale holder's renewal now fails and reports the loss.
+	b.Lease.StartRenewal()
+	select {
+	case <-b.Lease.Lost():
+	case <-time.After(time.Second):
+		t.Fatal("renewal of a lost lease did not report it")
+	}
+	if err := b.Lease.Complete(ctx, nil); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("stale Complete = %v, want ErrLeaseLost", err)
+	}
+	if err := c.Lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// noWaiter hides a store's Waiter so that BeginWait polls.
+type noWaiter struct{ idem.Store }
+
+func TestBeginWait(t *testing.T) {
+	t.Parallel()
+	for name, st := range map[string]idem.Store{
+		"waiter": memstore.New(memstore.Options{}),
+		"poll":   noWaiter{memstore.New(memstore.Options{})},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			k := &idem.Keeper{Store: st, Lease: 5 * time.Second}
+			a, err := k.Begin(ctx, "", "w", []byte("fp"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				time.Sleep(30 * time.Millisecond)
+				_ = a.Lease.Complete(context.Background(), []byte("waited"))
+			}()
+			start := time.Now()
+			r, err := k.BeginWait(ctx, "", "w", []byte("fp"), 2*time.Second)
+			if err != nil || !r.Replayed() || string(r.Result) != "waited" {
+				t.Fatalf("BeginWait = %+v, %v", r, err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("BeginWait took %v; the completion should wake it", d)
+			}
+
+			// The bound passes while the holder runs: the last InFlightError.
+			b, err := k.Begin(ctx, "", "w2", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = k.BeginWait(ctx, "", "w2", nil, 50*time.Millisecond)
+			if !errors.Is(err, idem.ErrInFlight) {
+				t.Fatalf("BeginWait past its bound = %v, want ErrInFlight", err)
+			}
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			if _, err := k.BeginWait(cctx, "", "w2", nil, time.Second); err == nil {
+				t.Fatal("BeginWait with a canceled context succeeded")
+			}
+			_ = b.Lease.Release(ctx)
+		})
+	}
+}
