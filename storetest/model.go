@@ -68,7 +68,7 @@ func (m *model) issue(key string, fence uint64) {
 // advances that expire leases and retentions; leases and retentions are odd
 // multiples of MinLease and advances even multiples, so no deadline ever
 // falls within MinLease of the clock. With a real clock it runs 300
-// operations with one-hour leases and retentions and no advances: nothing
+// operations over 32 keys with one-hour leases and retentions and no advances: nothing
 // expires, so no answer depends on timing.
 func testModel(t *testing.T, h *harness) {
 	seed := rand.Uint64()
@@ -83,16 +83,20 @@ func testModel(t *testing.T, h *harness) {
 
 	s := h.newStore(t)
 	ctx := context.Background()
-	ks := keys(t, 8)
+	nkeys := 8
+	if !h.fake {
+		nkeys = 32 // nothing expires: spread the operations wider
+	}
+	ks := keys(t, nkeys)
 	fps := [][]byte{fpA, fpB, nil, {}}
 	m := &model{recs: map[string]*modelRec{}, issued: map[string][]uint64{}, maxFence: map[string]uint64{}}
 
 	grid, half := 2*h.u, h.u
-	ops, lease, lease2, retention := 300, h.long, h.long, h.long
+	ops, lease, lease2, retention, retention2 := 300, h.long, h.long, h.long, h.long
 	maxTime := time.Duration(0)
 	if h.fake {
 		ops = 2000
-		lease, lease2, retention = 20*grid+half, 7*grid+half, 60*grid+half
+		lease, lease2, retention, retention2 = 20*grid+half, 7*grid+half, 60*grid+half, 3*grid+half
 		maxTime = 4000 * grid
 		h.advance(half) // from here on the clock is on the half-grid
 		m.now = half
@@ -105,6 +109,8 @@ func testModel(t *testing.T, h *harness) {
 	isSw = isSw && h.f.Sweep
 
 	var log []string
+	stats := map[string]int{}
+	defer func() { t.Logf("outcomes: %v", stats) }()
 	i := 0
 	fail := func(format string, args ...any) {
 		t.Helper()
@@ -157,10 +163,15 @@ func testModel(t *testing.T, h *harness) {
 		case n < 35 || (n >= 65 && n < 75 && !isX) || (n >= 75 && n < 88 && !h.fake) ||
 			(n >= 88 && n < 97 && !isIn) || (n >= 97 && !isSw):
 			fp := fps[rng.IntN(len(fps))]
-			if rng.IntN(3) == 0 {
+			if rng.IntN(10) < 6 {
 				fp = fps[0] // favour one fingerprint so replays are common
 			}
-			b, err := s.Begin(ctx, k, fp, lease)
+			// Pass a scratch copy and scribble on it afterwards: the store
+			// must not retain the caller's buffer.
+			in := bytes.Clone(fp) // keeps nil and empty apart
+			b, err := s.Begin(ctx, k, in, lease)
+			scribble(in)
+			stats[b.Outcome.String()+takeoverSuffix(b)]++
 			note("Begin(%s, fp %s) = %s, %v", kn, shortFP(fp), describe(b), err)
 			if err != nil {
 				fail("Begin: %v", err)
@@ -181,12 +192,13 @@ func testModel(t *testing.T, h *harness) {
 				if b.Outcome != idem.Replay || b.Result == nil || !bytes.Equal(b.Result, r.result) || b.Fence != 0 {
 					fail("Begin on a completed record = %s, want replay of %s", describe(b), short(r.result))
 				}
+				scribble(b.Result)
 			case m.now < r.deadline:
 				if b.Outcome != idem.InFlight || b.Fence != r.fence || !near(b.LeaseLeft, r.deadline-m.now) {
 					fail("Begin on a held record = %s, want in-flight, fence %d, lease left %v", describe(b), r.fence, r.deadline-m.now)
 				}
 			default:
-				if b.Outcome != idem.Acquired || !b.Takeover || b.Fence != r.fence+1 {
+				if b.Outcome != idem.Acquired || !b.Takeover || b.Fence != r.fence+1 || b.Result != nil {
 					fail("Begin on an expired lease = %s, want takeover with fence %d", describe(b), r.fence+1)
 				}
 				r.fence, r.start, r.deadline = b.Fence, m.now, m.now+lease
@@ -202,12 +214,19 @@ func testModel(t *testing.T, h *harness) {
 					res[j] = byte(rng.IntN(256))
 				}
 			}
-			err := s.Complete(ctx, k, f, res, retention)
-			note("Complete(%s, fence %d, %s) = %v", kn, f, shortFP(res), err)
+			ret := retention
+			if h.fake && rng.IntN(3) == 0 {
+				ret = retention2
+			}
+			want := append([]byte{}, res...)
+			err := s.Complete(ctx, k, f, res, ret)
+			scribble(res)
+			note("Complete(%s, fence %d, %s, %v) = %v", kn, f, shortFP(want), ret, err)
 			r := m.held(k, f)
 			wantLost("Complete", err, r)
 			if r != nil {
-				r.state, r.result, r.deadline = idem.StateCompleted, append([]byte{}, res...), m.now+retention
+				stats["completed"]++
+				r.state, r.result, r.deadline = idem.StateCompleted, want, m.now+ret
 			}
 
 		case n < 65:
@@ -281,6 +300,20 @@ func testModel(t *testing.T, h *harness) {
 			// Sweep must not change any outcome; the model is unchanged.
 		}
 	}
+}
+
+// scribble overwrites b, as a caller reusing its buffer would.
+func scribble(b []byte) {
+	for i := range b {
+		b[i] ^= 0x5a
+	}
+}
+
+func takeoverSuffix(b idem.Begun) string {
+	if b.Takeover {
+		return "(takeover)"
+	}
+	return ""
 }
 
 func shortFP(b []byte) string {
