@@ -1,0 +1,45 @@
+// Package filestore is the embedded durable idem.Store: records live in one
+// local file, survive kill -9 and power loss, and need no server. It is the
+// store behind `idemproxy -store file:PATH`.
+//
+// The file is a bbolt B+tree (pure Go, no cgo). Every call that changes a
+// record returns only after its transaction is synced to disk (fdatasync of
+// the data pages, then of the meta page that makes them current), so a
+// record whose call returned is never lost, and a crash at any instant
+// leaves the previous consistent state: there are no torn records. Records
+// are stored in a small versioned binary encoding with a CRC-32C.
+//
+// # Group commit
+//
+// Concurrent writers share commits: the writer that finds no commit running
+// becomes the leader and commits everything queued in one transaction and
+// one sync; writers that arrive meanwhile queue up for the next one. A lone
+// writer pays one sync and no added delay; under load the batch grows with
+// the concurrency, so N concurrent requests cost about one sync instead of
+// N. Options.MaxBatchDelay can trade latency for larger batches.
+//
+// Calls that change nothing pay no sync: Begin reads a snapshot first and
+// answers a replay, an in-flight conflict or a mismatch from it; Complete,
+// Release and Extend refuse a stale fence from it. Only when the snapshot
+// says a write is needed does the call join a commit, where the decision is
+// made again inside the write transaction, so every step stays atomic.
+//
+// # Clock, fences and expiry
+//
+// Deadlines are stored as wall-clock instants (Options.Now, default
+// time.Now), so leases and retentions keep running across restarts. A fresh
+// record's fence is above every fence the file has issued and at least the
+// clock in Unix microseconds; the highest fence is kept in the file, so
+// fences keep growing across deletions and restarts. A completed record past
+// retention, or an in-progress record abandoned for longer than
+// Options.Abandon, is dead: it behaves as absent at once, and Sweep (which
+// the owner schedules; the store starts no goroutines) or a later Begin of
+// its key removes it.
+//
+// # Processes
+//
+// Open takes an exclusive lock on the file (flock), so a second store in
+// this or another process cannot open it while the first is open; Open waits
+// up to Options.LockTimeout and then fails with ErrLocked. Wait's wake-ups
+// are in-process: a Store sees its own completions at once.
+package filestore
