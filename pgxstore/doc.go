@@ -1,0 +1,70 @@
+// Package pgxstore is an idem.Store on PostgreSQL (github.com/jackc/pgx/v5),
+// plus the processed-events claim that gives message consumers
+// effectively-once effects inside one database.
+//
+// # Store
+//
+// New takes a DBTX, the narrow Exec/Query/QueryRow interface that
+// *pgxpool.Pool, *pgx.Conn and pgx.Tx all satisfy, and an Options struct
+// whose zero value is valid. Migrate creates the tables (idempotent,
+// versioned, safe to run concurrently: an advisory lock serializes it).
+//
+// Every step of the record state machine (SPEC §2) is one SQL statement:
+// Begin is an INSERT … ON CONFLICT (key) DO UPDATE … WHERE <lease or
+// retention over> … RETURNING, never a select-then-insert, and reports the
+// outcome, fence, takeover flag, lease left and stored result in that one
+// round trip. Complete, Release and Extend are one UPDATE or DELETE that
+// matches the fence; zero rows affected is idem.ErrLeaseLost. A different
+// fingerprint never takes over a record, not even one whose lease expired.
+// Fences follow the idem.Store rules: a fresh record gets
+// max(previous+1, database clock in µs), a takeover previous+1.
+//
+// Deadlines are judged by the database clock only: each statement reads
+// clock_timestamp() once. now() would be the start of the surrounding
+// transaction, which inside a caller's long transaction would shorten new
+// leases and judge expiry in the past; clock_timestamp() is the same single
+// server clock, read when the statement runs.
+//
+// # Same-transaction completion
+//
+// With(tx) (or CompleteTx) runs the store's statements in the caller's
+// transaction, so a handler can write its business rows and complete its
+// idempotency record atomically: both commit, or neither does. Begin runs on
+// the pool (autocommit) so that the lease is visible to other executors at
+// once; Complete runs in the business transaction. If that transaction
+// rolls back or its connection dies, the record stays in progress and is
+// released by its executor or taken over when the lease expires, and the
+// retry executes once. If Complete reports ErrLeaseLost, a newer executor
+// holds the key: roll the business transaction back. examples/payments-pg
+// shows the shape with idemhttp.
+//
+// # Processed-events claims
+//
+// Claim and ClaimBatch implement the transactional consumer form (SPEC §4):
+// an INSERT … ON CONFLICT into the claims table inside the caller's own
+// transaction, together with the handler's writes; the broker ack or offset
+// commit happens after that transaction commits. This gives effectively-once
+// effects in this database. Stores outside the database (Redis, memory, a
+// file) give at-least-once effects guarded by lease and fence.
+//
+// Retention is a correctness parameter: a duplicate older than
+// Options.ClaimRetention (default 30 days) is processed again.
+//
+// # Retention and sweeping
+//
+// Store starts no goroutines. Sweep (idem.Sweeper) deletes expired records
+// and claims in bounded batches (DeleteExpired runs one batch), skipping rows
+// locked by live traffic; schedule it. docs/postgres.md covers partitioning
+// the claims table by time for high event rates.
+//
+// # Errors
+//
+// A done context returns its error and changes nothing. Connection loss,
+// server shutdown, overload, serialization failures and deadlocks wrap
+// idem.ErrStoreUnavailable (callers fail closed); other server errors (a
+// missing table, a permission) are wrapped as they are. A duplicate never
+// raises a unique violation, so it never aborts the caller's transaction.
+//
+// Waiter is not implemented: LISTEN/NOTIFY needs a dedicated connection per
+// store, which a DBTX cannot provide; Keeper.BeginWait polls with backoff.
+package pgxstore
