@@ -1,0 +1,417 @@
+package redisstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	_ idem.Store     = (*Store)(nil)
+	_ idem.Extender  = (*Store)(nil)
+	_ idem.Waiter    = (*Store)(nil)
+	_ idem.Inspector = (*Store)(nil)
+)
+
+// Defaults for the zero fields of Options.
+const (
+	// DefaultPrefix is the key prefix used when Options.Prefix is empty.
+	DefaultPrefix = "idem:"
+	// DefaultWaitTimeout bounds WAIT when Options.WaitTimeout is zero.
+	DefaultWaitTimeout = time.Second
+	// DefaultPollInterval is the fallback polling period of Wait.
+	DefaultPollInterval = 200 * time.Millisecond
+)
+
+// Options configures a Store. The zero value is valid.
+type Options struct {
+	// Prefix starts every Redis key (and notification channel) the store
+	// uses. If empty, DefaultPrefix ("idem:") is used. Give each application
+	// sharing a Redis its own prefix. A prefix that contains a hash tag
+	// ("app{1}:") puts every record in one Redis Cluster slot: correct, but
+	// not spread over the cluster.
+	Prefix string
+
+	// WaitReplicas, if positive, makes Begin (when it acquires a key) and
+	// Complete wait until that many replicas acknowledged the write, with
+	// WAIT pipelined after the script in the same round trip. If fewer
+	// acknowledge within WaitTimeout, the call fails closed with
+	// ErrStoreUnavailable; a Begin that acquired the key then releases it
+	// (best effort) so that a retry can execute. See docs/redis.md for what
+	// this does and does not protect against.
+	WaitReplicas int
+
+	// WaitTimeout bounds each WAIT. If zero, DefaultWaitTimeout (1 s) is
+	// used. Keep it below the client's ReadTimeout.
+	WaitTimeout time.Duration
+
+	// Abandon is how long an in-progress record is kept after its lease
+	// ended (its executor crashed or stalled). Within it, a Begin takes the
+	// record over (fence+1, reported as a takeover), the old executor's
+	// Complete is still accepted if nobody took over, and a different
+	// fingerprint is refused as a mismatch. After it, Redis expires the key
+	// and the key is new again. If zero, idem.DefaultRetention (24 h) is
+	// used, as in memstore.
+	Abandon time.Duration
+
+	// DisableNotify turns off the PUBLISH (SPUBLISH on a Cluster) that
+	// Complete and Release send to waiting duplicates; Wait then polls every
+	// PollInterval. Set it for a Redis Cluster older than 7, which has no
+	// sharded pub/sub.
+	DisableNotify bool
+
+	// PollInterval is how long one Wait sleeps when notifications are
+	// disabled or the subscription cannot be established. If zero,
+	// DefaultPollInterval (200 ms) is used.
+	PollInterval time.Duration
+}
+
+// Store is an idem.Store on Redis. Each step (Begin, Complete, Release,
+// Extend, Get) is one Lua script run with EVALSHA (EVAL on a server that
+// lost its script cache), so each is atomic and costs one round trip.
+// Store also implements idem.Extender, idem.Waiter and idem.Inspector.
+//
+// A Store is safe for concurrent use. It starts no goroutine until the first
+// Wait; Close stops them.
+type Store struct {
+	c       redis.UniversalClient
+	cluster *redis.ClusterClient // non-nil when c is a Redis Cluster client
+	prefix  string
+	replica int
+	waitTO  time.Duration
+	abandon time.Duration
+	notify  string // "p", "s" or "" (ARGV for the scripts)
+	poll    time.Duration
+
+	mu  sync.Mutex
+	hub *hub // lazily created by Wait; nil after Close
+	off bool // Close was called
+}
+
+// New returns a Store that keeps its records in c, which may be a single
+// server, Sentinel (failover) or Cluster client. New does no I/O. The caller
+// keeps ownership of c: closing the Store does not close c.
+func New(c redis.UniversalClient, o Options) *Store {
+	s := &Store{
+		c:       c,
+		prefix:  o.Prefix,
+		replica: o.WaitReplicas,
+		waitTO:  o.WaitTimeout,
+		abandon: o.Abandon,
+		poll:    o.PollInterval,
+		notify:  "p",
+	}
+	if s.prefix == "" {
+		s.prefix = DefaultPrefix
+	}
+	if s.waitTO <= 0 {
+		s.waitTO = DefaultWaitTimeout
+	}
+	if s.abandon <= 0 {
+		s.abandon = idem.DefaultRetention
+	}
+	if s.poll <= 0 {
+		s.poll = DefaultPollInterval
+	}
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		s.cluster = cc
+		s.notify = "s"
+	}
+	if o.DisableNotify {
+		s.notify = ""
+	}
+	return s
+}
+
+// Key returns the Redis key (also the notification channel) that holds the
+// record for the store key key: Prefix, then "{" and 16 hex digits of the
+// key's SHA-256 as the Redis Cluster hash tag, then "}" and key itself. The
+// hash tag is made of hex digits only, so a key containing "{" or "}" cannot
+// change the slot; keeping the whole key makes distinct keys distinct and
+// the records readable with redis-cli.
+func (s *Store) Key(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	var b strings.Builder
+	b.Grow(len(s.prefix) + 18 + len(key))
+	b.WriteString(s.prefix)
+	b.WriteByte('{')
+	var h [16]byte
+	hex.Encode(h[:], sum[:8])
+	b.Write(h[:])
+	b.WriteByte('}')
+	b.WriteString(key)
+	return b.String()
+}
+
+// micros returns d in whole microseconds, at least 1.
+func micros(d time.Duration) int64 { return max(int64((d+time.Microsecond-1)/time.Microsecond), 1) }
+
+// millis returns d in whole milliseconds rounded up, at least 1.
+func millis(d time.Duration) int64 { return max(int64((d+time.Millisecond-1)/time.Millisecond), 1) }
+
+// inProgressTTL is the PEXPIRE of an in-progress record: lease + Abandon.
+func (s *Store) inProgressTTL(lease time.Duration) int64 {
+	return millis(lease) + millis(s.abandon)
+}
+
+// check validates the arguments every method shares.
+func check(ctx context.Context, op, key string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	if key == "" {
+		return fmt.Errorf("redisstore: %s: %w: empty", op, idem.ErrInvalidKey)
+	}
+	return nil
+}
+
+// fail wraps a Redis error. Every failure to get an answer is
+// ErrStoreUnavailable (the caller fails closed); Redis's out-of-memory
+// refusal is ErrStoreFull; when ctx ended meanwhile, the ctx error is wrapped
+// too.
+func fail(ctx context.Context, op string, err error) error {
+	sentinel := idem.ErrStoreUnavailable
+	if strings.HasPrefix(err.Error(), "OOM ") {
+		sentinel = idem.ErrStoreFull
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("redisstore: %s: %w: %w (%w)", op, cerr, sentinel, err)
+	}
+	return fmt.Errorf("redisstore: %s: %w: %w", op, sentinel, err)
+}
+
+// isNoScript reports a NOSCRIPT reply (the server lost its script cache, e.g.
+// after a restart or a failover).
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || strings.HasPrefix(err.Error(), "NOSCRIPT"))
+}
+
+// run runs sc on the record key k. When durable is set and WaitReplicas is
+// positive, WAIT is pipelined after the script on the same connection, and
+// acked reports whether enough replicas acknowledged.
+func (s *Store) run(ctx context.Context, sc *redis.Script, k string, durable bool, args ...any) (v any, acked bool, err error) {
+	keys := []string{k}
+	if !durable || s.replica <= 0 {
+		v, err = sc.Run(ctx, s.c, keys, args...).Result()
+		return v, true, err
+	}
+	// WAIT counts the writes of the connection it runs on, so it must follow
+	// the script on the same connection: one pipeline on the node that owns
+	// the key.
+	var pipe redis.Pipeliner
+	if s.cluster != nil {
+		node, err := s.cluster.MasterForKey(ctx, k)
+		if err != nil {
+			return nil, false, err
+		}
+		pipe = node.Pipeline()
+	} else {
+		pipe = s.c.Pipeline()
+	}
+	ev := sc.EvalSha(ctx, pipe, keys, args...)
+	w := pipe.Do(ctx, "wait", s.replica, s.waitTO.Milliseconds())
+	_, _ = pipe.Exec(ctx)
+	if isNoScript(ev.Err()) {
+		ev = sc.Eval(ctx, pipe, keys, args...)
+		w = pipe.Do(ctx, "wait", s.replica, s.waitTO.Milliseconds())
+		_, _ = pipe.Exec(ctx)
+	}
+	if err := ev.Err(); err != nil {
+		if s.cluster != nil {
+			s.cluster.ReloadState(ctx)
+		}
+		return nil, false, err
+	}
+	n, err := w.Int64()
+	if err != nil {
+		return ev.Val(), false, err
+	}
+	return ev.Val(), n >= int64(s.replica), nil
+}
+
+// Begin applies SPEC §2's begin step in one round trip (see idem.Store). With
+// WaitReplicas set, an acquisition that the replicas did not acknowledge is
+// released again (best effort) and reported as ErrStoreUnavailable.
+func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Duration) (idem.Begun, error) {
+	if err := check(ctx, "begin", key); err != nil {
+		return idem.Begun{}, err
+	}
+	if lease <= 0 {
+		return idem.Begun{}, fmt.Errorf("redisstore: begin: lease %v is not positive", lease)
+	}
+	k := s.Key(key)
+	v, acked, err := s.run(ctx, beginScript, k, true, fp, micros(lease), s.inProgressTTL(lease))
+	if err != nil && v == nil {
+		return idem.Begun{}, fail(ctx, "begin", err)
+	}
+	b, perr := parseBegun(v)
+	if perr != nil {
+		return idem.Begun{}, fmt.Errorf("redisstore: begin: %w", perr)
+	}
+	if b.Outcome == idem.Acquired && (err != nil || !acked) {
+		// The write may be lost in a failover: give the key back so that a
+		// retry executes, and fail closed.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.waitTO)
+		_, _, _ = s.run(rctx, releaseScript, k, false, strconv.FormatUint(b.Fence, 10), s.notify)
+		cancel()
+		if err == nil {
+			err = fmt.Errorf("WAIT: fewer than %d replicas acknowledged within %v", s.replica, s.waitTO)
+		}
+		return idem.Begun{}, fail(ctx, "begin", err)
+	}
+	return b, nil
+}
+
+// parseBegun decodes the reply of beginScript.
+func parseBegun(v any) (idem.Begun, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) == 0 {
+		return idem.Begun{}, fmt.Errorf("unexpected reply %#v", v)
+	}
+	code, _ := a[0].(int64)
+	switch {
+	case code == 1 && len(a) == 3:
+		f, err := fence(a[1])
+		return idem.Begun{Outcome: idem.Acquired, Fence: f, Takeover: a[2] == int64(1)}, err
+	case code == 2 && len(a) == 3:
+		f, err := fence(a[1])
+		left, _ := a[2].(int64)
+		return idem.Begun{Outcome: idem.InFlight, Fence: f, LeaseLeft: time.Duration(left) * time.Microsecond}, err
+	case code == 3 && len(a) == 4:
+		r, _ := a[3].(string)
+		return idem.Begun{Outcome: idem.Replay, Result: []byte(r)}, nil
+	case code == 4:
+		return idem.Begun{Outcome: idem.Mismatch}, nil
+	}
+	return idem.Begun{}, fmt.Errorf("unexpected reply %#v", v)
+}
+
+// fence parses a fence the scripts return as a decimal string.
+func fence(v any) (uint64, error) {
+	s, _ := v.(string)
+	f, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad fence %#v", v)
+	}
+	return f, nil
+}
+
+// Complete stores result for the in-progress record held by fence and keeps
+// it for retention (Redis PEXPIRE), in one round trip; it then wakes waiting
+// duplicates. A stale fence, or a record that is gone, gives
+// idem.ErrLeaseLost and changes nothing. With WaitReplicas set, a completion
+// the replicas did not acknowledge is reported as ErrStoreUnavailable: the
+// record is completed on the primary but may be lost in a failover.
+func (s *Store) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
+	if err := check(ctx, "complete", key); err != nil {
+		return err
+	}
+	if retention <= 0 {
+		return fmt.Errorf("redisstore: complete: retention %v is not positive", retention)
+	}
+	if result == nil {
+		result = []byte{}
+	}
+	v, acked, err := s.run(ctx, completeScript, s.Key(key), true, strconv.FormatUint(fence, 10), result, millis(retention), s.notify)
+	return s.done(ctx, "complete", v, acked, err)
+}
+
+// Release deletes the in-progress record held by fence, in one round trip, so
+// that the next Begin executes, and wakes waiting duplicates. A stale fence,
+// or a record that is gone, gives idem.ErrLeaseLost and changes nothing.
+func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
+	if err := check(ctx, "release", key); err != nil {
+		return err
+	}
+	v, acked, err := s.run(ctx, releaseScript, s.Key(key), false, strconv.FormatUint(fence, 10), s.notify)
+	return s.done(ctx, "release", v, acked, err)
+}
+
+// Extend sets the lease of the in-progress record held by fence to end lease
+// from now (server clock), in one round trip. A stale fence, or a record that
+// is gone, gives idem.ErrLeaseLost and changes nothing.
+func (s *Store) Extend(ctx context.Context, key string, fence uint64, lease time.Duration) error {
+	if err := check(ctx, "extend", key); err != nil {
+		return err
+	}
+	if lease <= 0 {
+		return fmt.Errorf("redisstore: extend: lease %v is not positive", lease)
+	}
+	v, acked, err := s.run(ctx, extendScript, s.Key(key), false, strconv.FormatUint(fence, 10), micros(lease), s.inProgressTTL(lease))
+	return s.done(ctx, "extend", v, acked, err)
+}
+
+// done interprets the 1/0 reply of the fenced scripts.
+func (s *Store) done(ctx context.Context, op string, v any, acked bool, err error) error {
+	if err != nil && v == nil {
+		return fail(ctx, op, err)
+	}
+	switch v {
+	case int64(1):
+	case int64(0):
+		return fmt.Errorf("redisstore: %s: %w", op, idem.ErrLeaseLost)
+	default:
+		return fmt.Errorf("redisstore: %s: unexpected reply %#v", op, v)
+	}
+	if err != nil {
+		return fail(ctx, op, err)
+	}
+	if !acked {
+		return fail(ctx, op, fmt.Errorf("WAIT: fewer than %d replicas acknowledged within %v", s.replica, s.waitTO))
+	}
+	return nil
+}
+
+// Get returns the record for key without changing it, in one round trip.
+// Age and Remaining are judged by the server's clock; Remaining is the lease
+// left (zero once the lease ended) for an in-progress record and the
+// retention left for a completed one. A missing record (never created,
+// released, or expired by Redis) is reported with ok == false and no error.
+func (s *Store) Get(ctx context.Context, key string) (rec idem.Record, ok bool, err error) {
+	if err := check(ctx, "get", key); err != nil {
+		return idem.Record{}, false, err
+	}
+	v, _, err := s.run(ctx, getScript, s.Key(key), false)
+	if err != nil {
+		return idem.Record{}, false, fail(ctx, "get", err)
+	}
+	a, _ := v.([]any)
+	if len(a) == 1 && a[0] == int64(0) {
+		return idem.Record{}, false, nil
+	}
+	if len(a) != 8 {
+		return idem.Record{}, false, fmt.Errorf("redisstore: get: unexpected reply %#v", v)
+	}
+	str := func(i int) string { x, _ := a[i].(string); return x }
+	us := func(i int) int64 { x, _ := strconv.ParseInt(str(i), 10, 64); return x }
+	f, err := fence(a[2])
+	if err != nil {
+		return idem.Record{}, false, fmt.Errorf("redisstore: get: %w", err)
+	}
+	now := us(6)
+	rec = idem.Record{
+		Fingerprint: []byte(str(1)),
+		Fence:       f,
+		Age:         time.Duration(max(now-us(4), 0)) * time.Microsecond,
+	}
+	switch str(0) {
+	case "p":
+		rec.State = idem.StateInProgress
+		rec.Remaining = time.Duration(max(us(3)-now, 0)) * time.Microsecond
+	default:
+		rec.State = idem.StateCompleted
+		rec.Result = []byte(str(5))
+		pttl, _ := a[7].(int64)
+		rec.Remaining = time.Duration(max(pttl, 0)) * time.Millisecond
+	}
+	return rec, true, nil
+}
