@@ -75,7 +75,10 @@ type Store struct {
 	mask    uint64
 	shards  []shard
 
-	count atomic.Int64 // records held, live or dead-not-yet-removed
+	// count is the number of records held (live or dead but not yet
+	// removed), kept only when max > 0 to enforce the limit. Each shard
+	// also counts its own, for Len, without a contended global counter.
+	count atomic.Int64
 
 	// minDeath is a lower bound of the store-clock instant at which the
 	// first record held becomes dead. Begin on a full store sweeps only
@@ -91,7 +94,8 @@ type shard struct {
 	// it, so a key's fences keep growing after its record is deleted, even
 	// within one microsecond.
 	hwm uint64
-	_   [64]byte // keep neighbouring shards' locks off one cache line
+	n   atomic.Int64 // records in m; written under mu, read by Len
+	_   [64]byte     // keep neighbouring shards' locks off one cache line
 }
 
 // record is one key's state. Times are store-clock nanoseconds since epoch.
@@ -148,7 +152,13 @@ func New(o Options) *Store {
 // Len returns the number of records held. It counts records that have died
 // (completed past retention, abandoned) but were not yet removed by Sweep or
 // by a later call on their key, so it is an upper bound of the live records.
-func (s *Store) Len() int { return int(s.count.Load()) }
+func (s *Store) Len() int {
+	n := int64(0)
+	for i := range s.shards {
+		n += s.shards[i].n.Load()
+	}
+	return int(n)
+}
 
 // clock returns the store clock as nanoseconds since epoch.
 func (s *Store) clock() int64 { return int64(s.now().Sub(s.epoch)) }
@@ -198,7 +208,7 @@ func (s *Store) lookup(sh *shard, key string, now int64) *record {
 	r := sh.m[key]
 	if r != nil && now >= s.death(r) {
 		delete(sh.m, key)
-		s.count.Add(-1)
+		s.removed(sh, 1)
 		r.wake()
 		return nil
 	}
@@ -217,17 +227,23 @@ func (s *Store) nextFence(sh *shard, now int64) uint64 {
 	return f
 }
 
-// reserve counts one more record, or reports false when the store is full.
-func (s *Store) reserve() bool {
-	if s.max == 0 {
-		s.count.Add(1)
-		return true
-	}
-	if s.count.Add(1) > s.max {
+// reserve counts one more record in sh, or reports false when the store is
+// full. The shard lock must be held.
+func (s *Store) reserve(sh *shard) bool {
+	if s.max > 0 && s.count.Add(1) > s.max {
 		s.count.Add(-1)
 		return false
 	}
+	sh.n.Add(1)
 	return true
+}
+
+// removed uncounts n records removed from sh. The shard lock must be held.
+func (s *Store) removed(sh *shard, n int64) {
+	sh.n.Add(-n)
+	if s.max > 0 {
+		s.count.Add(-n)
+	}
 }
 
 // Begin applies the begin step of the record state machine (see idem.Store).
@@ -278,7 +294,7 @@ func (s *Store) begin(key string, fp []byte, lease time.Duration, now int64) (b 
 		s.noteDeath(r)
 		return idem.Begun{Outcome: idem.Acquired, Fence: r.fence, Takeover: true}, false
 	}
-	if !s.reserve() {
+	if !s.reserve(sh) {
 		return idem.Begun{}, true
 	}
 	r = &record{state: idem.StateInProgress, start: now, deadline: add(now, lease)}
@@ -345,7 +361,7 @@ func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
 		return idem.ErrLeaseLost
 	}
 	delete(sh.m, key)
-	s.count.Add(-1)
+	s.removed(sh, 1)
 	r.wake()
 	return nil
 }
@@ -469,7 +485,7 @@ func (s *Store) sweep(ctx context.Context, now int64) (int, error) {
 				low = d
 			}
 		}
-		s.count.Add(int64(-removed))
+		s.removed(sh, int64(removed))
 		sh.mu.Unlock()
 		n += removed
 		for {
