@@ -62,6 +62,19 @@ type Options struct {
 	// still succeeds and the next Begin takes it over with fence+1. If zero,
 	// DefaultAbandonAfter (24 h) is used.
 	AbandonAfter time.Duration
+	// TxCompletion makes Complete succeed, changing nothing, when the record
+	// is already completed under the same fence. Set it when executors
+	// complete their records inside their own business transactions (With,
+	// CompleteTx) and a wrapper such as idemhttp calls Complete again after
+	// the handler returns: that second call then reports success instead of
+	// ErrLeaseLost, and the result stored in the transaction stands. Fences
+	// never repeat for a key, so a record completed under fence was
+	// completed by the executor holding fence. Stale fences still get
+	// ErrLeaseLost. If false (the default), Complete follows SPEC §2
+	// strictly: a completed record is never completed again. With it set,
+	// the store deliberately departs from that one rule of the storetest
+	// contract (Fencing: "complete after complete" is refused).
+	TxCompletion bool
 	// SweepBatch bounds the rows one DeleteExpired statement removes from
 	// each table, so retention never runs as one huge delete. If zero,
 	// DefaultSweepBatch (1000) is used.
@@ -219,13 +232,25 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 // Complete stores result for the in-progress record held by fence, marks it
 // completed and keeps it for retention from now (database clock), in one
 // UPDATE. Otherwise it returns ErrLeaseLost and changes nothing; this
-// includes a record already completed, even with the same fence.
+// includes a record already completed, even with the same fence, unless
+// Options.TxCompletion is set.
 func (s *Store) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
 	if err := check(ctx, key); err != nil {
 		return opErr("complete", err)
 	}
 	if result == nil {
 		result = []byte{}
+	}
+	if s.opts.TxCompletion {
+		var ok bool
+		err := s.db.QueryRow(ctx, s.q.completeTx, []byte(key), int64(fence), result, micros(retention)).Scan(&ok)
+		if err != nil {
+			return s.fail(ctx, "complete", err)
+		}
+		if !ok {
+			return opErr("complete", idem.ErrLeaseLost)
+		}
+		return nil
 	}
 	tag, err := s.db.Exec(ctx, s.q.complete, []byte(key), int64(fence), result, micros(retention))
 	if err != nil {

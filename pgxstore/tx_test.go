@@ -222,3 +222,43 @@ func TestSameTransactionCompletion(t *testing.T) {
 		}
 	})
 }
+
+// TestTxCompletion checks Options.TxCompletion: a second Complete by the
+// fence that completed the record in its transaction succeeds and changes
+// nothing; other fences still get ErrLeaseLost.
+func TestTxCompletion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, txc := range []bool{false, true} {
+		s := newStore(t, pgxstore.Options{TxCompletion: txc})
+		b := mustBegin(t, s, "k", fpA, time.Minute)
+		err := pgx.BeginFunc(ctx, sharedPool(t), func(tx pgx.Tx) error {
+			return s.CompleteTx(ctx, tx, "k", b.Fence, []byte("in tx"), time.Hour)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Complete(ctx, "k", b.Fence, []byte("after"), time.Minute)
+		if txc && err != nil {
+			t.Fatalf("TxCompletion: second Complete by the same fence = %v, want nil", err)
+		}
+		if !txc && !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("strict: second Complete = %v, want ErrLeaseLost", err)
+		}
+		if err := s.Complete(ctx, "k", b.Fence-1, nil, time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("TxCompletion=%v: Complete(other fence) = %v, want ErrLeaseLost", txc, err)
+		}
+		rec, _, err := s.Get(ctx, "k")
+		if err != nil || string(rec.Result) != "in tx" || rec.Remaining < 50*time.Minute {
+			t.Fatalf("TxCompletion=%v: record = %+v, %v; want the in-tx result and retention untouched", txc, rec, err)
+		}
+		// A plain completion still works with the option set.
+		b2 := mustBegin(t, s, "k2", fpA, time.Minute)
+		if err := s.Complete(ctx, "k2", b2.Fence, []byte("x"), time.Minute); err != nil {
+			t.Fatalf("TxCompletion=%v: Complete = %v", txc, err)
+		}
+		if err := s.Complete(ctx, "missing", 1, nil, time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("TxCompletion=%v: Complete(missing) = %v, want ErrLeaseLost", txc, err)
+		}
+	}
+}
