@@ -1,0 +1,444 @@
+package idemhttp_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
+)
+
+// gate is a handler that counts executions, reports when it started, and
+// blocks until released.
+type gate struct {
+	calls   atomic.Int64
+	started chan struct{}
+	release chan struct{}
+}
+
+func newGate() *gate {
+	return &gate{started: make(chan struct{}, 100), release: make(chan struct{})}
+}
+
+func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := g.calls.Add(1)
+	g.started <- struct{}{}
+	<-g.release
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusAccepted)
+	fmt.Fprintf(w, "call %d", n)
+}
+
+func waitStarted(t *testing.T, ch chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler did not start")
+	}
+}
+
+func TestInFlightConflict(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(30 * time.Second)
+	g := newGate()
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(g))
+	defer srv.Close()
+
+	first := make(chan *rawResp, 1)
+	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	waitStarted(t, g.started)
+
+	r := send(t, srv, req{hdr: []string{key1}})
+	if r.status != http.StatusConflict || r.problemCode() != "request-in-progress" {
+		t.Fatalf("duplicate in flight: %d %s", r.status, r.body)
+	}
+	ra, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if err != nil || ra < 1 || ra > 30 {
+		t.Errorf("Retry-After = %q, want 1..30", r.header.Get("Retry-After"))
+	}
+	// A different request with the key in flight is a mismatch, not a conflict.
+	if r := send(t, srv, req{hdr: []string{key1}, body: "other"}); r.status != http.StatusUnprocessableEntity {
+		t.Errorf("different request in flight: %d", r.status)
+	}
+	close(g.release)
+	f := <-first
+	if f.status != http.StatusAccepted || string(f.body) != "call 1" {
+		t.Fatalf("first: %d %q", f.status, f.body)
+	}
+	r = send(t, srv, req{hdr: []string{key1}})
+	if !r.replayed() || r.wire() != f.wire() {
+		t.Errorf("replay after completion:\n%q\nwant\n%q", r.wire(), f.wire())
+	}
+	if n := g.calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times", n)
+	}
+}
+
+func TestWaitModeReplays(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(30 * time.Second)
+	g := newGate()
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: 10 * time.Second}).Handler(g))
+	defer srv.Close()
+
+	first := make(chan *rawResp, 1)
+	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	waitStarted(t, g.started)
+	second := make(chan *rawResp, 1)
+	go func() { second <- send(t, srv, req{hdr: []string{key1}}) }()
+	time.Sleep(20 * time.Millisecond) // let the duplicate start waiting
+	close(g.release)
+	f, s := <-first, <-second
+	if !s.replayed() || s.wire() != f.wire() {
+		t.Errorf("waiting duplicate:\n%q\nwant replay of\n%q", s.raw, f.raw)
+	}
+	if n := g.calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times", n)
+	}
+}
+
+func TestWaitModeBoundGives409(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(30 * time.Second)
+	g := newGate()
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: 30 * time.Millisecond}).Handler(g))
+	defer srv.Close()
+	first := make(chan *rawResp, 1)
+	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	waitStarted(t, g.started)
+	start := time.Now()
+	r := send(t, srv, req{hdr: []string{key1}})
+	if r.status != http.StatusConflict || time.Since(start) < 30*time.Millisecond {
+		t.Errorf("after the wait bound: %d after %v", r.status, time.Since(start))
+	}
+	close(g.release)
+	<-first
+}
+
+// TestConcurrentOneKey: 200 simultaneous requests with one key execute the
+// handler once; every other answer is a byte-identical replay or a 409 (or,
+// in wait mode, a replay).
+func TestConcurrentOneKey(t *testing.T) {
+	for _, wait := range []time.Duration{0, 10 * time.Second} {
+		t.Run(fmt.Sprintf("wait=%v", wait), func(t *testing.T) {
+			k, _ := newKeeper(30 * time.Second)
+			var calls atomic.Int64
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n := calls.Add(1)
+				time.Sleep(20 * time.Millisecond)
+				w.Header().Set("X-Call", strconv.FormatInt(n, 10))
+				fmt.Fprintf(w, "charged once (%d)", n)
+			})
+			srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: wait}).Handler(h))
+			defer srv.Close()
+			const n = 200
+			res := make([]*rawResp, n)
+			var wg sync.WaitGroup
+			startGun := make(chan struct{})
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-startGun
+					res[i] = send(t, srv, req{hdr: []string{key1}, body: "same"})
+				}()
+			}
+			close(startGun)
+			wg.Wait()
+			if c := calls.Load(); c != 1 {
+				t.Fatalf("handler ran %d times", c)
+			}
+			var firsts, replays, conflicts int
+			var orig string
+			for _, r := range res {
+				if r.status == http.StatusOK && !r.replayed() {
+					firsts++
+					orig = r.wire()
+				}
+			}
+			for _, r := range res {
+				switch {
+				case r.status == http.StatusOK && r.replayed():
+					replays++
+					if r.wire() != orig {
+						t.Fatalf("replay differs:\n%q\nwant\n%q", r.wire(), orig)
+					}
+				case r.status == http.StatusConflict && wait == 0:
+					conflicts++
+				case r.status == http.StatusOK:
+				default:
+					t.Fatalf("unexpected answer %d %s", r.status, r.body)
+				}
+			}
+			if firsts != 1 || firsts+replays+conflicts != n {
+				t.Fatalf("firsts %d replays %d conflicts %d", firsts, replays, conflicts)
+			}
+			t.Logf("firsts %d replays %d conflicts %d", firsts, replays, conflicts)
+		})
+	}
+}
+
+func TestFlushStreamsBeforeHandlerEnds(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(0)
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "part1;")
+		if err := http.NewResponseController(w).Flush(); err != nil {
+			t.Errorf("flush: %v", err)
+		}
+		<-release
+		fmt.Fprint(w, "part2")
+	})
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	defer srv.Close()
+
+	rq, _ := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader("x"))
+	rq.Header.Set("Idempotency-Key", "stream")
+	resp, err := srv.Client().Do(rq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "part1;" {
+		t.Fatalf("first chunk %q, %v", buf, err)
+	}
+	close(release) // the handler only ends after the client saw part1
+	rest, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(rest) != "part2" {
+		t.Fatalf("rest %q", rest)
+	}
+	r := send(t, srv, req{hdr: []string{"Idempotency-Key: stream"}, body: "x"})
+	if !r.replayed() || string(r.body) != "part1;part2" {
+		t.Errorf("replay %q replayed=%v", r.body, r.replayed())
+	}
+	srv.Client().CloseIdleConnections()
+}
+
+func TestClientDisconnectStillCompletes(t *testing.T) {
+	t.Parallel()
+	k, s := newKeeper(0)
+	oc := newOutcomes()
+	var calls atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		<-r.Context().Done() // the client has gone
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprint(w, "done anyway")
+	})
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	defer srv.Close()
+
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(req{hdr: []string{key1}}.bytes()); err != nil {
+		t.Fatal(err)
+	}
+	for calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	c.Close()
+	o := oc.next(t)
+	if o.Kind != idemhttp.OutcomeExecuted || !o.Stored || o.Status != http.StatusCreated {
+		t.Fatalf("outcome %+v", o)
+	}
+	rec, ok, err := s.Get(context.Background(), idem.RecordKey("", "k1"))
+	if err != nil || !ok || rec.State != idem.StateCompleted {
+		t.Fatalf("record %+v ok=%v err=%v", rec, ok, err)
+	}
+	r := send(t, srv, req{hdr: []string{key1}})
+	if r.status != http.StatusCreated || string(r.body) != "done anyway" || !r.replayed() {
+		t.Errorf("retry: %d %q", r.status, r.body)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("handler ran %d times", calls.Load())
+	}
+}
+
+func TestPanicReleasesThenRepanics(t *testing.T) {
+	t.Parallel()
+	for _, pv := range []any{"boom", http.ErrAbortHandler} {
+		t.Run(fmt.Sprint(pv), func(t *testing.T) {
+			k, s := newKeeper(0)
+			oc := newOutcomes()
+			var calls atomic.Int64
+			h := (&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if calls.Add(1) == 1 {
+					w.WriteHeader(http.StatusCreated)
+					panic(pv)
+				}
+				w.WriteHeader(http.StatusOK)
+			}))
+			serve := func() (rec *httptest.ResponseRecorder, recovered any) {
+				defer func() { recovered = recover() }()
+				r := httptest.NewRequest("POST", "/", nil)
+				r.Header.Set("Idempotency-Key", "p")
+				rec = httptest.NewRecorder()
+				h.ServeHTTP(rec, r)
+				return rec, nil
+			}
+			if _, got := serve(); got != pv {
+				t.Fatalf("recovered %v, want the handler's panic %v", got, pv)
+			}
+			if o := oc.next(t); o.Kind != idemhttp.OutcomePanic || o.Err != nil {
+				t.Errorf("outcome %+v", o)
+			}
+			if _, ok, _ := s.Get(context.Background(), idem.RecordKey("", "p")); ok {
+				t.Fatal("record not released after panic")
+			}
+			rec, got := serve()
+			if got != nil || rec.Code != http.StatusOK || calls.Load() != 2 {
+				t.Fatalf("retry after panic: %d, panic %v, calls %d", rec.Code, got, calls.Load())
+			}
+		})
+	}
+}
+
+// TestLongHandlerRenewsLease: a handler that runs for more than three lease
+// periods keeps its key (renewal), so a duplicate meanwhile gets 409.
+func TestLongHandlerRenewsLease(t *testing.T) {
+	t.Parallel()
+	const lease = 60 * time.Millisecond
+	k, s := newKeeper(lease)
+	g := newGate()
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(g))
+	defer srv.Close()
+	first := make(chan *rawResp, 1)
+	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	waitStarted(t, g.started)
+	deadline := time.Now().Add(4 * lease)
+	for time.Now().Before(deadline) {
+		time.Sleep(lease / 2)
+		if r := send(t, srv, req{hdr: []string{key1}}); r.status != http.StatusConflict {
+			t.Fatalf("duplicate during a long run: %d %s (lease not renewed?)", r.status, r.body)
+		}
+	}
+	close(g.release)
+	if f := <-first; f.status != http.StatusAccepted {
+		t.Fatalf("first: %d", f.status)
+	}
+	if n := g.calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times", n)
+	}
+	rec, ok, _ := s.Get(context.Background(), idem.RecordKey("", "k1"))
+	if !ok || rec.State != idem.StateCompleted {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+// TestDeadExecutorTakenOver: a lease that is never renewed expires; the next
+// request takes it over with fence+1, and the dead executor's late
+// completion is refused with ErrLeaseLost.
+func TestDeadExecutorTakenOver(t *testing.T) {
+	t.Parallel()
+	const lease = 100 * time.Millisecond
+	k, s := newKeeper(lease)
+	oc := newOutcomes()
+	a := &app{}
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(a))
+	defer srv.Close()
+
+	q := req{hdr: []string{key1}, body: "b"}
+	// The dead executor claims the key as the middleware would, then stalls.
+	hr, _ := http.ReadRequest(bufio.NewReader(strings.NewReader(string(q.bytes()))))
+	fp := idemhttp.DefaultFingerprint(hr, []byte("b"))
+	att, err := k.Begin(context.Background(), "", "k1", fp)
+	if err != nil || att.Lease == nil {
+		t.Fatalf("claim: %v", err)
+	}
+	dead := att.Lease
+	if r := send(t, srv, q); r.status != http.StatusConflict {
+		t.Fatalf("while the dead lease is live: %d %s", r.status, r.body)
+	}
+	time.Sleep(lease + 20*time.Millisecond)
+	r := send(t, srv, q)
+	if r.status != http.StatusCreated || r.replayed() {
+		t.Fatalf("takeover: %d %s", r.status, r.body)
+	}
+	want := fmt.Sprintf(`"fence":%d,`, dead.Fence()+1)
+	if !strings.Contains(string(r.body), want) {
+		t.Errorf("takeover body %s, want fence %d", r.body, dead.Fence()+1)
+	}
+	if o := oc.next(t); o.Kind != idemhttp.OutcomeConflict {
+		t.Errorf("outcome %+v, want conflict", o)
+	}
+	if o := oc.next(t); !o.Takeover || o.Fence != dead.Fence()+1 || !o.Stored {
+		t.Errorf("outcome %+v", o)
+	}
+	err = dead.Complete(context.Background(), []byte("stale"))
+	if !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("stale completion: %v, want ErrLeaseLost", err)
+	}
+	rec, ok, _ := s.Get(context.Background(), idem.RecordKey("", "k1"))
+	if !ok || rec.State != idem.StateCompleted || rec.Fence != dead.Fence()+1 {
+		t.Errorf("record after stale completion: %+v", rec)
+	}
+	if r2 := send(t, srv, q); !r2.replayed() || r2.wire() != r.wire() {
+		t.Errorf("replay after stale completion:\n%q\nwant\n%q", r2.wire(), r.wire())
+	}
+}
+
+// TestStaleCompletionReported: when the lease is taken over while the
+// handler runs, the handler's completion is refused and reported, and the
+// client still gets the handler's response.
+func TestStaleCompletionReported(t *testing.T) {
+	t.Parallel()
+	const lease = 30 * time.Millisecond
+	s := &noExtend{newMem()}
+	var lost atomic.Int64
+	k := &idem.Keeper{Store: s, Lease: lease, Observer: idem.ObserverFunc(func(_ context.Context, e idem.Event) {
+		if e.Kind == idem.EventLeaseLost {
+			lost.Add(1)
+		}
+	})}
+	oc := newOutcomes()
+	g := newGate()
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(g))
+	defer srv.Close()
+	first := make(chan *rawResp, 1)
+	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	waitStarted(t, g.started)
+	time.Sleep(lease + 20*time.Millisecond)
+	second := make(chan *rawResp, 1)
+	go func() { second <- send(t, srv, req{hdr: []string{key1}}) }() // takes over
+	waitStarted(t, g.started)
+	g.release <- struct{}{} // one of the two finishes
+	o1 := oc.next(t)
+	close(g.release)
+	o2 := oc.next(t)
+	f, sec := <-first, <-second
+	if f.status != http.StatusAccepted || sec.status != http.StatusAccepted {
+		t.Fatalf("answers %d %d", f.status, sec.status)
+	}
+	var stale idemhttp.Outcome
+	switch {
+	case o1.Takeover && !o2.Takeover:
+		stale = o2
+	case o2.Takeover && !o1.Takeover:
+		stale = o1
+	default:
+		t.Fatalf("outcomes %+v %+v", o1, o2)
+	}
+	if stale.Stored || !errors.Is(stale.Err, idem.ErrLeaseLost) {
+		t.Errorf("stale executor outcome %+v", stale)
+	}
+	if lost.Load() != 1 {
+		t.Errorf("observer saw %d lease losses", lost.Load())
+	}
+}

@@ -1,0 +1,105 @@
+package idemhttp_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
+)
+
+// TestFingerprintMatchesCore pins DefaultFingerprint to its documented
+// definition: idem.Fingerprint(method, RequestURI, Content-Type, body).
+func TestFingerprintMatchesCore(t *testing.T) {
+	t.Parallel()
+	big := bytes.Repeat([]byte("b"), 100<<10)
+	cases := []struct {
+		method, target, ct string
+		body               []byte
+	}{
+		{"POST", "/pay", "", nil},
+		{"POST", "/pay?a=1&b=2", "application/json", []byte(`{"a":1}`)},
+		{"PATCH", "/a%2Fb/c%20d?q=%zz", "text/plain; charset=utf-8", []byte("x")},
+		{"POST", "/pay?", "", nil},
+		{"POST", "/", "", big},
+		{"POST", "/caf%C3%A9", "", []byte{0}},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest(c.method, c.target, bytes.NewReader(c.body))
+		if c.ct != "" {
+			r.Header.Set("Content-Type", c.ct)
+		}
+		want := idem.Fingerprint([]byte(c.method), []byte(r.URL.RequestURI()), []byte(c.ct), c.body)
+		if got := idemhttp.DefaultFingerprint(r, c.body); !bytes.Equal(got, want) {
+			t.Errorf("%s %s: %x, want %x", c.method, c.target, got, want)
+		}
+	}
+	// Opaque URLs (absolute-form request targets on proxies) take the slow path.
+	r := httptest.NewRequest("POST", "/", nil)
+	r.URL = &url.URL{Scheme: "http", Opaque: "//host/x", RawQuery: "y"}
+	want := idem.Fingerprint([]byte("POST"), []byte(r.URL.RequestURI()), nil, nil)
+	if got := idemhttp.DefaultFingerprint(r, nil); !bytes.Equal(got, want) {
+		t.Errorf("opaque: %x, want %x", got, want)
+	}
+}
+
+func TestFingerprintDistinguishes(t *testing.T) {
+	t.Parallel()
+	base := func() *http.Request {
+		r := httptest.NewRequest("POST", "/pay?x=1", nil)
+		r.Header.Set("Content-Type", "application/json")
+		return r
+	}
+	fp := func(r *http.Request, body string) string { return string(idemhttp.DefaultFingerprint(r, []byte(body))) }
+	ref := fp(base(), "{}")
+	variants := map[string]func() (*http.Request, string){
+		"method": func() (*http.Request, string) { r := base(); r.Method = "PATCH"; return r, "{}" },
+		"path":   func() (*http.Request, string) { r := base(); r.URL.Path = "/pay2"; return r, "{}" },
+		"query":  func() (*http.Request, string) { r := base(); r.URL.RawQuery = "x=2"; return r, "{}" },
+		"ct":     func() (*http.Request, string) { r := base(); r.Header.Set("Content-Type", "text/plain"); return r, "{}" },
+		"body":   func() (*http.Request, string) { return base(), "{ }" },
+		// Moving bytes between parts changes the digest (length prefixes).
+		"shift": func() (*http.Request, string) {
+			r := base()
+			r.Header.Set("Content-Type", "application/jso")
+			return r, "n{}"
+		},
+	}
+	for name, v := range variants {
+		r, body := v()
+		if fp(r, body) == ref {
+			t.Errorf("%s: same fingerprint", name)
+		}
+	}
+	// Other headers do not matter.
+	r := base()
+	r.Header.Set("X-Trace", "1")
+	if fp(r, "{}") != ref {
+		t.Error("unrelated header changed the fingerprint")
+	}
+}
+
+func TestDefaultScope(t *testing.T) {
+	t.Parallel()
+	r := httptest.NewRequest("POST", "/", nil)
+	if s, err := idemhttp.DefaultScope(r); s != "" || err != nil {
+		t.Errorf("no Authorization: %q %v", s, err)
+	}
+	r.Header.Set("Authorization", "Bearer secret-token")
+	s, _ := idemhttp.DefaultScope(r)
+	sum := sha256.Sum256([]byte("Bearer secret-token"))
+	if s != hex.EncodeToString(sum[:]) || strings.Contains(s, "secret") {
+		t.Errorf("scope %q", s)
+	}
+	r.Header.Add("Authorization", "Basic x")
+	s2, _ := idemhttp.DefaultScope(r)
+	if s2 == s || len(s2) != 64 {
+		t.Errorf("two Authorization lines: %q", s2)
+	}
+}
