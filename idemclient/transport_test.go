@@ -284,7 +284,7 @@ func TestStatusesRetried(t *testing.T) {
 					t.Errorf("backoff %v outside [0, %v]", w, DefaultBaseDelay)
 				}
 			case c.wantWait >= time.Hour:
-				if w <= c.wantWait-2*time.Second || w > c.wantWait {
+				if w <= c.wantWait-time.Minute || w > c.wantWait { // the date has whole seconds and the table was built earlier
 					t.Errorf("waited %v, want about %v", w, c.wantWait)
 				}
 			case w != c.wantWait:
