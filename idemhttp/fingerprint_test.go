@@ -62,8 +62,12 @@ func TestFingerprintDistinguishes(t *testing.T) {
 		"method": func() (*http.Request, string) { r := base(); r.Method = "PATCH"; return r, "{}" },
 		"path":   func() (*http.Request, string) { r := base(); r.URL.Path = "/pay2"; return r, "{}" },
 		"query":  func() (*http.Request, string) { r := base(); r.URL.RawQuery = "x=2"; return r, "{}" },
-		"ct":     func() (*http.Request, string) { r := base(); r.Header.Set("Content-Type", "text/plain"); return r, "{}" },
-		"body":   func() (*http.Request, string) { return base(), "{ }" },
+		"ct": func() (*http.Request, string) {
+			r := base()
+			r.Header.Set("Content-Type", "text/plain")
+			return r, "{}"
+		},
+		"body": func() (*http.Request, string) { return base(), "{ }" },
 		// Moving bytes between parts changes the digest (length prefixes).
 		"shift": func() (*http.Request, string) {
 			r := base()
