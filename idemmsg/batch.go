@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -44,6 +45,26 @@ type Outcome struct {
 // acknowledged, and share its outcome otherwise. If fn panics, every claim
 // not yet completed is released and the panic is re-raised.
 func (d *Deduper) Batch(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error) []Outcome {
+	return d.batch(ctx, scope, ids, fn, false)
+}
+
+// ErrSkipped reports that BatchInOrder did not process a message because an
+// earlier message of the batch was not processed. Its claim, if any, was
+// released; redeliver it.
+var ErrSkipped = errors.New("idemmsg: skipped after an earlier message was not processed")
+
+// BatchInOrder is Batch for an ordered log (a Kafka partition, a stream): it
+// claims every id together but processes the messages strictly in order and
+// stops at the first message that cannot be acknowledged (in flight, store
+// error, or fn failed). Every later message is reported NotRun with
+// ErrSkipped, without running fn, and its claim is released. So the
+// acknowledged messages are always a prefix of ids: commit the offset of the
+// last one, and resume from the first one that is not.
+func (d *Deduper) BatchInOrder(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error) []Outcome {
+	return d.batch(ctx, scope, ids, fn, true)
+}
+
+func (d *Deduper) batch(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error, ordered bool) []Outcome {
 	out := make([]Outcome, len(ids))
 	if len(ids) == 0 {
 		return out
@@ -107,23 +128,43 @@ func (d *Deduper) Batch(ctx context.Context, scope string, ids []string, fn func
 		r := d.startRenewal(held)
 		start := time.Now()
 		ferrs := make([]error, len(claims))
-		ran := 0
+		// stop is the index of the first message that will not be
+		// acknowledged, for an ordered batch.
+		stop := len(ids)
+		if ordered {
+			for i := range ids {
+				if out[i].Status != 0 && !out[i].Status.Ack() {
+					stop = i
+					break
+				}
+			}
+		}
+		panicked := true
 		func() {
 			defer func() {
-				if ran < len(claims) { // fn panicked: release every claim, then re-panic
+				if panicked { // fn panicked: release every claim, then re-panic
 					r.stop()
 					d.finishAll(ctx, held, make([]error, len(claims)), true, start)
 				}
 			}()
 			for c, cl := range claims {
+				if cl.i > stop {
+					ferrs[c] = ErrSkipped
+					continue
+				}
 				ferrs[c] = fn(idem.WithFence(ctx, cl.fence), cl.i)
-				ran++
+				if ferrs[c] != nil && ordered {
+					stop = cl.i
+				}
 			}
+			panicked = false
 		}()
 		r.stop()
 		ferrs2 := d.finishAll(ctx, held, ferrs, false, start)
 		for c, cl := range claims {
 			switch {
+			case ferrs[c] == ErrSkipped:
+				out[cl.i] = Outcome{NotRun, errors.Join(ErrSkipped, ferrs2[c])}
 			case ferrs[c] != nil:
 				out[cl.i] = Outcome{Failed, errors.Join(ferrs[c], ferrs2[c])}
 			case ferrs2[c] != nil:
@@ -135,8 +176,16 @@ func (d *Deduper) Batch(ctx context.Context, scope string, ids []string, fn func
 	}
 
 	// Later occurrences of an id follow the first.
+	stopped := false
 	for i, id := range ids {
+		if ordered && stopped {
+			if out[i].Status.Ack() || out[i].Status == 0 || first[id] != i {
+				out[i] = Outcome{NotRun, ErrSkipped}
+			}
+			continue
+		}
 		if id == "" {
+			stopped = ordered
 			continue
 		}
 		if f := first[id]; f != i {
@@ -146,6 +195,7 @@ func (d *Deduper) Batch(ctx context.Context, scope string, ids []string, fn func
 				out[i] = out[f]
 			}
 		}
+		stopped = ordered && !out[i].Status.Ack()
 	}
 	return out
 }
@@ -169,15 +219,14 @@ func (d *Deduper) each(n int, f func(i int)) {
 		f(0)
 		return
 	}
-	sem := make(chan struct{}, d.parallelism())
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			f(i)
-		}()
+	for range min(n, d.parallelism()) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				f(i)
+			}
+		})
 	}
 	wg.Wait()
 }

@@ -239,3 +239,71 @@ func TestBatchTx(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestBatchInOrder(t *testing.T) {
+	t.Parallel()
+	const (
+		E = idemmsg.Executed
+		D = idemmsg.Duplicate
+		I = idemmsg.InFlight
+		F = idemmsg.Failed
+		N = idemmsg.NotRun
+	)
+	for _, tc := range []struct {
+		name string
+		ids  []string
+		want []idemmsg.Status
+		ran  string
+	}{
+		{"all fine", []string{"a", "done", "b", "a"}, []idemmsg.Status{E, D, E, D}, "ab"},
+		{"stops at a failure", []string{"a", "bad", "b", "done", "a"}, []idemmsg.Status{E, F, N, N, N}, "a,bad"},
+		{"stops at an in-flight id", []string{"a", "busy", "b", "done"}, []idemmsg.Status{E, I, N, N}, "a"},
+		{"in flight first", []string{"busy", "a"}, []idemmsg.Status{I, N}, ""},
+		{"empty id stops", []string{"a", "", "b"}, []idemmsg.Status{E, N, N}, "a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			fs := fakestore.New(nil)
+			d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fs}}
+			d.Once(ctx, "s", "done", func(context.Context) error { return nil })
+			fs.Begin(ctx, idem.RecordKey("s", "busy"), []byte{}, time.Minute)
+			ran := ""
+			out := d.BatchInOrder(ctx, "s", tc.ids, func(_ context.Context, i int) error {
+				if ran != "" && tc.ids[i] == "bad" {
+					ran += ","
+				}
+				ran += tc.ids[i]
+				if tc.ids[i] == "bad" {
+					return errBoom
+				}
+				return nil
+			})
+			if got := statuses(out); !reflect.DeepEqual(got, tc.want) || ran != tc.ran {
+				t.Fatalf("statuses %v ran %q; want %v ran %q", got, ran, tc.want, tc.ran)
+			}
+			for i, o := range out {
+				if i > 0 && o.Status.Ack() && !out[i-1].Status.Ack() {
+					t.Fatalf("acknowledged messages are not a prefix: %v", statuses(out))
+				}
+				if o.Status == N && tc.ids[i] != "" && !errors.Is(o.Err, idemmsg.ErrSkipped) {
+					t.Fatalf("message %d: %v, want ErrSkipped", i, o.Err)
+				}
+			}
+			// Every skipped claim was released: the next batch runs them.
+			if fs.Len() != 2+countExecuted(out) {
+				t.Fatalf("%d records, want %d", fs.Len(), 2+countExecuted(out))
+			}
+		})
+	}
+}
+
+func countExecuted(out []idemmsg.Outcome) int {
+	n := 0
+	for _, o := range out {
+		if o.Status == idemmsg.Executed {
+			n++
+		}
+	}
+	return n
+}
