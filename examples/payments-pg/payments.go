@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/pgxstore"
+)
+
+// schemaSQL creates the business table.
+const schemaSQL = `CREATE TABLE IF NOT EXISTS charges (
+	id           bigserial   PRIMARY KEY,
+	amount_cents bigint      NOT NULL CHECK (amount_cents > 0),
+	currency     text        NOT NULL,
+	fence        bigint      NOT NULL,
+	created_at   timestamptz NOT NULL DEFAULT now()
+)`
+
+// service is the payments API.
+type service struct {
+	pool      *pgxpool.Pool
+	store     *pgxstore.Store
+	keeper    *idem.Keeper
+	retention time.Duration
+
+	// beforeCommit, if set, runs in the transaction after the charge and
+	// the completion, before the commit (tests inject failures here).
+	beforeCommit func(ctx context.Context, tx pgx.Tx) error
+	// executed, if set, is called once per charge attempt that got a lease.
+	executed func()
+}
+
+// newService returns the service on pool. The store must have been built
+// with Options.TxCompletion (see the package documentation).
+func newService(pool *pgxpool.Pool, store *pgxstore.Store) *service {
+	return &service{
+		pool:      pool,
+		store:     store,
+		keeper:    &idem.Keeper{Store: store, Lease: 10 * time.Second, Retention: idem.DefaultRetention},
+		retention: idem.DefaultRetention,
+	}
+}
+
+// setup creates the tables: the store's and the business table.
+func setup(ctx context.Context, pool *pgxpool.Pool, store *pgxstore.Store) error {
+	if err := store.Migrate(ctx); err != nil {
+		return err
+	}
+	_, err := pool.Exec(ctx, schemaSQL)
+	return err
+}
+
+// handler returns the HTTP API: POST /payments behind the idempotency
+// middleware.
+func (s *service) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /payments", s.pay)
+	mw := &idemhttp.Middleware{Keeper: s.keeper}
+	return mw.Handler(mux)
+}
+
+type payment struct {
+	AmountCents int64  `json:"amount_cents"`
+	Currency    string `json:"currency"`
+}
+
+type charge struct {
+	ID          int64  `json:"id"`
+	AmountCents int64  `json:"amount_cents"`
+	Currency    string `json:"currency"`
+}
+
+// pay charges once: the charge row and the idempotency record's completion
+// commit in one transaction.
+func (s *service) pay(w http.ResponseWriter, r *http.Request) {
+	var p payment
+	if err := json.NewDecoder(r.Body).Decode(&p); err != nil || p.AmountCents <= 0 || len(p.Currency) != 3 {
+		// A 4xx is stored and replayed by the middleware itself.
+		http.Error(w, "want {\"amount_cents\": > 0, \"currency\": \"XYZ\"}", http.StatusBadRequest)
+		return
+	}
+	fence, ok := idem.FenceFromContext(r.Context())
+	if !ok {
+		http.Error(w, "not behind the idempotency middleware", http.StatusInternalServerError)
+		return
+	}
+	key, err := idemhttp.ParseKey(r.Header, "")
+	if err != nil { // the middleware validated it already
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	scope, err := idemhttp.DefaultScope(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if s.executed != nil {
+		s.executed()
+	}
+	// The work finishes even if the client goes away (SPEC §3).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+	defer cancel()
+
+	var resp idemhttp.Response
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		c := charge{AmountCents: p.AmountCents, Currency: p.Currency}
+		if err := tx.QueryRow(ctx,
+			`INSERT INTO charges (amount_cents, currency, fence) VALUES ($1, $2, $3) RETURNING id`,
+			p.AmountCents, p.Currency, int64(fence)).Scan(&c.ID); err != nil {
+			return err
+		}
+		body, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		resp = idemhttp.Response{
+			Status: http.StatusCreated,
+			Header: http.Header{
+				"Content-Type": {"application/json"},
+				"Location":     {"/payments/" + strconv.FormatInt(c.ID, 10)},
+			},
+			Body: body,
+		}
+		result, err := resp.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if err := s.store.CompleteTx(ctx, tx, idem.RecordKey(scope, key), fence, result, s.retention); err != nil {
+			return err // ErrLeaseLost: a newer executor holds the key
+		}
+		if s.beforeCommit != nil {
+			return s.beforeCommit(ctx, tx)
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, idem.ErrLeaseLost):
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "a newer attempt with this key is running", http.StatusConflict)
+		return
+	case err != nil:
+		// 5xx: the middleware releases the record (or, if the commit did
+		// land, its release is refused and the retry replays the charge).
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, fmt.Sprintf("charge not recorded: %v", err), http.StatusServiceUnavailable)
+		return
+	}
+	writeResponse(w, resp)
+}
+
+// writeResponse writes exactly the stored response.
+func writeResponse(w http.ResponseWriter, resp idemhttp.Response) {
+	for name, vs := range resp.Header {
+		w.Header()[name] = vs
+	}
+	w.WriteHeader(resp.Status)
+	_, _ = w.Write(resp.Body)
+}
