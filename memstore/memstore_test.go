@@ -319,3 +319,12 @@ func appendInt(b []byte, i int) []byte {
 	}
 	return append(b, d[n:]...)
 }
+
+// FuzzModel checks the store against storetest's reference model on
+// operation sequences decoded from the fuzz input.
+func FuzzModel(f *testing.F) {
+	c := newClock()
+	storetest.Fuzz(f, func(testing.TB) idem.Store {
+		return memstore.New(memstore.Options{Now: c.Now, Shards: 2})
+	}, storetest.Features{Extend: true, Sweep: true, Inspect: true, Advance: c.Advance})
+}

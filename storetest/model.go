@@ -63,13 +63,6 @@ func (m *model) issue(key string, fence uint64) {
 
 // testModel runs a seeded random sequence of operations on a few keys and
 // checks every answer against the model.
-//
-// With a fake clock it runs 2000 operations over 8 keys, including clock
-// advances that expire leases and retentions; leases and retentions are odd
-// multiples of MinLease and advances even multiples, so no deadline ever
-// falls within MinLease of the clock. With a real clock it runs 300
-// operations over 32 keys with one-hour leases and retentions and no advances: nothing
-// expires, so no answer depends on timing.
 func testModel(t *testing.T, h *harness) {
 	seed := rand.Uint64()
 	if v := os.Getenv(SeedEnv); v != "" {
@@ -79,8 +72,87 @@ func testModel(t *testing.T, h *harness) {
 		}
 	}
 	t.Logf("seed %d (set %s=%d to replay)", seed, SeedEnv, seed)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	ops := 300
+	if h.fake {
+		ops = 2000
+	}
+	runModel(t, h, rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), ops, fmt.Sprintf("seed %d", seed))
+}
 
+// source supplies the model run's choices: a seeded generator, or the bytes
+// of a fuzz input.
+type source interface {
+	// IntN returns a choice in [0, n).
+	IntN(n int) int
+}
+
+// bytesSource draws choices from a fuzz input; it reports exhaustion so the
+// run stops at the end of the input.
+type bytesSource struct {
+	b []byte
+	i int
+}
+
+func (s *bytesSource) IntN(n int) int {
+	if s.i >= len(s.b) {
+		return 0
+	}
+	v := int(s.b[s.i])
+	s.i++
+	if n > 256 && s.i < len(s.b) {
+		v = v<<8 | int(s.b[s.i])
+		s.i++
+	}
+	return v % n
+}
+
+func (s *bytesSource) done() bool { return s.i >= len(s.b) }
+
+// Fuzz checks the store against the reference model with operation
+// sequences decoded from fuzz inputs (one or two bytes per choice), in
+// addition to the seeded sequences of Run's Model subtest. Call it from a
+// FuzzXxx function; it adds a seed corpus and calls f.Fuzz:
+//
+//	func FuzzModel(f *testing.F) {
+//		clock := newFakeClock()
+//		storetest.Fuzz(f, newStore, storetest.Features{Advance: clock.Advance})
+//	}
+//
+// The clock rules are those of the Model subtest (see Run); with a fake
+// clock the store is expected to be fresh for every input, or to share its
+// clock only with stores that are not in use. Inputs longer than 4 KiB are
+// cut.
+func Fuzz(f *testing.F, newStore NewStore, feat Features) {
+	for _, seed := range [][]byte{
+		{},
+		{0},
+		[]byte("begin complete replay"),
+		{0, 0, 0, 40, 0, 0, 0, 40, 0, 0, 0, 80, 0, 0, 0, 0},
+		{0, 1, 0, 0, 80, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		{3, 70, 3, 90, 3, 60, 3, 40, 3, 20, 3, 0, 3, 99, 3, 50},
+	} {
+		f.Add(seed)
+	}
+	h := newHarness(newStore, feat)
+	f.Fuzz(func(t *testing.T, prog []byte) {
+		if len(prog) > 4096 {
+			prog = prog[:4096]
+		}
+		runModel(t, h, &bytesSource{b: prog}, len(prog), fmt.Sprintf("fuzz input %x", prog))
+	})
+}
+
+// runModel runs up to ops operations chosen by src and checks every answer
+// against the model.
+//
+// With a fake clock it works on 8 keys, including clock advances that
+// expire leases and retentions; leases and retentions are odd multiples of
+// MinLease and advances even multiples, so no deadline ever falls within
+// MinLease of the clock. With a real clock it works on 32 keys with one-hour
+// leases and retentions and no advances: nothing expires, so no answer
+// depends on timing.
+func runModel(t *testing.T, h *harness, rng source, ops int, seed string) {
+	t.Helper()
 	s := h.newStore(t)
 	ctx := context.Background()
 	nkeys := 8
@@ -92,10 +164,9 @@ func testModel(t *testing.T, h *harness) {
 	m := &model{recs: map[string]*modelRec{}, issued: map[string][]uint64{}, maxFence: map[string]uint64{}}
 
 	grid, half := 2*h.u, h.u
-	ops, lease, lease2, retention, retention2 := 300, h.long, h.long, h.long, h.long
+	lease, lease2, retention, retention2 := h.long, h.long, h.long, h.long
 	maxTime := time.Duration(0)
 	if h.fake {
-		ops = 2000
 		lease, lease2, retention, retention2 = 20*grid+half, 7*grid+half, 60*grid+half, 3*grid+half
 		maxTime = 4000 * grid
 		h.advance(half) // from here on the clock is on the half-grid
@@ -114,7 +185,7 @@ func testModel(t *testing.T, h *harness) {
 	i := 0
 	fail := func(format string, args ...any) {
 		t.Helper()
-		t.Fatalf("seed %d, op %d: %s\nlast operations:\n  %s", seed, i, fmt.Sprintf(format, args...), strings.Join(log, "\n  "))
+		t.Fatalf("%s, op %d: %s\nlast operations:\n  %s", seed, i, fmt.Sprintf(format, args...), strings.Join(log, "\n  "))
 	}
 	note := func(format string, args ...any) {
 		if len(log) == 30 {
@@ -155,7 +226,8 @@ func testModel(t *testing.T, h *harness) {
 		}
 	}
 
-	for i = 0; i < ops; i++ {
+	bs, _ := rng.(*bytesSource)
+	for i = 0; i < ops && (bs == nil || !bs.done()); i++ {
 		k := ks[rng.IntN(len(ks))]
 		kn := k[strings.LastIndexByte(k, '/')+1:]
 		n := rng.IntN(100)
