@@ -25,6 +25,12 @@ var (
 	// reason when a Retry-After asks for a wait longer than the time left.
 	ErrBudgetExhausted = errors.New("idemclient: retry time budget exhausted")
 
+	// ErrInvalidKey reports a key that cannot be sent: an empty key from
+	// Transport.KeyFunc, or a key (from KeyFunc or the caller) containing a
+	// control character, which net/http refuses in a header value. Nothing
+	// was sent. The Transport does not otherwise judge keys: the server does.
+	ErrInvalidKey = errors.New("idemclient: invalid idempotency key")
+
 	// ErrKeyExpired reports that a caller-provided key, first used at the
 	// time given to WithKeyTime, is older than Transport.KeyMaxAge: the
 	// server may have forgotten it, so sending it again could execute the
@@ -50,8 +56,8 @@ type Error struct {
 	// Stop says why no further attempt was made: ErrBodyNotReplayable,
 	// ErrAttemptsExhausted, ErrBudgetExhausted, ErrKeyExpired or the
 	// context's error. It is nil when Err itself is not retryable (a
-	// certificate error, a failing GetBody or KeyFunc, an error reading the
-	// body to buffer it).
+	// certificate error, a failing GetBody or KeyFunc, an invalid key, an
+	// error reading the body to buffer it).
 	Stop error
 	// Err is the last attempt's error (or the error that prevented the
 	// first attempt).

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -58,6 +59,11 @@ const drainLimit = 64 << 10
 // when its method is idempotent by definition (GET, HEAD, OPTIONS, TRACE,
 // PUT, DELETE: retried without a key). Any other request is passed to Base
 // unchanged, exactly once.
+//
+// A key lives for one RoundTrip call: a redirect that http.Client follows is
+// a new request to another resource and gets a new key, and so does the same
+// request passed to RoundTrip twice. To keep one key across calls (or
+// processes), set it on the request yourself.
 //
 // RoundTrip never modifies the caller's request: when it adds a key it sends
 // a shallow copy with a copied header map. The response's Request field is
@@ -116,7 +122,8 @@ type Transport struct {
 
 	// KeyFunc returns the key for a request that needs one. If nil, NewKey
 	// is used. A KeyFunc may derive the key from the request (an order id,
-	// say); an error from it fails the request before anything is sent.
+	// say). An error from it, an empty key or one with control characters
+	// (ErrInvalidKey) fails the request before anything is sent.
 	KeyFunc func(*http.Request) (string, error)
 
 	// MaxAttempts is the most attempts made for one request, the first
@@ -229,14 +236,21 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	fail := func(n int, stop, err error) (*http.Response, error) {
 		return nil, &Error{Method: req.Method, URL: urlString(req), Key: key, Attempts: n, Stop: stop, Err: err}
 	}
+	if callerKey && !sendable(key) {
+		// net/http would refuse it on every attempt.
+		closeBody(req)
+		return fail(0, nil, fmt.Errorf("%w: control character in %s", ErrInvalidKey, hdr))
+	}
 
 	// The first attempt sends req itself unless a key or a buffered body
 	// must be put in: then a shallow copy, never touching the caller's.
 	out := req
 	if addKey {
-		kr := &keyedRequest{req: *req}
 		if t.KeyFunc != nil {
 			k, err := t.KeyFunc(req)
+			if err == nil && (k == "" || !sendable(k)) {
+				err = fmt.Errorf("%w: KeyFunc returned %q", ErrInvalidKey, k)
+			}
 			if err != nil {
 				closeBody(req)
 				return fail(0, nil, err)
@@ -248,6 +262,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			newKey(&b, &s)
 			key = string(s[:])
 		}
+		kr := &keyedRequest{req: *req}
 		kr.val[0] = key
 		h := make(http.Header, len(req.Header)+1)
 		for k, v := range req.Header {
@@ -378,6 +393,19 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if werr := t.sleep(ctx, delay); werr != nil {
 			return fail(n, ctx.Err(), err)
 		}
+	}
+}
+
+// CloseIdleConnections closes the idle connections of Base (or of
+// http.DefaultTransport) if it has such a method, so that
+// http.Client.CloseIdleConnections works through the Transport.
+func (t *Transport) CloseIdleConnections() {
+	base := t.Base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	if c, ok := base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
 	}
 }
 
@@ -527,6 +555,17 @@ func retryableError(err error) bool {
 		cerr x509.CertificateInvalidError
 	)
 	return !errors.As(err, &verr) && !errors.As(err, &uerr) && !errors.As(err, &herr) && !errors.As(err, &cerr)
+}
+
+// sendable reports whether net/http can send key as a header value: it
+// refuses control characters other than horizontal tab.
+func sendable(key string) bool {
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Replayed reports whether resp is a replay of a stored result rather than a

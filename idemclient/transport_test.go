@@ -980,3 +980,84 @@ func TestErrorMessage(t *testing.T) {
 		t.Fatal("Unwrap misses Stop or Err")
 	}
 }
+
+func TestCloseIdleConnectionsReachesBase(t *testing.T) {
+	t.Parallel()
+	var closed atomic.Bool
+	base := &idleCloser{fn: func() { closed.Store(true) }}
+	(&http.Client{Transport: &Transport{Base: base}}).CloseIdleConnections()
+	if !closed.Load() {
+		t.Fatal("CloseIdleConnections did not reach the base transport")
+	}
+	(&Transport{Base: roundTripFunc(nil)}).CloseIdleConnections() // no such method: no panic
+}
+
+type idleCloser struct {
+	http.RoundTripper
+	fn func()
+}
+
+func (c *idleCloser) CloseIdleConnections() { c.fn() }
+
+// TestClientTimeoutBoundsRetries: http.Client.Timeout reaches the Transport
+// as the request context's deadline, so a Retry-After beyond it is not
+// waited for.
+func TestClientTimeoutBoundsRetries(t *testing.T) {
+	t.Parallel()
+	srv := &fakeServer{replies: []reply{{status: 503, header: retryAfter("30")}, {status: 200}}}
+	tr := &Transport{Base: srv}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	start := time.Now()
+	resp, err := client.Post("http://example.test/x", "text/plain", strings.NewReader("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || len(srv.attempts()) != 1 || time.Since(start) > 5*time.Second {
+		t.Fatalf("status %d after %d attempts in %v; want the 503 at once", resp.StatusCode, len(srv.attempts()), time.Since(start))
+	}
+}
+
+func TestUnsendableKeysFailBeforeSending(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name      string
+		callerKey string
+		keyFunc   func(*http.Request) (string, error)
+	}{
+		{name: "caller key with newline", callerKey: "order\n42"},
+		{name: "caller key with DEL", callerKey: "order\x7f42"},
+		{name: "KeyFunc empty", keyFunc: func(*http.Request) (string, error) { return "", nil }},
+		{name: "KeyFunc NUL", keyFunc: func(*http.Request) (string, error) { return "a\x00b", nil }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			srv := &fakeServer{replies: []reply{{status: 200}}}
+			tr, _ := newTestTransport(srv)
+			tr.KeyFunc = c.keyFunc
+			req := mustPost(t)
+			if c.callerKey != "" {
+				req.Header[DefaultHeader] = []string{c.callerKey}
+			}
+			_, err := tr.RoundTrip(req)
+			var e *Error
+			if !errors.Is(err, ErrInvalidKey) || !errors.As(err, &e) || e.Attempts != 0 || len(srv.attempts()) != 0 {
+				t.Fatalf("err = %v, %d attempts; want ErrInvalidKey and nothing sent", err, len(srv.attempts()))
+			}
+		})
+	}
+	// Keys net/http can send are the server's business, even odd ones.
+	srv := &fakeServer{replies: []reply{{status: 400}}}
+	tr, _ := newTestTransport(srv)
+	req := mustPost(t)
+	req.Header.Set(DefaultHeader, "\"order 42\"\twith tab")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := srv.attempts()[0].key; len(got) != 1 || got[0] != "\"order 42\"\twith tab" {
+		t.Fatalf("sent %q", got)
+	}
+}
