@@ -442,3 +442,41 @@ func TestStaleCompletionReported(t *testing.T) {
 		t.Errorf("observer saw %d lease losses", lost.Load())
 	}
 }
+
+// TestAbandonedRequestReleases: a handler that gives up when its client goes
+// away, writing nothing, releases the record; a retry executes.
+func TestAbandonedRequestReleases(t *testing.T) {
+	t.Parallel()
+	k, s := newKeeper(0)
+	oc := newOutcomes()
+	var calls atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			<-r.Context().Done()
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	})
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(req{hdr: []string{key1}}.bytes()); err != nil {
+		t.Fatal(err)
+	}
+	for calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	c.Close()
+	if o := oc.next(t); o.Kind != idemhttp.OutcomeExecuted || o.Stored || !errors.Is(o.Err, context.Canceled) {
+		t.Fatalf("outcome %+v", o)
+	}
+	if _, ok, _ := s.Get(context.Background(), idem.RecordKey("", "k1")); ok {
+		t.Fatal("abandoned record kept")
+	}
+	if r := send(t, srv, req{hdr: []string{key1}}); r.status != http.StatusCreated || r.replayed() || calls.Load() != 2 {
+		t.Errorf("retry: %d replayed=%v calls=%d", r.status, r.replayed(), calls.Load())
+	}
+}

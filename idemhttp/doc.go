@@ -42,7 +42,9 @@
 //
 // Responses with a status below 500 other than 429 complete the record
 // (so 4xx answers replay deterministically); 5xx, 429, a handler panic
-// (including http.ErrAbortHandler) release it so that a retry executes.
+// (including http.ErrAbortHandler) and an abandoned request (the handler
+// returned without writing anything after the client went away) release it
+// so that a retry executes.
 // Middleware.Stored changes the policy. The record is completed or
 // released by a store call detached from the request's context (bounded by
 // CompleteTimeout), so a client that disconnects does not prevent it.

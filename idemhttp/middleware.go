@@ -9,6 +9,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -236,6 +237,9 @@ type Outcome struct {
 	Takeover bool
 	// Stored reports, for executed, that the record was completed with the
 	// response (otherwise it was released, or the store refused or failed).
+	// A handler that returns without writing anything after its client went
+	// away abandoned the request: the record is released and Err is the
+	// request context's error.
 	Stored bool
 	// Omitted reports that the body was over MaxResult and was not stored
 	// (executed), or was not stored originally (replayed).
@@ -378,7 +382,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
 		return
 	}
-	body, err := h.readBody(r)
+	bp, err := h.readBody(r)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if err == errTooLarge || errors.As(err, &tooLarge) {
@@ -391,6 +395,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
 		return
 	}
+	defer putBody(bp)
+	body := bodyBytes(bp)
 	var fp []byte
 	switch {
 	case h.fingerprint != nil:
@@ -440,7 +446,7 @@ func (h *handler) refuse(w http.ResponseWriter, r *http.Request, body []byte, er
 		h.report(r, Outcome{Kind: OutcomeCanceled, Status: http.StatusServiceUnavailable, Err: err})
 	case h.failOpen:
 		r2 := r.WithContext(r.Context()) // shallow copy: only the body changes
-		setBody(r2, body)
+		setBody(r2, bytes.Clone(body))
 		c := newCapture(w, h)
 		h.next.ServeHTTP(c, r2)
 		status := c.code
@@ -496,9 +502,9 @@ func (h *handler) replay(w http.ResponseWriter, r *http.Request, result []byte) 
 
 // execute runs the handler under lease and completes or releases the record.
 func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, lease *idem.Lease) {
-	lease.StartRenewal()
+	rn := startRenewal(lease, h.keeper)
 	r2 := r.WithContext(lease.Context(r.Context()))
-	setBody(r2, body)
+	setBody(r2, bytes.Clone(body))
 	c := newCapture(w, h)
 	finished := false
 	defer func() {
@@ -507,6 +513,7 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		}
 		// The handler panicked (or called runtime.Goexit): release the
 		// record so a retry executes, and let the panic continue.
+		rn.stop()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
 		err := lease.Release(ctx)
 		cancel()
@@ -514,8 +521,13 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 	}()
 	h.next.ServeHTTP(c, r2)
 	finished = true
+	rn.stop()
 
-	if c.code == 0 { // nothing written: net/http answers 200, empty body
+	// A handler that wrote nothing and returned after its client went away
+	// abandoned the request: release, so that a retry executes. (Had the
+	// client stayed, net/http would have answered an implicit 200.)
+	abandoned := c.code == 0 && r.Context().Err() != nil
+	if c.code == 0 {
 		c.snapshot(http.StatusOK)
 	}
 	o := Outcome{Kind: OutcomeExecuted, Status: c.code, Fence: lease.Fence(), Takeover: lease.Takeover(), Omitted: c.omit}
@@ -524,7 +536,7 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		stored = defaultStored
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
-	if stored(c.code) {
+	if !abandoned && stored(c.code) {
 		result := make([]byte, len(c.buf))
 		copy(result, c.buf)
 		if c.omit {
@@ -534,6 +546,9 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		o.Stored = o.Err == nil
 	} else {
 		o.Err = lease.Release(ctx)
+		if abandoned && o.Err == nil {
+			o.Err = context.Cause(r.Context())
+		}
 	}
 	cancel()
 	c.free()
@@ -565,19 +580,29 @@ func (h *handler) denied(name string) bool { return h.deny[name] }
 
 var errTooLarge = errors.New("idemhttp: request body too large")
 
-// readBody reads the whole body, at most h.maxBody bytes.
-func (h *handler) readBody(r *http.Request) ([]byte, error) {
+// bodyPool holds request body buffers. A buffer is only lent for the
+// fingerprint and the claim; the handler gets its own copy, which it may
+// retain.
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// maxPooledBody is the largest buffer kept in bodyPool.
+const maxPooledBody = 64 << 10
+
+// readBody reads the whole body, at most h.maxBody bytes, into a pooled
+// buffer that the caller returns with putBody. A request without a body
+// gives (nil, nil).
+func (h *handler) readBody(r *http.Request) (*[]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
 	}
 	if r.ContentLength > h.maxBody {
 		return nil, errTooLarge
 	}
-	n := int64(512)
-	if r.ContentLength >= 0 {
-		n = r.ContentLength + 1 // +1: room for the read that sees EOF
+	bp := bodyPool.Get().(*[]byte)
+	buf := (*bp)[:0]
+	if r.ContentLength >= 0 && int64(cap(buf)) < r.ContentLength+1 {
+		buf = make([]byte, 0, r.ContentLength+1) // +1: room for the read that sees EOF
 	}
-	buf := make([]byte, 0, n)
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -585,15 +610,33 @@ func (h *handler) readBody(r *http.Request) ([]byte, error) {
 		k, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+k]
 		if int64(len(buf)) > h.maxBody {
-			return nil, errTooLarge
+			err = errTooLarge
 		}
 		if err == io.EOF {
-			return buf, nil
+			*bp = buf
+			return bp, nil
 		}
 		if err != nil {
+			*bp = buf
+			putBody(bp)
 			return nil, err
 		}
 	}
+}
+
+func putBody(bp *[]byte) {
+	if bp != nil && cap(*bp) <= maxPooledBody {
+		*bp = (*bp)[:0]
+		bodyPool.Put(bp)
+	}
+}
+
+// bodyBytes returns the bytes of a pooled body (nil for none).
+func bodyBytes(bp *[]byte) []byte {
+	if bp == nil {
+		return nil
+	}
+	return *bp
 }
 
 // setBody gives r a fresh reader over body, which the middleware read.
@@ -606,4 +649,59 @@ func setBody(r *http.Request, body []byte) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+}
+
+// renewal starts renewing a lease only once the handler has run for a third
+// of the lease period, so the common short request pays for one timer
+// instead of a goroutine and a ticker. It then extends the lease at once and
+// hands over to Lease.StartRenewal, which extends it every third of the
+// period until Complete or Release: a handler that runs longer than a third
+// of the lease is renewed (SPEC §3).
+type renewal struct {
+	lease *idem.Lease
+	every time.Duration
+	timer *time.Timer
+
+	mu      sync.Mutex
+	stopped bool
+}
+
+func startRenewal(l *idem.Lease, k *idem.Keeper) *renewal {
+	if _, ok := k.Store.(idem.Extender); !ok {
+		return nil // nothing to renew with (Lease.StartRenewal agrees)
+	}
+	lease := k.Lease
+	if lease <= 0 {
+		lease = idem.DefaultLease
+	}
+	rn := &renewal{lease: l, every: lease / 3}
+	rn.timer = time.AfterFunc(rn.every, rn.fire)
+	return rn
+}
+
+func (rn *renewal) fire() {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	if rn.stopped {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rn.every)
+	err := rn.lease.Extend(ctx)
+	cancel()
+	if errors.Is(err, idem.ErrLeaseLost) {
+		return // reported by the Keeper's observer; the completion will be refused
+	}
+	rn.lease.StartRenewal()
+}
+
+// stop prevents any further start of renewal; once it returns, a renewal
+// that started is stopped by the lease's Complete or Release.
+func (rn *renewal) stop() {
+	if rn == nil {
+		return
+	}
+	rn.timer.Stop()
+	rn.mu.Lock()
+	rn.stopped = true
+	rn.mu.Unlock()
 }
