@@ -2,7 +2,6 @@ package pgxstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -29,14 +28,11 @@ func (s *Store) Claim(ctx context.Context, tx DBTX, scope, id string) (first boo
 	if err := check(ctx, id); err != nil {
 		return false, opErr("claim", err)
 	}
-	err = tx.QueryRow(ctx, s.q.claim, []byte(scope), []byte(id), micros(s.opts.ClaimRetention)).Scan(&first)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
+	tag, err := tx.Exec(ctx, s.q.claim, []byte(scope), []byte(id), micros(s.opts.ClaimRetention))
 	if err != nil {
 		return false, s.fail(ctx, "claim", err)
 	}
-	return first, nil
+	return tag.RowsAffected() == 1, nil
 }
 
 // ClaimBatch claims many message ids of one scope inside tx in one statement

@@ -127,16 +127,16 @@ WHERE d.key = v.key AND d.expires_at <= now.t
 )
 DELETE FROM @claims d USING victim v WHERE d.scope = v.scope AND d.id = v.id`
 
-	// claimSQL: $1 scope, $2 id, $3 claim retention in µs. A row comes back
-	// when the id is claimed for the first time, or when its previous claim
-	// is older than retention (a duplicate older than retention is
-	// processed again, SPEC §4, whether or not the sweep has run yet).
-	// A conflict is never an error, so the caller's transaction goes on.
+	// claimSQL: $1 scope, $2 id, $3 claim retention in µs. One row is
+	// affected when the id is claimed for the first time, or when its
+	// previous claim is older than retention (a duplicate older than
+	// retention is processed again, SPEC §4, whether or not the sweep has
+	// run yet). A conflict is never an error, so the caller's transaction
+	// goes on.
 	claimSQL = `INSERT INTO @claims AS c (scope, id, claimed_at)
 VALUES ($1::bytea, $2::bytea, clock_timestamp())
 ON CONFLICT (scope, id) DO UPDATE SET claimed_at = EXCLUDED.claimed_at
-	WHERE c.claimed_at <= EXCLUDED.claimed_at - $3::bigint * interval '1 microsecond'
-RETURNING true`
+	WHERE c.claimed_at <= EXCLUDED.claimed_at - $3::bigint * interval '1 microsecond'`
 
 	// claimBatchSQL: $1 scope, $2 ids (distinct), $3 claim retention in µs.
 	claimBatchSQL = `INSERT INTO @claims AS c (scope, id, claimed_at)

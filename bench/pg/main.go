@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/pgxstore"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/pg:", err)
+		os.Exit(1)
+	}
+}
+
+// workload is one measured operation. op performs one unit in round on
+// worker w (sequence number i) and returns how many rows (ids, pairs) it
+// covered.
+type workload struct {
+	name  string
+	floor string // name of the floor workload it is compared to, if any
+	op    func(ctx context.Context, round, w, i int) (int, error)
+}
+
+type bench struct {
+	pool   *pgxpool.Pool
+	store  *pgxstore.Store
+	plainR string // plain records table (floor for pairs)
+	plainC string // plain claims table (floor for claims)
+	run    string // unique per process, so rounds never collide
+	fp     []byte
+	result []byte
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench/pg", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dsn := fs.String("dsn", os.Getenv("IDEM_POSTGRES_DSN"), "PostgreSQL connection string (default $IDEM_POSTGRES_DSN)")
+	rounds := fs.Int("rounds", 5, "rounds (the report gives medians)")
+	dur := fs.Duration("dur", 2*time.Second, "duration of each workload in each round")
+	workers := fs.Int("workers", 4, "concurrent workers (pool connections)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dsn == "" {
+		return errors.New("no -dsn and IDEM_POSTGRES_DSN is unset")
+	}
+	cfg, err := pgxpool.ParseConfig(*dsn)
+	if err != nil {
+		return err
+	}
+	cfg.MaxConns = int32(*workers)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	schema := fmt.Sprintf("idem_bench_%08x", rand.Uint32())
+	b := &bench{
+		pool:   pool,
+		store:  pgxstore.New(pool, pgxstore.Options{Schema: schema}),
+		plainR: pgx.Identifier{schema, "plain_records"}.Sanitize(),
+		plainC: pgx.Identifier{schema, "plain_claims"}.Sanitize(),
+		run:    strconv.FormatUint(rand.Uint64(), 36),
+		fp:     idem.Fingerprint([]byte("bench")),
+		result: make([]byte, 256),
+	}
+	if err := b.store.Migrate(ctx); err != nil {
+		return err
+	}
+	defer pool.Exec(context.WithoutCancel(ctx), `DROP SCHEMA `+pgx.Identifier{schema}.Sanitize()+` CASCADE`)
+	// The floor tables have the same keys as ours and nothing else.
+	if _, err := pool.Exec(ctx, `CREATE TABLE `+b.plainR+` (key bytea PRIMARY KEY, result bytea);
+CREATE TABLE `+b.plainC+` (scope bytea NOT NULL, id bytea NOT NULL, PRIMARY KEY (scope, id))`); err != nil {
+		return err
+	}
+
+	ws := b.workloads()
+	rates := make(map[string][]float64)
+	for r := range *rounds {
+		for _, w := range ws {
+			rate, err := measure(ctx, w, *workers, *dur, r)
+			if err != nil {
+				return fmt.Errorf("%s: %w", w.name, err)
+			}
+			rates[w.name] = append(rates[w.name], rate)
+		}
+		fmt.Fprintf(stderr, "round %d/%d done\n", r+1, *rounds)
+	}
+	report(stdout, ws, rates, *rounds, *dur, *workers)
+	return nil
+}
+
+// key returns a row key unique to this process, round, worker and sequence.
+func (b *bench) key(round, w, i int) string {
+	return b.run + "/" + strconv.Itoa(round) + "/" + strconv.Itoa(w) + "/" + strconv.Itoa(i)
+}
+
+func (b *bench) ids(round, w, i, n int) []string {
+	ids := make([]string, n)
+	base := b.key(round, w, i) + "/n" + strconv.Itoa(n) + "/"
+	for j := range ids {
+		ids[j] = base + strconv.Itoa(j)
+	}
+	return ids
+}
+
+func (b *bench) workloads() []workload {
+	ws := []workload{
+		{name: "plain insert+update pair", op: func(ctx context.Context, round, w, i int) (int, error) {
+			k := []byte(b.key(round, w, i))
+			if _, err := b.pool.Exec(ctx, `INSERT INTO `+b.plainR+` (key) VALUES ($1) ON CONFLICT DO NOTHING`, k); err != nil {
+				return 0, err
+			}
+			_, err := b.pool.Exec(ctx, `UPDATE `+b.plainR+` SET result = $2 WHERE key = $1`, k, b.result)
+			return 1, err
+		}},
+		{name: "pgxstore begin+complete pair", floor: "plain insert+update pair", op: func(ctx context.Context, round, w, i int) (int, error) {
+			k := b.key(round, w, i)
+			bg, err := b.store.Begin(ctx, k, b.fp, time.Minute)
+			if err != nil {
+				return 0, err
+			}
+			if bg.Outcome != idem.Acquired {
+				return 0, fmt.Errorf("begin %s: %v", k, bg.Outcome)
+			}
+			return 1, b.store.Complete(ctx, k, bg.Fence, b.result, time.Hour)
+		}},
+	}
+	for _, n := range []int{1, 100, 1000} {
+		plain := fmt.Sprintf("plain INSERT … ON CONFLICT DO NOTHING, %d id(s)", n)
+		ws = append(ws, workload{name: plain, op: func(ctx context.Context, round, w, i int) (int, error) {
+			if n == 1 {
+				_, err := b.pool.Exec(ctx, `INSERT INTO `+b.plainC+` (scope, id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+					[]byte("bench"), []byte(b.key(round, w, i)))
+				return 1, err
+			}
+			ids := b.ids(round, w, i, n)
+			raw := make([][]byte, len(ids))
+			for j, id := range ids {
+				raw[j] = []byte(id)
+			}
+			tag, err := b.pool.Exec(ctx, `INSERT INTO `+b.plainC+` (scope, id) SELECT $1, u FROM unnest($2::bytea[]) u ON CONFLICT DO NOTHING`,
+				[]byte("bench"), raw)
+			if err == nil && tag.RowsAffected() != int64(n) {
+				err = fmt.Errorf("inserted %d of %d", tag.RowsAffected(), n)
+			}
+			return n, err
+		}})
+		name := "pgxstore Claim"
+		if n > 1 {
+			name = fmt.Sprintf("pgxstore ClaimBatch, %d ids", n)
+		}
+		ws = append(ws, workload{name: name, floor: plain, op: func(ctx context.Context, round, w, i int) (int, error) {
+			if n == 1 {
+				first, err := b.store.Claim(ctx, b.pool, "bench", b.key(round, w, i))
+				if err == nil && !first {
+					err = errors.New("claim not first")
+				}
+				return 1, err
+			}
+			fresh, err := b.store.ClaimBatch(ctx, b.pool, "bench", b.ids(round, w, i, n))
+			if err == nil && len(fresh) != n {
+				err = fmt.Errorf("%d of %d fresh", len(fresh), n)
+			}
+			return n, err
+		}})
+	}
+	return ws
+}
+
+// measure runs w with workers goroutines for d and returns rows per second.
+func measure(ctx context.Context, w workload, workers int, d time.Duration, round int) (float64, error) {
+	runtime.GC()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		rows  atomic.Int64
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	for wk := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				n, err := w.op(ctx, round, wk, i)
+				if err != nil {
+					once.Do(func() { first = err; cancel() })
+					return
+				}
+				rows.Add(int64(n))
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return 0, first
+	}
+	return float64(rows.Load()) / time.Since(start).Seconds(), nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func report(out io.Writer, ws []workload, rates map[string][]float64, rounds int, d time.Duration, workers int) {
+	fmt.Fprintf(out, "%d rounds × %v per workload, %d workers, GOMAXPROCS %d\n\n", rounds, d, workers, runtime.GOMAXPROCS(0))
+	fmt.Fprintln(out, "| workload | rows/s (median) | min | max | cost vs floor |")
+	fmt.Fprintln(out, "| --- | ---: | ---: | ---: | ---: |")
+	for _, w := range ws {
+		m := median(rates[w.name])
+		ratio := ""
+		if w.floor != "" {
+			ratio = fmt.Sprintf("%.2f×", median(rates[w.floor])/m)
+		}
+		fmt.Fprintf(out, "| %s | %.0f | %.0f | %.0f | %s |\n", w.name, m, slices.Min(rates[w.name]), slices.Max(rates[w.name]), ratio)
+	}
+	single := median(rates["pgxstore Claim"])
+	if single > 0 {
+		fmt.Fprintf(out, "\nClaimBatch of 100: %.1f× the single-claim rate in ids/s; of 1000: %.1f×.\n",
+			median(rates["pgxstore ClaimBatch, 100 ids"])/single, median(rates["pgxstore ClaimBatch, 1000 ids"])/single)
+	}
+}

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/idemkit/idem/internal/testenv"
+)
+
+// TestRunSmoke runs every workload briefly, so the benchmark cannot rot.
+func TestRunSmoke(t *testing.T) {
+	dsn := testenv.Need(t, "IDEM_POSTGRES_DSN")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"-dsn", dsn, "-rounds", "1", "-dur", "30ms", "-workers", "2"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"pgxstore begin+complete pair", "pgxstore Claim", "pgxstore ClaimBatch, 1000 ids", "cost vs floor"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
