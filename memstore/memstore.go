@@ -66,11 +66,11 @@ type Options struct {
 // Records are lost when the process exits: a Store gives at-most-once
 // execution only within one process lifetime.
 type Store struct {
-	now     func() time.Time
-	epoch   time.Time // store clock at New; clock() is time since epoch
-	epochUS int64     // epoch in Unix microseconds: the fence base
-	max     int64     // MaxRecords, 0 for no limit
-	abandon int64     // Options.Abandon in nanoseconds
+	now     func() time.Time // Options.Now; nil for the process clock
+	epoch   time.Time        // store clock at New; clock() is time since epoch
+	epochUS int64            // epoch in Unix microseconds: the fence base
+	max     int64            // MaxRecords, 0 for no limit
+	abandon int64            // Options.Abandon in nanoseconds
 	seed    maphash.Seed
 	mask    uint64
 	shards  []shard
@@ -118,10 +118,7 @@ type waitq struct {
 
 // New returns an empty Store configured by o. It starts no goroutines.
 func New(o Options) *Store {
-	now := o.Now
-	if now == nil {
-		now = time.Now
-	}
+	now := o.Now // nil means time.Now; clock then reads only the monotonic clock
 	n := o.Shards
 	if n <= 0 {
 		n = max(16, 4*runtime.GOMAXPROCS(0))
@@ -131,7 +128,10 @@ func New(o Options) *Store {
 	if abandon <= 0 {
 		abandon = idem.DefaultRetention
 	}
-	epoch := now()
+	epoch := time.Now()
+	if now != nil {
+		epoch = now()
+	}
 	s := &Store{
 		now:     now,
 		epoch:   epoch,
@@ -161,7 +161,12 @@ func (s *Store) Len() int {
 }
 
 // clock returns the store clock as nanoseconds since epoch.
-func (s *Store) clock() int64 { return int64(s.now().Sub(s.epoch)) }
+func (s *Store) clock() int64 {
+	if s.now == nil {
+		return int64(time.Since(s.epoch)) // monotonic, and cheaper than time.Now
+	}
+	return int64(s.now().Sub(s.epoch))
+}
 
 func (s *Store) shard(key string) *shard {
 	return &s.shards[maphash.String(s.seed, key)&s.mask]
@@ -274,8 +279,8 @@ func (s *Store) begin(key string, fp []byte, lease time.Duration, now int64) (b 
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	r := s.lookup(sh, key, now)
-	if r != nil {
+	r := sh.m[key]
+	if r != nil && now < s.death(r) {
 		switch {
 		case !bytes.Equal(r.fp, fp):
 			return idem.Begun{Outcome: idem.Mismatch}, false
@@ -294,17 +299,28 @@ func (s *Store) begin(key string, fp []byte, lease time.Duration, now int64) (b 
 		s.noteDeath(r)
 		return idem.Begun{Outcome: idem.Acquired, Fence: r.fence, Takeover: true}, false
 	}
-	if !s.reserve(sh) {
-		return idem.Begun{}, true
+	if r == nil {
+		if !s.reserve(sh) {
+			return idem.Begun{}, true
+		}
+		r = new(record)
+		sh.m[key] = r
+	} else {
+		// A dead record: recycle it in place for the fresh one (it was
+		// never shared), and wake whoever waited on the old one.
+		r.wake()
+		r.result = r.result[:0]
+		if cap(r.result) > 4096 {
+			r.result = nil // do not hold a large dead result while in progress
+		}
 	}
-	r = &record{state: idem.StateInProgress, start: now, deadline: add(now, lease)}
+	r.state, r.start, r.deadline = idem.StateInProgress, now, add(now, lease)
 	if len(fp) <= len(r.fpBuf) {
 		r.fp = r.fpBuf[:copy(r.fpBuf[:], fp)]
 	} else {
 		r.fp = bytes.Clone(fp)
 	}
 	r.fence = s.nextFence(sh, now)
-	sh.m[key] = r
 	s.noteDeath(r)
 	return idem.Begun{Outcome: idem.Acquired, Fence: r.fence}, false
 }
@@ -338,7 +354,11 @@ func (s *Store) Complete(ctx context.Context, key string, fence uint64, result [
 		return idem.ErrLeaseLost
 	}
 	r.state = idem.StateCompleted
-	r.result = bytes.Clone(result)
+	if c := cap(r.result); c >= len(result) && c <= 2*len(result)+64 {
+		r.result = append(r.result[:0], result...) // a recycled record's buffer
+	} else {
+		r.result = bytes.Clone(result)
+	}
 	r.deadline = add(now, retention)
 	s.noteDeath(r)
 	r.wake()
