@@ -15,7 +15,14 @@ import (
 	"go.uber.org/goleak"
 )
 
+// quiet drops go-redis's log lines (dial failures are expected in the
+// server-down tests).
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
 func TestMain(m *testing.M) {
+	redis.SetLogger(quiet{})
 	goleak.VerifyTestMain(m)
 }
 

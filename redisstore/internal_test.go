@@ -1,0 +1,129 @@
+package redisstore
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/idemkit/idem"
+)
+
+// hashTag returns the part of a Redis key that Redis Cluster hashes: the
+// bytes between the first "{" and the first "}" after it, if not empty.
+func hashTag(key string) string {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return key
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	if j <= 0 {
+		return key
+	}
+	return key[i+1 : i+1+j]
+}
+
+func TestKey(t *testing.T) {
+	s := New(nil, Options{})
+	for _, tc := range []struct {
+		key, want string
+	}{
+		{"a", "idem:{ca978112ca1bbdca}a"},
+		{"{x}", "idem:{d3ebeaf9670d728f}{x}"},
+		{"}{", "idem:{c3ae149fe0039e4b}}{"},
+	} {
+		got := s.Key(tc.key)
+		if got != tc.want {
+			t.Errorf("Key(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
+	if got := New(nil, Options{Prefix: "app:"}).Key("a"); got != "app:{ca978112ca1bbdca}a" {
+		t.Errorf("with a prefix: %q", got)
+	}
+}
+
+// FuzzKey checks that Key is injective, that the cluster hash tag is always
+// the 16 hex digits whatever bytes the key holds, and that the key itself is
+// kept whole at the end.
+func FuzzKey(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"a", "b"}, {"{", "}"}, {"{a}", "a"}, {"12:scope{key}", "1:2scope{key}"},
+		{"\x00", "\xff"}, {strings.Repeat("k", 255), "}}}}"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	s := New(nil, Options{})
+	f.Fuzz(func(t *testing.T, a, b string) {
+		ka, kb := s.Key(a), s.Key(b)
+		if (a == b) != (ka == kb) {
+			t.Fatalf("Key(%q) = %q, Key(%q) = %q", a, ka, b, kb)
+		}
+		tag := hashTag(ka)
+		if len(tag) != 16 || strings.Trim(tag, "0123456789abcdef") != "" {
+			t.Fatalf("Key(%q) = %q: hash tag %q is not 16 hex digits", a, ka, tag)
+		}
+		if !strings.HasSuffix(ka, "}"+a) || !strings.HasPrefix(ka, DefaultPrefix+"{") {
+			t.Fatalf("Key(%q) = %q does not keep the key whole", a, ka)
+		}
+	})
+}
+
+// FuzzParseBegun feeds arbitrary reply shapes to the Begin reply parser: it
+// never panics and accepts only well-formed replies.
+func FuzzParseBegun(f *testing.F) {
+	f.Add(int64(1), "17", int64(0), "", 3)
+	f.Add(int64(2), "17", int64(1500), "", 3)
+	f.Add(int64(3), "", int64(0), "result", 4)
+	f.Add(int64(4), "", int64(0), "", 1)
+	f.Add(int64(1), "-1", int64(1), "", 3)
+	f.Add(int64(9), "x", int64(-1), "\x00", 0)
+	f.Fuzz(func(t *testing.T, code int64, fence string, n int64, res string, size int) {
+		reply := []any{code, fence, n, res}
+		if size >= 0 && size < len(reply) {
+			reply = reply[:size]
+		}
+		b, err := parseBegun(reply)
+		if err != nil {
+			return
+		}
+		switch b.Outcome {
+		case idem.Acquired, idem.InFlight:
+			if b.Fence == 0 && fence != "0" {
+				t.Fatalf("%v: fence 0 from %q", reply, fence)
+			}
+		case idem.Replay:
+			if b.Result == nil || string(b.Result) != res {
+				t.Fatalf("%v: result %q", reply, b.Result)
+			}
+		case idem.Mismatch:
+		default:
+			t.Fatalf("%v: outcome %v", reply, b.Outcome)
+		}
+	})
+}
+
+func TestParseBegun(t *testing.T) {
+	for _, tc := range []struct {
+		reply any
+		want  idem.Begun
+		ok    bool
+	}{
+		{[]any{int64(1), "42", int64(0)}, idem.Begun{Outcome: idem.Acquired, Fence: 42}, true},
+		{[]any{int64(1), "43", int64(1)}, idem.Begun{Outcome: idem.Acquired, Fence: 43, Takeover: true}, true},
+		{[]any{int64(2), "42", int64(1500)}, idem.Begun{Outcome: idem.InFlight, Fence: 42, LeaseLeft: 1500 * 1000}, true},
+		{[]any{int64(4)}, idem.Begun{Outcome: idem.Mismatch}, true},
+		{[]any{int64(1), "x", int64(0)}, idem.Begun{}, false},
+		{[]any{int64(1), "18446744073709551616", int64(0)}, idem.Begun{}, false},
+		{[]any{}, idem.Begun{}, false},
+		{"OK", idem.Begun{}, false},
+		{nil, idem.Begun{}, false},
+	} {
+		got, err := parseBegun(tc.reply)
+		if (err == nil) != tc.ok || (tc.ok && (got.Outcome != tc.want.Outcome || got.Fence != tc.want.Fence ||
+			got.Takeover != tc.want.Takeover || got.LeaseLeft != tc.want.LeaseLeft)) {
+			t.Errorf("parseBegun(%#v) = %+v, %v; want %+v, ok=%v", tc.reply, got, err, tc.want, tc.ok)
+		}
+	}
+	b, err := parseBegun([]any{int64(3), "", int64(0), ""})
+	if err != nil || b.Outcome != idem.Replay || b.Result == nil || len(b.Result) != 0 {
+		t.Errorf("empty replay = %+v, %v; want a non-nil empty result", b, err)
+	}
+}

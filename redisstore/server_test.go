@@ -1,0 +1,341 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/redisstore"
+	"github.com/redis/go-redis/v9"
+)
+
+// server is a redis-server process owned by one test, on its own loopback
+// port, with persistence off.
+type server struct {
+	t    *testing.T
+	bin  string
+	dir  string
+	port int
+	args []string
+	cmd  *exec.Cmd
+}
+
+// redisBinary returns the redis-server executable; it skips the test when
+// there is none, or fails it under CI=true.
+func redisBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis-server not found and CI=true: %v", err)
+		}
+		t.Skipf("redis-server not found: %v", err)
+	}
+	return bin
+}
+
+// freePort returns a loopback port nobody listens on right now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startServer starts a dedicated redis-server; it is killed at cleanup.
+func startServer(t *testing.T, args ...string) *server {
+	t.Helper()
+	s := &server{t: t, bin: redisBinary(t), dir: t.TempDir(), port: freePort(t), args: args}
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+func (s *server) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+// start (re)starts the process on the server's port and waits until it
+// answers PING.
+func (s *server) start() {
+	s.t.Helper()
+	args := append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir}, s.args...)
+	cmd := exec.Command(s.bin, args...)
+	log, err := os.OpenFile(filepath.Join(s.dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	log.Close()
+	s.cmd = cmd
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.addr(), 100*time.Millisecond)
+		if err == nil {
+			_, _ = c.Write([]byte("PING\r\n"))
+			buf := make([]byte, 7)
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			_, err = io.ReadFull(c, buf)
+			c.Close()
+			if err == nil && string(buf) == "+PONG\r\n" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			s.t.Fatalf("redis-server on %s did not start: %v\n%s", s.addr(), err, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill stops the process with SIGKILL (a crash, not a shutdown).
+func (s *server) kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// client returns a client for the server with short timeouts, closed at
+// cleanup.
+func (s *server) client() *redis.Client {
+	c := redis.NewClient(&redis.Options{
+		Addr:         s.addr(),
+		DialTimeout:  200 * time.Millisecond,
+		ReadTimeout:  time.Second,
+		WriteTimeout: time.Second,
+		MaxRetries:   1,
+		// Fail fast while the server is down (the default is 5 dial
+		// attempts with backoff).
+		DialerRetries: 1,
+	})
+	s.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestServerKilledAndRestarted(t *testing.T) {
+	srv := startServer(t)
+	c := srv.client()
+	st := newStore(t, c, redisstore.Options{})
+	k := &idem.Keeper{Store: st, Lease: 5 * time.Second}
+	ctx := context.Background()
+	fp := []byte("fp")
+
+	var ran atomic.Int64
+	mw := &idemhttp.Middleware{Keeper: k}
+	ts := httptest.NewServer(mw.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ran.Add(1)
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "ok")
+	})))
+	defer ts.Close()
+	post := func(key string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, ts.URL, strings.NewReader("{}"))
+		req.Header.Set("Idempotency-Key", key)
+		resp, err := ts.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	if code, _ := post("before"); code != http.StatusCreated {
+		t.Fatalf("before the kill: status %d, want 201", code)
+	}
+	a, err := k.Begin(ctx, "s", "held", fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srv.kill()
+	ran.Store(0)
+	start := time.Now()
+	for _, tc := range []struct {
+		name string
+		f    func() error
+	}{
+		{"Begin", func() error { _, err := st.Begin(ctx, "k", fp, time.Second); return err }},
+		{"Complete", func() error { return a.Lease.Complete(ctx, []byte("r")) }},
+		{"Release", func() error { return st.Release(ctx, "k", 1) }},
+		{"Extend", func() error { return st.Extend(ctx, "k", 1, time.Second) }},
+		{"Get", func() error { _, _, err := st.Get(ctx, "k"); return err }},
+	} {
+		if err := tc.f(); !errors.Is(err, idem.ErrStoreUnavailable) {
+			t.Errorf("%s while the server is down: %v, want ErrStoreUnavailable", tc.name, err)
+		}
+	}
+	if code, body := post("during"); code != http.StatusServiceUnavailable {
+		t.Errorf("request while the server is down: status %d (%s), want 503", code, body)
+	}
+	if n := ran.Load(); n != 0 {
+		t.Errorf("handler ran %d times while the store was down, want 0 (fail closed)", n)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("failing took %v; want fast failures", d)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := st.Begin(cctx, "k", fp, time.Second); !errors.Is(err, context.Canceled) {
+		t.Errorf("Begin with a canceled context while down: %v, want context.Canceled", err)
+	}
+
+	// Same port, empty server (no persistence, no script cache): service
+	// resumes without any manual step.
+	srv.start()
+	var code int
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		if code, _ = post("after"); code == http.StatusCreated || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code != http.StatusCreated {
+		t.Fatalf("after the restart: status %d, want 201", code)
+	}
+	if code, body := post("after"); code != http.StatusCreated || body != "ok" {
+		t.Errorf("replay after the restart: %d %q", code, body)
+	}
+	if n := ran.Load(); n != 1 {
+		t.Errorf("handler ran %d times after the restart, want 1", n)
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 100 * time.Millisecond, MaxRetries: -1, DialerRetries: 1})
+	defer c.Close()
+	st := redisstore.New(c, redisstore.Options{PollInterval: 10 * time.Millisecond})
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.Begin(ctx, "k", nil, time.Second); !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Errorf("Begin: %v, want ErrStoreUnavailable", err)
+	}
+	if err := st.Complete(ctx, "k", 1, nil, time.Second); !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Errorf("Complete: %v, want ErrStoreUnavailable", err)
+	}
+	// Wait cannot subscribe: it falls back to polling and returns after
+	// PollInterval, not after d.
+	start := time.Now()
+	if err := st.Wait(ctx, "k", 5*time.Second); err != nil {
+		t.Errorf("Wait: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Wait without a server took %v, want about PollInterval", d)
+	}
+}
+
+// replicated starts a primary and a replica and waits for the link.
+func replicated(t *testing.T) (primary, replica *server) {
+	primary = startServer(t, "--repl-diskless-sync-delay", "0")
+	replica = startServer(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.port))
+	c := primary.client()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info, _ := c.Info(context.Background(), "replication").Result()
+		if strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
+			return primary, replica
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica did not come online:\n%s", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestWaitReplicas(t *testing.T) {
+	primary, replica := replicated(t)
+	c := primary.client()
+	h := &counter{}
+	c.AddHook(h)
+	st := newStore(t, c, redisstore.Options{WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	fp := []byte("fp")
+
+	// Warm the script cache, then: acknowledged by the replica, one round
+	// trip (script and WAIT pipelined) per step.
+	if b, err := st.Begin(ctx, "warm", fp, time.Minute); err != nil {
+		t.Fatal(err)
+	} else if err := st.Complete(ctx, "warm", b.Fence, nil, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var b idem.Begun
+	var err error
+	if n := h.trips(func() { b, err = st.Begin(ctx, "k", fp, time.Minute) }); err != nil || n != 1 {
+		t.Fatalf("Begin = %v, %d round trips; want nil, 1", err, n)
+	}
+	if n := h.trips(func() { err = st.Complete(ctx, "k", b.Fence, []byte("r"), time.Minute) }); err != nil || n != 1 {
+		t.Fatalf("Complete = %v, %d round trips; want nil, 1", err, n)
+	}
+	rc := replica.client()
+	if v, err := rc.HGet(ctx, st.Key("k"), "r").Result(); err != nil || v != "r" {
+		t.Errorf("replica has r=%q, %v; want the completed result", v, err)
+	}
+
+	held, err := st.Begin(ctx, "held", fp, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Without the replica: fail closed, and give acquired keys back.
+	replica.kill()
+	start := time.Now()
+	if _, err := st.Begin(ctx, "lost", fp, time.Minute); !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Errorf("Begin without replica: %v, want ErrStoreUnavailable", err)
+	}
+	if _, ok, err := st.Get(ctx, "lost"); err != nil || ok {
+		t.Errorf("after a refused Begin the record exists (%v, %v); want it released", ok, err)
+	}
+	if err := st.Complete(ctx, "held", held.Fence, []byte("r"), time.Minute); !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Errorf("Complete without replica: %v, want ErrStoreUnavailable", err)
+	}
+	// Reads need no acknowledgement.
+	if b, err := st.Begin(ctx, "k", fp, time.Minute); err != nil || b.Outcome != idem.Replay {
+		t.Errorf("replay without replica: %+v, %v", b, err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %v; each refusal should take about WaitTimeout", d)
+	}
+}
+
+func TestWaitReplicasCluster(t *testing.T) {
+	// The test cluster has no replicas, so WAIT 1 never succeeds: this
+	// checks that the pipelined WAIT reaches the key's primary and that a
+	// refusal fails closed and releases the key.
+	c := cluster(t)
+	st := newStore(t, c, redisstore.Options{WaitReplicas: 1, WaitTimeout: 50 * time.Millisecond})
+	ctx := context.Background()
+	for i := range 6 {
+		key := fmt.Sprintf("k%d", i)
+		if _, err := st.Begin(ctx, key, []byte("fp"), time.Minute); !errors.Is(err, idem.ErrStoreUnavailable) {
+			t.Errorf("Begin(%s): %v, want ErrStoreUnavailable", key, err)
+		}
+		if _, ok, err := st.Get(ctx, key); err != nil || ok {
+			t.Errorf("Get(%s) = %v, %v; want released", key, ok, err)
+		}
+	}
+}

@@ -1,0 +1,229 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/redisstore"
+	"github.com/idemkit/idem/storetest"
+	"github.com/redis/go-redis/v9"
+)
+
+// second returns another client for the same backend as c, so that two
+// Stores share nothing but the Redis servers.
+func second(t *testing.T, c redis.UniversalClient) redis.UniversalClient {
+	switch c := c.(type) {
+	case *redis.ClusterClient:
+		return cluster(t)
+	case *redis.Client:
+		return standalone(t)
+	default:
+		t.Fatalf("unexpected client %T", c)
+		return nil
+	}
+}
+
+// TestWaitAcrossInstances: a duplicate waiting on one Store is woken by the
+// completion made through another Store, by notification (PollInterval is an
+// hour, so polling cannot be what wakes it).
+func TestWaitAcrossInstances(t *testing.T) {
+	ctx := context.Background()
+	backends(t, func(t *testing.T, c redis.UniversalClient) {
+		prefix := "wait-" + fmt.Sprint(time.Now().UnixNano()) + ":"
+		o := redisstore.Options{Prefix: prefix, PollInterval: time.Hour}
+		a := &idem.Keeper{Store: newStore(t, c, o), Lease: time.Minute}
+		b := &idem.Keeper{Store: newStore(t, second(t, c), o), Lease: time.Minute}
+		for _, end := range []string{"complete", "release"} {
+			t.Run(end, func(t *testing.T) {
+				first, err := a.Begin(ctx, "scope", end, []byte("fp"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				const waiters = 20
+				type answer struct {
+					at  idem.Attempt
+					err error
+				}
+				answers := make(chan answer, waiters)
+				for range waiters {
+					go func() {
+						at, err := b.BeginWait(ctx, "scope", end, []byte("fp"), 30*time.Second)
+						answers <- answer{at, err}
+					}()
+				}
+				time.Sleep(100 * time.Millisecond) // let them subscribe
+				start := time.Now()
+				if end == "complete" {
+					err = first.Lease.Complete(ctx, []byte("result"))
+				} else {
+					err = first.Lease.Release(ctx)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				acquired := 0
+				for range waiters {
+					ans := <-answers
+					switch {
+					case ans.err != nil:
+						t.Fatalf("BeginWait: %v", ans.err)
+					case ans.at.Lease != nil:
+						// After a release one waiter executes; its
+						// completion wakes the others with its result.
+						acquired++
+						if err := ans.at.Lease.Complete(ctx, []byte("result")); err != nil {
+							t.Fatal(err)
+						}
+					case string(ans.at.Result) != "result":
+						t.Fatalf("replay %q, want %q", ans.at.Result, "result")
+					}
+				}
+				if d := time.Since(start); d > 5*time.Second {
+					t.Errorf("waiters answered %v after the %s; want a prompt wake-up", d, end)
+				}
+				if want := map[string]int{"complete": 0, "release": 1}[end]; acquired != want {
+					t.Errorf("%d waiters acquired the key after %s, want %d", acquired, end, want)
+				}
+			})
+		}
+	})
+}
+
+func TestWaitPolling(t *testing.T) {
+	ctx := context.Background()
+	c := standalone(t)
+	st := newStore(t, c, redisstore.Options{DisableNotify: true, PollInterval: 20 * time.Millisecond})
+	b, err := st.Begin(ctx, "k", []byte("fp"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := st.Wait(ctx, "k", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 15*time.Millisecond || d > 500*time.Millisecond {
+		t.Errorf("polling Wait returned after %v, want about PollInterval (20ms)", d)
+	}
+	if err := st.Complete(ctx, "k", b.Fence, nil, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWaitAfterClose: Close stops the subscription (goleak checks the
+// goroutines) and Wait falls back to polling.
+func TestWaitAfterClose(t *testing.T) {
+	ctx := context.Background()
+	c := standalone(t)
+	st := redisstore.New(c, redisstore.Options{Prefix: storetest.Prefix(t) + ":", PollInterval: 10 * time.Millisecond})
+	if _, err := st.Begin(ctx, "held", []byte("fp"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- st.Wait(ctx, "held", time.Minute) }()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Wait on a held key returned early: %v", err)
+	default:
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done: // woken by Close
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake a blocked Wait")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	start := time.Now()
+	if err := st.Wait(ctx, "held", time.Minute); err != nil || time.Since(start) > time.Second {
+		t.Errorf("Wait after Close = %v after %v; want a poll of PollInterval", err, time.Since(start))
+	}
+}
+
+// TestTwoMiddlewareInstances: two HTTP servers, each with its own Store and
+// client, share one Redis; 200 concurrent requests with one key spread over
+// both run the handler exactly once and all get its response (wait mode).
+func TestTwoMiddlewareInstances(t *testing.T) {
+	backends(t, func(t *testing.T, c redis.UniversalClient) {
+		prefix := "mw-" + fmt.Sprint(time.Now().UnixNano()) + ":"
+		var ran atomic.Int64
+		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n := ran.Add(1)
+			time.Sleep(50 * time.Millisecond)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusCreated)
+			fmt.Fprintf(w, `{"charge":%d}`, n)
+		})
+		var urls []string
+		for _, cl := range []redis.UniversalClient{c, second(t, c)} {
+			st := newStore(t, cl, redisstore.Options{Prefix: prefix})
+			mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: st, Lease: 10 * time.Second}, Wait: 10 * time.Second}
+			ts := httptest.NewServer(mw.Handler(handler))
+			t.Cleanup(ts.Close)
+			urls = append(urls, ts.URL)
+		}
+		tr := &http.Transport{MaxIdleConnsPerHost: 100}
+		defer tr.CloseIdleConnections()
+		client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+
+		const n = 200
+		var wg sync.WaitGroup
+		statuses := make([]int, n)
+		bodies := make([]string, n)
+		replayed := make([]bool, n)
+		errs := make([]error, n)
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				req, _ := http.NewRequest(http.MethodPost, urls[i%2], strings.NewReader(`{"amount":1000}`))
+				req.Header.Set("Idempotency-Key", "pay-1")
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				statuses[i], bodies[i] = resp.StatusCode, string(b)
+				replayed[i] = resp.Header.Get("Idempotency-Replayed") == "true"
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if got := ran.Load(); got != 1 {
+			t.Errorf("handler ran %d times, want exactly 1", got)
+		}
+		fresh := 0
+		for i := range n {
+			if errs[i] != nil {
+				t.Fatalf("request %d: %v", i, errs[i])
+			}
+			if statuses[i] != http.StatusCreated || bodies[i] != `{"charge":1}` {
+				t.Errorf("request %d: %d %s, want 201 {\"charge\":1}", i, statuses[i], bodies[i])
+			}
+			if !replayed[i] {
+				fresh++
+			}
+		}
+		if fresh != 1 {
+			t.Errorf("%d answers without Idempotency-Replayed, want 1", fresh)
+		}
+	})
+}
