@@ -480,3 +480,50 @@ func TestAbandonedRequestReleases(t *testing.T) {
 		t.Errorf("retry: %d replayed=%v calls=%d", r.status, r.replayed(), calls.Load())
 	}
 }
+
+// TestReplayFraming: a handler's own Content-Length is kept; a large body
+// streamed in pieces (chunked) replays with the same decoded bytes; 1xx
+// informational answers and trailers are passed through, not stored.
+func TestReplayFraming(t *testing.T) {
+	t.Parallel()
+	big := strings.Repeat("0123456789", 2000)
+	k, _ := newKeeper(0)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/cl":
+			w.Header().Set("Content-Length", "5")
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprint(w, "hello")
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			w.Header().Set("Link", "</a.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			for i := 0; i < len(big); i += 100 {
+				fmt.Fprint(w, big[i:i+100])
+			}
+			w.Header().Set("X-Sum", "42")
+		}
+	})
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	defer srv.Close()
+
+	q := req{path: "/cl", hdr: []string{key1}}
+	a, b := send(t, srv, q), send(t, srv, q)
+	if !b.replayed() || a.wire() != b.wire() || b.header.Get("Content-Length") != "5" {
+		t.Errorf("Content-Length set by the handler:\n%q\n%q", a.wire(), b.wire())
+	}
+	q = req{path: "/chunked", hdr: []string{"Idempotency-Key: k2"}}
+	a, b = send(t, srv, q), send(t, srv, q)
+	if !strings.Contains(string(a.raw), "103 Early Hints") || a.status != 200 {
+		t.Errorf("first answer lacks the 103: %.200q", a.raw)
+	}
+	if !b.replayed() || b.status != 200 || string(b.body) != big || string(a.body) != big {
+		t.Errorf("chunked replay: %d, %d bytes", b.status, len(b.body))
+	}
+	if strings.Contains(string(b.raw), "103 Early Hints") || strings.Contains(string(b.raw), "X-Sum") || b.header.Get("Trailer") != "" {
+		t.Errorf("replay carries informational or trailer data: %.300q", b.raw)
+	}
+	if b.header.Get("Link") == "" {
+		t.Errorf("replay lost the Link header: %v", b.header)
+	}
+}

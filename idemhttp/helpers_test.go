@@ -105,7 +105,11 @@ func send(t testing.TB, srv *httptest.Server, q req) *rawResp {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), nil)
+	br := bufio.NewReader(bytes.NewReader(raw))
+	resp, err := http.ReadResponse(br, nil)
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != 101 {
+		resp, err = http.ReadResponse(br, nil) // skip informational answers
+	}
 	if err != nil {
 		t.Fatalf("parse response: %v\n%s", err, raw)
 	}

@@ -227,8 +227,9 @@ func (k OutcomeKind) String() string {
 // Outcome describes what the middleware did with one request.
 type Outcome struct {
 	Kind OutcomeKind
-	// Status is the status code answered (the handler's for executed,
-	// fail_open and passthrough; 0 for panic).
+	// Status is the status code answered: the handler's for executed and
+	// fail_open; 0 for passthrough (the response is not observed) and
+	// panic.
 	Status int
 	// Fence is the lease's fence when the handler ran under a lease.
 	Fence uint64
@@ -562,7 +563,7 @@ func (h *handler) appendHead(b []byte, status int, hdr http.Header) []byte {
 		return appendHead(b, status, 0, hdr, h.denied)
 	}
 	return appendHead(b, status, 0, hdr, func(name string) bool {
-		if h.deny[name] {
+		if h.denied(name) {
 			return true
 		}
 		for _, v := range conn {
@@ -576,7 +577,11 @@ func (h *handler) appendHead(b []byte, status int, hdr http.Header) []byte {
 	})
 }
 
-func (h *handler) denied(name string) bool { return h.deny[name] }
+// denied reports whether a header is never stored: the deny set, and
+// trailers announced with http.TrailerPrefix (trailers are not stored).
+func (h *handler) denied(name string) bool {
+	return h.deny[name] || strings.HasPrefix(name, http.TrailerPrefix)
+}
 
 var errTooLarge = errors.New("idemhttp: request body too large")
 

@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -26,7 +27,9 @@ func Canonicalize(data []byte) ([]byte, error) {
 // Append appends the canonical form of data to dst (see Canonicalize). On
 // error it returns dst unchanged in length.
 func Append(dst, data []byte) ([]byte, error) {
-	p := parser{in: data, out: dst}
+	p := parserPool.Get().(*parser)
+	defer p.free()
+	p.in, p.pos, p.out = data, 0, dst
 	start := len(dst)
 	p.ws()
 	if err := p.value(0); err != nil {
@@ -39,11 +42,28 @@ func Append(dst, data []byte) ([]byte, error) {
 	return p.out, nil
 }
 
+var parserPool = sync.Pool{New: func() any { return new(parser) }}
+
+// free returns p to the pool, keeping its scratch buffers unless they grew
+// large.
+func (p *parser) free() {
+	const max = 64 << 10
+	p.in, p.out = nil, nil
+	if cap(p.scratch) > max || cap(p.names) > max || cap(p.tmp) > max || cap(p.members) > max/32 {
+		*p = parser{}
+	}
+	p.scratch, p.names, p.members, p.tmp = p.scratch[:0], p.names[:0], p.members[:0], p.tmp[:0]
+	parserPool.Put(p)
+}
+
 type parser struct {
 	in      []byte
 	pos     int
 	out     []byte
-	scratch []byte // decoded string content
+	scratch []byte   // decoded content of the current string value
+	names   []byte   // decoded member names of the open objects
+	members []member // members of the open objects, innermost last
+	tmp     []byte   // scratch for re-ordering an object's members
 }
 
 func (p *parser) errf(format string, args ...any) error {
@@ -71,11 +91,12 @@ func (p *parser) value(depth int) error {
 	case c == '[':
 		return p.array(depth + 1)
 	case c == '"':
-		s, err := p.str()
+		var err error
+		p.scratch, err = p.str(p.scratch[:0])
 		if err != nil {
 			return err
 		}
-		p.out = AppendString(p.out, s)
+		p.out = appendString(p.out, p.scratch)
 		return nil
 	case c == '-' || c >= '0' && c <= '9':
 		return p.number()
@@ -134,12 +155,14 @@ func (p *parser) array(depth int) error {
 	}
 }
 
-// member is one object member: its decoded name and the position of its
-// canonical "name":value text in p.out.
+// member is one object member: its decoded name, at names[name:nameEnd],
+// and its canonical "name":value text, at out[start:end].
 type member struct {
-	name       string
-	start, end int
+	name, nameEnd int
+	start, end    int
 }
+
+func (p *parser) nameOf(m member) []byte { return p.names[m.name:m.nameEnd] }
 
 func (p *parser) object(depth int) error {
 	if depth > MaxDepth {
@@ -153,19 +176,23 @@ func (p *parser) object(depth int) error {
 		return nil
 	}
 	base := len(p.out)
+	mbase, nbase := len(p.members), len(p.names)
+	defer func() { p.members, p.names = p.members[:mbase], p.names[:nbase] }()
 	p.out = append(p.out, '{')
-	var members []member
 	sorted := true
 	for {
 		p.ws()
 		if p.pos >= len(p.in) || p.in[p.pos] != '"' {
 			return p.errf("expected a member name")
 		}
-		name, err := p.str()
+		m := member{name: len(p.names)}
+		var err error
+		p.names, err = p.str(p.names)
 		if err != nil {
 			return err
 		}
-		if n := len(members); n > 0 && !lessUTF16(members[n-1].name, name) {
+		m.nameEnd = len(p.names)
+		if n := len(p.members); n > mbase && !lessUTF16(p.nameOf(p.members[n-1]), p.nameOf(m)) {
 			sorted = false
 		}
 		p.ws()
@@ -174,13 +201,14 @@ func (p *parser) object(depth int) error {
 		}
 		p.pos++
 		p.ws()
-		start := len(p.out)
-		p.out = AppendString(p.out, name)
+		m.start = len(p.out)
+		p.out = appendString(p.out, p.nameOf(m))
 		p.out = append(p.out, ':')
 		if err := p.value(depth); err != nil {
 			return err
 		}
-		members = append(members, member{name: name, start: start, end: len(p.out)})
+		m.end = len(p.out)
+		p.members = append(p.members, m)
 		p.ws()
 		if p.pos >= len(p.in) {
 			return p.errf("unterminated object")
@@ -197,27 +225,29 @@ func (p *parser) object(depth int) error {
 		p.out = append(p.out, ',')
 	}
 	if !sorted {
-		slices.SortStableFunc(members, func(a, b member) int {
+		ms := p.members[mbase:]
+		slices.SortFunc(ms, func(a, b member) int {
+			na, nb := p.nameOf(a), p.nameOf(b)
 			switch {
-			case lessUTF16(a.name, b.name):
+			case lessUTF16(na, nb):
 				return -1
-			case lessUTF16(b.name, a.name):
+			case lessUTF16(nb, na):
 				return 1
 			}
 			return 0
 		})
-		for i := 1; i < len(members); i++ {
-			if members[i-1].name == members[i].name {
-				return p.errf("duplicate member name %q", members[i].name)
+		for i := 1; i < len(ms); i++ {
+			if string(p.nameOf(ms[i-1])) == string(p.nameOf(ms[i])) {
+				return p.errf("duplicate member name %q", p.nameOf(ms[i]))
 			}
 		}
-		body := slices.Clone(p.out[base+1:])
+		p.tmp = append(p.tmp[:0], p.out[base+1:]...)
 		p.out = p.out[:base+1]
-		for i, m := range members {
+		for i, m := range ms {
 			if i > 0 {
 				p.out = append(p.out, ',')
 			}
-			p.out = append(p.out, body[m.start-base-1:m.end-base-1]...)
+			p.out = append(p.out, p.tmp[m.start-base-1:m.end-base-1]...)
 		}
 	}
 	p.out = append(p.out, '}')
@@ -226,7 +256,7 @@ func (p *parser) object(depth int) error {
 
 // lessUTF16 reports whether a sorts before b when both are compared as
 // sequences of UTF-16 code units (RFC 8785 §3.2.3). a and b are valid UTF-8.
-func lessUTF16(a, b string) bool {
+func lessUTF16(a, b []byte) bool {
 	for len(a) > 0 && len(b) > 0 {
 		if a[0] < utf8.RuneSelf && b[0] < utf8.RuneSelf {
 			if a[0] != b[0] {
@@ -235,8 +265,8 @@ func lessUTF16(a, b string) bool {
 			a, b = a[1:], b[1:]
 			continue
 		}
-		ra, na := utf8.DecodeRuneInString(a)
-		rb, nb := utf8.DecodeRuneInString(b)
+		ra, na := utf8.DecodeRune(a)
+		rb, nb := utf8.DecodeRune(b)
 		if ra != rb {
 			ua, ub := unitsOf(ra), unitsOf(rb)
 			if ua[0] != ub[0] {
@@ -258,82 +288,91 @@ func unitsOf(r rune) [2]rune {
 	return [2]rune{hi, lo}
 }
 
-// str parses a JSON string at p.pos and returns its decoded content.
-func (p *parser) str() (string, error) {
+// str parses the JSON string at p.pos and appends its decoded content to
+// dst.
+func (p *parser) str(dst []byte) ([]byte, error) {
 	p.pos++ // "
-	p.scratch = p.scratch[:0]
 	for {
+		// Copy the run of plain ASCII at once.
+		i := p.pos
+		for i < len(p.in) {
+			c := p.in[i]
+			if c == '"' || c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+				break
+			}
+			i++
+		}
+		dst = append(dst, p.in[p.pos:i]...)
+		p.pos = i
 		if p.pos >= len(p.in) {
-			return "", p.errf("unterminated string")
+			return dst, p.errf("unterminated string")
 		}
 		c := p.in[p.pos]
 		switch {
 		case c == '"':
 			p.pos++
-			return string(p.scratch), nil
+			return dst, nil
 		case c == '\\':
-			if err := p.escape(); err != nil {
-				return "", err
+			var err error
+			if dst, err = p.escape(dst); err != nil {
+				return dst, err
 			}
 		case c < 0x20:
-			return "", p.errf("control character 0x%02x in string", c)
-		case c < utf8.RuneSelf:
-			p.scratch = append(p.scratch, c)
-			p.pos++
+			return dst, p.errf("control character 0x%02x in string", c)
 		default:
 			r, n := utf8.DecodeRune(p.in[p.pos:])
 			if r == utf8.RuneError && n <= 1 {
-				return "", p.errf("invalid UTF-8")
+				return dst, p.errf("invalid UTF-8")
 			}
-			p.scratch = append(p.scratch, p.in[p.pos:p.pos+n]...)
+			dst = append(dst, p.in[p.pos:p.pos+n]...)
 			p.pos += n
 		}
 	}
 }
 
-func (p *parser) escape() error {
+func (p *parser) escape(dst []byte) ([]byte, error) {
 	if p.pos+1 >= len(p.in) {
-		return p.errf("unterminated escape")
+		return dst, p.errf("unterminated escape")
 	}
 	e := p.in[p.pos+1]
 	p.pos += 2
 	switch e {
 	case '"', '\\', '/':
-		p.scratch = append(p.scratch, e)
+		dst = append(dst, e)
 	case 'b':
-		p.scratch = append(p.scratch, '\b')
+		dst = append(dst, '\b')
 	case 'f':
-		p.scratch = append(p.scratch, '\f')
+		dst = append(dst, '\f')
 	case 'n':
-		p.scratch = append(p.scratch, '\n')
+		dst = append(dst, '\n')
 	case 'r':
-		p.scratch = append(p.scratch, '\r')
+		dst = append(dst, '\r')
 	case 't':
-		p.scratch = append(p.scratch, '\t')
+		dst = append(dst, '\t')
 	case 'u':
 		r, ok := p.hex4()
 		if !ok {
-			return p.errf("bad \\u escape")
+			return dst, p.errf("bad \\u escape")
 		}
 		if utf16.IsSurrogate(r) {
 			if r >= 0xdc00 || p.pos+1 >= len(p.in) || p.in[p.pos] != '\\' || p.in[p.pos+1] != 'u' {
-				return p.errf("lone surrogate")
+				return dst, p.errf("lone surrogate")
 			}
 			p.pos += 2
 			lo, ok := p.hex4()
 			if !ok {
-				return p.errf("bad \\u escape")
+				return dst, p.errf("bad \\u escape")
 			}
 			r = utf16.DecodeRune(r, lo)
 			if r == utf8.RuneError {
-				return p.errf("lone surrogate")
+				return dst, p.errf("lone surrogate")
 			}
 		}
-		p.scratch = utf8.AppendRune(p.scratch, r)
+		dst = utf8.AppendRune(dst, r)
 	default:
-		return p.errf("bad escape \\%c", e)
+		return dst, p.errf("bad escape \\%c", e)
 	}
-	return nil
+	return dst, nil
 }
 
 func (p *parser) hex4() (rune, bool) {
@@ -392,7 +431,17 @@ func (p *parser) number() error {
 			return p.errf("bad number exponent")
 		}
 	}
-	f, err := strconv.ParseFloat(string(p.in[start:p.pos]), 64)
+	lit := p.in[start:p.pos]
+	if isSmallInt(lit) {
+		// An integer of at most 15 digits is exact in a double and
+		// ECMAScript writes it as is (with -0 as 0).
+		if string(lit) == "-0" {
+			lit = lit[1:]
+		}
+		p.out = append(p.out, lit...)
+		return nil
+	}
+	f, err := strconv.ParseFloat(string(lit), 64)
 	if err != nil && (math.IsInf(f, 0) || !errors.Is(err, strconv.ErrRange)) {
 		return p.errf("number out of range")
 	}
@@ -400,10 +449,30 @@ func (p *parser) number() error {
 	return nil
 }
 
+// isSmallInt reports whether the valid JSON number lit is an integer of at
+// most 15 digits.
+func isSmallInt(lit []byte) bool {
+	d := lit
+	if len(d) > 0 && d[0] == '-' {
+		d = d[1:]
+	}
+	if len(d) > 15 {
+		return false
+	}
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // AppendString appends the RFC 8785 form of the string s (valid UTF-8):
 // quoted, with \" \\ \b \f \n \r \t and \u00xx (lower-case hex) for the
 // other control characters, and every other character as is.
-func AppendString(dst []byte, s string) []byte {
+func AppendString(dst []byte, s string) []byte { return appendString(dst, s) }
+
+func appendString[T string | []byte](dst []byte, s T) []byte {
 	const hexdigits = "0123456789abcdef"
 	dst = append(dst, '"')
 	for i := 0; i < len(s); i++ {

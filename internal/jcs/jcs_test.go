@@ -191,3 +191,16 @@ func FuzzCanonicalJSON(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkCanonicalize(b *testing.B) {
+	in := []byte(`{"currency":"EUR","amount":1000,"items":[{"sku":"sku-1","qty":1,"price":9.99},{"qty":2,"sku":"sku-2","price":1e3}],"note":"caf\u00e9 \ud83d\ude00","meta":{"z":true,"a":null}}`)
+	out := make([]byte, 0, 1024)
+	b.SetBytes(int64(len(in)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		var err error
+		if out, err = jcs.Append(out[:0], in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
