@@ -159,10 +159,11 @@ type Lease struct {
 	start    time.Time
 
 	mu       sync.Mutex
-	finished bool
-	stop     chan struct{} // closed to stop renewal
-	done     chan struct{} // closed when the renewal goroutine exits
-	lost     chan struct{} // closed when renewal found the lease lost
+	finished bool           // Complete or Release was called
+	timer    *time.Timer    // renewal timer; nil until StartRenewal
+	every    time.Duration  // renewal period
+	extends  sync.WaitGroup // renewal extensions in progress
+	lost     chan struct{}  // closed when renewal found the lease lost
 	lostOnce sync.Once
 }
 
@@ -222,12 +223,13 @@ func (l *Lease) finish() error {
 		return errFinished
 	}
 	l.finished = true
-	stop, done := l.stop, l.done
-	l.mu.Unlock()
-	if stop != nil {
-		close(stop)
-		<-done
+	if l.timer != nil {
+		l.timer.Stop()
 	}
+	l.mu.Unlock()
+	// An extension already under way finishes before the record changes
+	// state, so it can never be mistaken for a lost lease.
+	l.extends.Wait()
 	return nil
 }
 
@@ -250,41 +252,48 @@ func (l *Lease) Extend(ctx context.Context) error {
 // Complete or Release, so an operation that runs longer than the lease is not
 // taken over. If the store refuses an extension with ErrLeaseLost, renewal
 // stops and Lost is closed. Transient store errors are retried at the next
-// tick. Calling StartRenewal more than once, or after Complete or Release,
-// does nothing. The goroutine it starts always exits by the time Complete or
-// Release returns.
+// tick. Calling StartRenewal more than once, or after Complete or Release, or
+// on a store that is not an Extender, does nothing.
+//
+// Renewal runs on a timer: no goroutine exists until the first third of the
+// lease has passed, so short operations pay for one timer only, and none is
+// left running once Complete or Release returns.
 func (l *Lease) StartRenewal() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.finished || l.stop != nil {
-		return
-	}
 	if _, ok := l.k.Store.(Extender); !ok {
 		return
 	}
-	l.stop, l.done = make(chan struct{}), make(chan struct{})
-	every := l.k.lease() / 3
-	go l.renew(every, l.stop, l.done)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.finished || l.timer != nil {
+		return
+	}
+	l.every = l.k.lease() / 3
+	l.timer = time.AfterFunc(l.every, l.tick)
 }
 
-func (l *Lease) renew(every time.Duration, stop, done chan struct{}) {
-	defer close(done)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), every)
-		err := l.Extend(ctx)
-		cancel()
-		if errors.Is(err, ErrLeaseLost) {
-			l.markLost()
-			return
-		}
+// tick extends the lease once and schedules the next tick.
+func (l *Lease) tick() {
+	l.mu.Lock()
+	if l.finished {
+		l.mu.Unlock()
+		return
 	}
+	l.extends.Add(1) // under mu, before finish can Wait
+	l.mu.Unlock()
+	defer l.extends.Done()
+
+	ctx, cancel := context.WithTimeout(context.Background(), l.every)
+	err := l.Extend(ctx)
+	cancel()
+	if errors.Is(err, ErrLeaseLost) {
+		l.markLost()
+		return
+	}
+	l.mu.Lock()
+	if !l.finished {
+		l.timer.Reset(l.every)
+	}
+	l.mu.Unlock()
 }
 
 func (l *Lease) lostChan() chan struct{} {
