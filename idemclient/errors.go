@@ -6,9 +6,11 @@ import (
 	"strings"
 )
 
-// Reasons the Transport stops retrying, matched with errors.Is on the error
-// RoundTrip returns (through *url.Error when the call went via http.Client)
-// and reported in Attempt.GiveUp to the observer.
+// Errors a caller can branch on with errors.Is, through the *url.Error that
+// http.Client wraps around them. All but ErrInvalidKey are reasons to stop
+// retrying: they appear as Error.Stop, and the first three also as
+// Attempt.GiveUp when the Transport returns a response it would otherwise
+// have retried.
 var (
 	// ErrBodyNotReplayable reports that a retryable outcome was not retried
 	// because the request body cannot be sent again: it has no GetBody and is

@@ -928,6 +928,13 @@ func TestConnectionRefusedRetriedThenGivesUp(t *testing.T) {
 	if !errors.Is(err, ErrAttemptsExhausted) || !errors.As(err, &oe) || len(*waits) != 2 {
 		t.Fatalf("err = %v, %d waits", err, len(*waits))
 	}
+
+	// Through http.Client, the *Error is inside a *url.Error.
+	_, err = (&http.Client{Transport: tr}).Post("http://"+addr+"/", "text/plain", strings.NewReader("b"))
+	var e *Error
+	if !errors.Is(err, ErrAttemptsExhausted) || !errors.As(err, &e) || !uuidV4.MatchString(e.Key) {
+		t.Fatalf("via http.Client: err = %v", err)
+	}
 }
 
 func TestReplayed(t *testing.T) {
