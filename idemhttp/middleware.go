@@ -644,7 +644,9 @@ func bodyBytes(bp *[]byte) []byte {
 	return *bp
 }
 
-// setBody gives r a fresh reader over body, which the middleware read.
+// setBody gives r a fresh reader over body, which the middleware read, and
+// a GetBody returning another (so that an http.Transport forwarding r, as a
+// reverse proxy does, may replay it).
 func setBody(r *http.Request, body []byte) {
 	r.ContentLength = int64(len(body))
 	if body == nil {
@@ -652,9 +654,22 @@ func setBody(r *http.Request, body []byte) {
 		r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
 		return
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.Body = newBodyReader(body)
+	r.GetBody = func() (io.ReadCloser, error) { return newBodyReader(body), nil }
 }
+
+// bodyReader is an io.ReadCloser over bytes (one allocation, where
+// io.NopCloser(bytes.NewReader(b)) takes two).
+type bodyReader struct{ bytes.Reader }
+
+func newBodyReader(b []byte) *bodyReader {
+	r := &bodyReader{}
+	r.Reset(b)
+	return r
+}
+
+// Close does nothing and returns nil.
+func (*bodyReader) Close() error { return nil }
 
 // renewal starts renewing a lease only once the handler has run for a third
 // of the lease period, so the common short request pays for one timer

@@ -13,29 +13,37 @@ import (
 type capture struct {
 	w     http.ResponseWriter
 	h     *handler
-	buf   []byte // encoded head, then the body bytes captured so far
-	head  int    // length of the encoded head in buf
-	body  int    // body bytes written by the handler (captured or not)
-	code  int    // final status; 0 until written
-	omit  bool   // body exceeded the cap and was dropped from buf
+	bp    *[]byte // pooled buffer box, for free
+	buf   []byte  // encoded head, then the body bytes captured so far
+	head  int     // length of the encoded head in buf
+	body  int     // body bytes written by the handler (captured or not)
+	code  int     // final status; 0 until written
+	omit  bool    // body exceeded the cap and was dropped from buf
 	flush http.Flusher
 }
 
-var capturePool = sync.Pool{New: func() any { return &capture{buf: make([]byte, 0, 4096)} }}
+// bufPool holds capture buffers. The capture itself is not pooled: a
+// handler that (wrongly) writes after returning then touches only its own
+// detached capture, never another request's.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 func newCapture(w http.ResponseWriter, h *handler) *capture {
-	c := capturePool.Get().(*capture)
-	c.w, c.h = w, h
+	bp := bufPool.Get().(*[]byte)
+	c := &capture{w: w, h: h, bp: bp, buf: (*bp)[:0]}
 	c.flush, _ = w.(http.Flusher)
 	return c
 }
 
+// free returns the buffer to the pool. The capture must not be used after.
 func (c *capture) free() {
-	if cap(c.buf) > 64<<10 {
-		c.buf = make([]byte, 0, 4096)
+	bp := c.bp
+	if cap(c.buf) <= 64<<10 {
+		*bp = c.buf[:0]
+	} else {
+		*bp = make([]byte, 0, 4096)
 	}
-	*c = capture{buf: c.buf[:0]}
-	capturePool.Put(c)
+	c.buf, c.bp = nil, nil
+	bufPool.Put(bp)
 }
 
 // Header returns the underlying writer's header map.
