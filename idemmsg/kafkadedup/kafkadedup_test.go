@@ -280,7 +280,11 @@ func TestCrashBeforeEffect(t *testing.T) {
 	c := &kafkadedup.Consumer{
 		Client:  client(t, addrs, "mailer", kafkadedup.ClientOpts()...),
 		Deduper: &idemmsg.Deduper{Store: fs, Lease: lease},
-		OnError: func(_ *kgo.Record, st idemmsg.Status, _ error) { mu.Lock(); statuses = append(statuses, st); mu.Unlock() },
+		OnError: func(_ *kgo.Record, st idemmsg.Status, _ error) {
+			mu.Lock()
+			statuses = append(statuses, st)
+			mu.Unlock()
+		},
 	}
 	fx := newEffects(t)
 	start := time.Now()
