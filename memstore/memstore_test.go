@@ -422,3 +422,81 @@ func BenchmarkBeginCompleteSteady(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
 }
+
+// TestRecycle checks that a dead record recycled for a fresh Begin carries
+// nothing over: fingerprint, result, or buffers shared with replays.
+func TestRecycle(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := memstore.New(memstore.Options{Now: c.Now})
+	big := make([]byte, 5000)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	long := append(make([]byte, 40), 1) // longer than the inline buffer
+	var prev uint64
+	var replays [][]byte
+	for i, step := range []struct {
+		fp     []byte
+		result []byte
+	}{
+		{[]byte("a"), big},
+		{long, []byte("small")},
+		{[]byte("b"), nil},
+		{nil, []byte("xyz")},
+		{[]byte("a"), []byte("0123456789")},
+		{long[:39], []byte{}},
+		{[]byte("c"), big[:100]},
+	} {
+		b, err := s.Begin(ctx, "k", step.fp, time.Minute)
+		if err != nil || b.Outcome != idem.Acquired || b.Takeover || b.Fence <= prev {
+			t.Fatalf("step %d: Begin = %+v, %v; want a fresh acquisition above fence %d", i, b, err, prev)
+		}
+		prev = b.Fence
+		if rec, ok, _ := s.Get(ctx, "k"); !ok || rec.State != idem.StateInProgress || len(rec.Result) != 0 || string(rec.Fingerprint) != string(step.fp) {
+			t.Fatalf("step %d: Get = %+v, %v", i, rec, ok)
+		}
+		if err := s.Complete(ctx, "k", b.Fence, step.result, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Begin(ctx, "k", step.fp, time.Minute)
+		if err != nil || r.Outcome != idem.Replay || string(r.Result) != string(step.result) {
+			t.Fatalf("step %d: replay = %+v, %v; want %q", i, r, err, step.result)
+		}
+		replays = append(replays, r.Result)
+		c.Advance(time.Second) // the record dies; the next Begin recycles it
+	}
+	// Earlier replays were copies: recycling did not overwrite them.
+	if string(replays[0]) != string(big) || string(replays[1]) != "small" || string(replays[3]) != "xyz" {
+		t.Fatalf("a replayed result changed after its record was recycled")
+	}
+	if s.Len() != 1 {
+		t.Fatalf("Len = %d, want 1", s.Len())
+	}
+}
+
+// TestWaitWokenByRecycle checks that a Wait on an abandoned record ends when
+// a fresh Begin replaces the dead record.
+func TestWaitWokenByRecycle(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := memstore.New(memstore.Options{Now: c.Now, Abandon: time.Minute})
+	if b, err := s.Begin(ctx, "k", nil, time.Second); err != nil || b.Outcome != idem.Acquired {
+		t.Fatalf("Begin = %+v, %v", b, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Wait(ctx, "k", time.Minute) }()
+	time.Sleep(10 * time.Millisecond) // let the waiter block
+	c.Advance(2 * time.Minute)        // the record is abandoned, then dead
+	if b, err := s.Begin(ctx, "k", []byte("other"), time.Second); err != nil || b.Outcome != idem.Acquired || b.Takeover {
+		t.Fatalf("Begin on a dead record = %+v, %v; want a fresh acquisition", b, err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait not woken when its dead record was replaced")
+	}
+}

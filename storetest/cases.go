@@ -501,6 +501,13 @@ func testValues(t *testing.T, h *harness) {
 		fp[0] ^= 0xff
 		h.wantInFlight(t, begin(t, s, k, fpA, h.long), f, h.long)
 
+		long := bytes.Repeat([]byte("long fingerprint "), 10)
+		kl := key(t)
+		fl := acquire(t, s, kl, long, h.long)
+		fpl := bytes.Clone(long)
+		long[0] ^= 0xff
+		h.wantInFlight(t, begin(t, s, kl, fpl, h.long), fl, h.long)
+
 		res := []byte("result bytes")
 		complete(t, s, k, f, res, h.long)
 		copy(res, "XXXXXXXXXXXX")
