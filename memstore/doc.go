@@ -18,8 +18,8 @@
 //		}
 //	}()
 //
-// Lease and retention deadlines are judged by Options.Now (time.Now by
-// default). Fences come from the same clock: a fresh record's fence is at
+// Lease and retention deadlines are judged by Options.Now (by default the
+// process's monotonic clock, so wall-clock steps do not move them). Fences come from the same clock: a fresh record's fence is at
 // least the clock in Unix microseconds and above every fence its shard issued
 // before, and a takeover's fence is the previous one plus one, so fences for
 // a key keep growing across releases and expiries within the process.

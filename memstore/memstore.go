@@ -31,13 +31,15 @@ type Options struct {
 	// wraps idem.ErrStoreUnavailable (HTTP 503). Live records are never
 	// evicted; dead ones (completed past retention, abandoned in progress
 	// past Abandon) are reclaimed to make room. Keys that already have a
-	// record are never refused.
+	// record are never refused. Making room sweeps the whole store, and
+	// only when some record may have died since the last sweep; a large
+	// store under steady churn should also be swept on a schedule.
 	MaxRecords int
 
-	// Now is the store clock. If nil, time.Now is used. Tests inject a fake
-	// clock. The clock must not step back: deadlines and fences are derived
-	// from it. (time.Now is safe: the store measures elapsed time on its
-	// monotonic reading.)
+	// Now is the store clock. If nil, the process clock is used: time.Now
+	// at New, then the monotonic time elapsed since, so wall-clock steps do
+	// not move deadlines. Tests inject a fake clock, which must not step
+	// back: deadlines and fences are derived from it.
 	Now func() time.Time
 
 	// Shards is the number of lock shards. If zero, a power of two near

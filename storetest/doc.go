@@ -51,8 +51,9 @@
 // operations with one-hour leases and no expiry, instead of 2000 operations
 // with clock advances.
 //
-// Benchmark measures the hot paths (new key Begin+Complete, Replay,
-// InFlight) in parallel.
+// Fuzz drives the same reference model with operation sequences decoded
+// from fuzz inputs; call it from a FuzzXxx function. Benchmark measures the
+// hot paths (new key Begin+Complete, Replay, InFlight) in parallel.
 //
 // This package imports only the standard library and package idem.
 package storetest

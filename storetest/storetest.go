@@ -32,8 +32,9 @@ type Features struct {
 	// MinLease is the shortest lease the backend honours precisely, and
 	// the tolerance Run allows on durations the store reports (LeaseLeft,
 	// Record.Remaining, Record.Age). If zero, 1ms. Real-clock runs use
-	// leases and retentions of a few MinLease and sleep past them: about
-	// 10×MinLease of sleeping per subtest, the subtests overlapping.
+	// leases and retentions of 3×MinLease that they let expire, and sleep
+	// at most about 30×MinLease per subtest, the subtests overlapping
+	// (about 1.5 s of wall time in all for MinLease = 50ms).
 	MinLease time.Duration
 }
 
