@@ -75,6 +75,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		b.SetBytes(int64(len(benchJSON)))
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu0 := processCPU()
 		for i := 0; i < b.N; i++ {
 			body.Reset(benchJSON)
 			if key != nil {
@@ -84,6 +85,9 @@ func BenchmarkMiddleware(b *testing.B) {
 			h.ServeHTTP(w, r)
 		}
 		b.StopTimer()
+		if cpu := processCPU() - cpu0; cpu > 0 {
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+		}
 		if w.code == 0 {
 			b.Fatal("nothing written")
 		}

@@ -527,3 +527,58 @@ func TestReplayFraming(t *testing.T) {
 		t.Errorf("replay lost the Link header: %v", b.header)
 	}
 }
+
+// TestOuterMiddlewareHeaders: headers set by outer middleware before the
+// handler (a per-request id) are not stored, so a replay carries the fresh
+// value; a header the handler changed is stored.
+func TestOuterMiddlewareHeaders(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(0)
+	var n atomic.Int64
+	inner := (&idemhttp.Middleware{Keeper: k}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Vary", "Accept")
+		w.WriteHeader(http.StatusCreated)
+	}))
+	outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", strconv.FormatInt(n.Add(1), 10))
+		w.Header().Set("Vary", "Origin")
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "1")
+		inner.ServeHTTP(w, r)
+	})
+	srv := httptest.NewServer(outer)
+	defer srv.Close()
+	a := send(t, srv, req{hdr: []string{key1}})
+	b := send(t, srv, req{hdr: []string{key1}})
+	if !b.replayed() || a.header.Get("X-Request-Id") != "1" || b.header.Get("X-Request-Id") != "2" {
+		t.Errorf("request ids: first %q, replay %q (replayed=%v)", a.header.Get("X-Request-Id"), b.header.Get("X-Request-Id"), b.replayed())
+	}
+	if got := b.header.Values("Vary"); len(got) != 2 || got[0] != "Origin" || got[1] != "Accept" {
+		t.Errorf("Vary on replay = %q", got)
+	}
+}
+
+// TestConnectionNamedHeadersNotStored: a header the handler names in
+// Connection is hop-by-hop and not stored.
+func TestConnectionNamedHeadersNotStored(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(0)
+	h := (&idemhttp.Middleware{Keeper: k}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "x-hop, keep-alive")
+		w.Header().Set("X-Hop", "secret")
+		w.Header().Set("X-End", "kept")
+		w.WriteHeader(http.StatusCreated)
+	}))
+	serve := func() *httptest.ResponseRecorder {
+		r := httptest.NewRequest("POST", "/", nil)
+		r.Header.Set("Idempotency-Key", "c")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	serve()
+	w := serve()
+	if w.Header().Get("Idempotency-Replayed") != "true" || w.Header().Get("X-Hop") != "" || w.Header().Get("Connection") != "" || w.Header().Get("X-End") != "kept" {
+		t.Errorf("replayed headers %v", w.Header())
+	}
+}

@@ -54,7 +54,11 @@
 // Hop-by-hop headers (and those named in Connection) and the NeverReplay
 // list (by default Set-Cookie, Authorization, WWW-Authenticate,
 // Proxy-Authenticate and Date) are neither stored nor replayed; a replay
-// gets a fresh Date, and its Content-Length is the stored body's. A body
+// gets a fresh Date, and its Content-Length is the stored body's. Headers
+// that outer middleware set on the ResponseWriter before the request reached
+// the middleware (a request id, CORS headers) are not stored unless the
+// handler changed them: the outer middleware sets them afresh on each
+// replay. A body
 // larger than MaxResult reaches the client whole but is not stored: a
 // replay answers the status and headers with an empty body and
 // Idempotency-Replay: omitted. Informational (1xx) responses and trailers
@@ -77,6 +81,16 @@
 // supports http.Flusher and Unwrap (for http.ResponseController). Writes
 // made through a hijacked connection or directly to the unwrapped writer are
 // not recorded.
+//
+// Place response-transforming middleware (compression, for instance)
+// outside idemhttp: the stored response is what the handler wrote, and the
+// fingerprint does not include Accept-Encoding.
+//
+// # The key header
+//
+// The key is an RFC 9651 Item: an sf-string or a bare value (see
+// ParseKey). Two Idempotency-Key field lines are refused (400
+// idempotency-key-invalid), and a single line is never split at commas.
 //
 // This package imports only the standard library.
 package idemhttp

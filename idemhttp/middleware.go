@@ -556,31 +556,23 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 	h.report(r, o)
 }
 
-// appendHead encodes the status and the storable headers of hdr.
-func (h *handler) appendHead(b []byte, status int, hdr http.Header) []byte {
-	conn := hdr["Connection"]
-	if len(conn) == 0 {
-		return appendHead(b, status, 0, hdr, h.denied)
-	}
-	return appendHead(b, status, 0, hdr, func(name string) bool {
-		if h.denied(name) {
-			return true
-		}
-		for _, v := range conn {
-			for _, tok := range strings.Split(v, ",") {
-				if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(tok)) == name {
-					return true
-				}
-			}
-		}
-		return false
-	})
-}
-
 // denied reports whether a header is never stored: the deny set, and
 // trailers announced with http.TrailerPrefix (trailers are not stored).
 func (h *handler) denied(name string) bool {
 	return h.deny[name] || strings.HasPrefix(name, http.TrailerPrefix)
+}
+
+// connectionListed reports whether name is listed in the Connection header
+// values conn (which makes it hop-by-hop).
+func connectionListed(conn []string, name string) bool {
+	for _, v := range conn {
+		for tok := range strings.SplitSeq(v, ",") {
+			if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(tok)) == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 var errTooLarge = errors.New("idemhttp: request body too large")

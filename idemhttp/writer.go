@@ -2,6 +2,7 @@ package idemhttp
 
 import (
 	"net/http"
+	"slices"
 	"sync"
 )
 
@@ -20,6 +21,8 @@ type capture struct {
 	code  int     // final status; 0 until written
 	omit  bool    // body exceeded the cap and was dropped from buf
 	flush http.Flusher
+	entry http.Header // headers already set when the handler was called
+	conn  []string    // Connection header values at snapshot time
 }
 
 // bufPool holds capture buffers. The capture itself is not pooled: a
@@ -31,6 +34,12 @@ func newCapture(w http.ResponseWriter, h *handler) *capture {
 	bp := bufPool.Get().(*[]byte)
 	c := &capture{w: w, h: h, bp: bp, buf: (*bp)[:0]}
 	c.flush, _ = w.(http.Flusher)
+	if hdr := w.Header(); len(hdr) > 0 {
+		// Set by outer middleware (a request id, CORS): not the handler's
+		// answer, so not stored unless the handler changes them. The outer
+		// middleware sets them afresh on every replay.
+		c.entry = hdr.Clone()
+	}
 	return c
 }
 
@@ -61,8 +70,27 @@ func (c *capture) WriteHeader(code int) {
 
 func (c *capture) snapshot(code int) {
 	c.code = code
-	c.buf = c.h.appendHead(c.buf[:0], code, c.w.Header())
+	hdr := c.w.Header()
+	c.conn = hdr["Connection"]
+	c.buf = appendHead(c.buf[:0], code, 0, hdr, c.skip)
 	c.head = len(c.buf)
+}
+
+// skip reports whether the header name is left out of the stored response:
+// never-replayed and hop-by-hop headers, headers named in Connection, and
+// headers that outer middleware set before the handler ran and that the
+// handler left unchanged.
+func (c *capture) skip(name string) bool {
+	if c.h.denied(name) {
+		return true
+	}
+	if len(c.conn) > 0 && connectionListed(c.conn, name) {
+		return true
+	}
+	if vs, ok := c.entry[name]; ok && slices.Equal(vs, c.w.Header()[name]) {
+		return true
+	}
+	return false
 }
 
 // Write passes p to the client and records it. The whole of p is recorded
