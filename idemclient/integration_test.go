@@ -288,8 +288,16 @@ func TestConcurrentDuplicateWaitsForRetryAfter(t *testing.T) {
 	if f.err != nil {
 		t.Fatal(f.err)
 	}
-	if len(attempts) != 2 || attempts[0].Status != http.StatusConflict || !attempts[0].Retry {
-		t.Fatalf("attempts %+v; want 409 then the replay", attempts)
+	// Normally exactly two attempts; on a starved machine the first call
+	// may still be completing when the retry arrives, which earns another
+	// 409 and another wait.
+	if len(attempts) < 2 || len(attempts) > 3 {
+		t.Fatalf("%d attempts; want 409 then the replay", len(attempts))
+	}
+	for _, a := range attempts[:len(attempts)-1] {
+		if a.Status != http.StatusConflict || !a.Retry {
+			t.Fatalf("attempt %d: status %d, retry %v; want 409 and a retry", a.N, a.Status, a.Retry)
+		}
 	}
 	ra, ok := ParseRetryAfter(attempts[0].Response.Header.Get("Retry-After"), time.Now())
 	if !ok || ra < time.Second || attempts[0].Delay != ra {
