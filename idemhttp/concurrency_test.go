@@ -582,3 +582,50 @@ func TestConnectionNamedHeadersNotStored(t *testing.T) {
 		t.Errorf("replayed headers %v", w.Header())
 	}
 }
+
+// TestDisconnectMidBodyStoresWholeBody: the client leaves after the first
+// part of a large streamed body; the handler's io.Copy still runs to the
+// end, and the record stores the whole body, never a truncated one.
+func TestDisconnectMidBodyStoresWholeBody(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(0)
+	oc := newOutcomes()
+	big := strings.Repeat("abcdefgh", 64<<10) // 512 KiB
+	var calls atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		fmt.Fprint(w, big[:8])
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+		n, err := io.Copy(w, strings.NewReader(big[8:]))
+		if err != nil || n != int64(len(big)-8) {
+			t.Errorf("io.Copy after disconnect: %d, %v", n, err)
+		}
+	})
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(req{hdr: []string{key1}}.bytes()); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 8)
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != big[:8] {
+		t.Fatalf("first part %q %v", first, err)
+	}
+	c.Close()
+	if o := oc.next(t); o.Kind != idemhttp.OutcomeExecuted || !o.Stored || o.Status != 200 {
+		t.Fatalf("outcome %+v", o)
+	}
+	r := send(t, srv, req{hdr: []string{key1}})
+	if !r.replayed() || string(r.body) != big || calls.Load() != 1 {
+		t.Errorf("replay: replayed=%v, %d bytes, calls %d", r.replayed(), len(r.body), calls.Load())
+	}
+}

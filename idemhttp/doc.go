@@ -80,7 +80,11 @@
 // The handler's http.ResponseWriter passes every write through at once and
 // supports http.Flusher and Unwrap (for http.ResponseController). Writes
 // made through a hijacked connection or directly to the unwrapped writer are
-// not recorded.
+// not recorded. Once a write to the client fails because the client went
+// away, later writes are recorded and reported as successful without being
+// sent, so that a handler copying a body runs to its end and the record
+// holds the whole response; handlers see the departure in the request's
+// context.
 //
 // Place response-transforming middleware (compression, for instance)
 // outside idemhttp: the stored response is what the handler wrote, and the

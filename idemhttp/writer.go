@@ -1,6 +1,7 @@
 package idemhttp
 
 import (
+	"errors"
 	"net/http"
 	"slices"
 	"sync"
@@ -20,6 +21,7 @@ type capture struct {
 	body  int     // body bytes written by the handler (captured or not)
 	code  int     // final status; 0 until written
 	omit  bool    // body exceeded the cap and was dropped from buf
+	gone  bool    // a write to the client failed: capture only
 	flush http.Flusher
 	entry http.Header // headers already set when the handler was called
 	conn  []string    // Connection header values at snapshot time
@@ -93,23 +95,48 @@ func (c *capture) skip(name string) bool {
 	return false
 }
 
-// Write passes p to the client and records it. The whole of p is recorded
-// even when the client write fails, so that a handler that finishes after
-// its caller went away still stores the response it produced.
+// Write passes p to the client and records it.
+//
+// Once a write to the client fails (the client went away), Write keeps
+// recording and reports success without writing to the client any more, so
+// that a handler copying a body (io.Copy, httputil.ReverseProxy) runs to
+// its end and the record stores the whole response, never a truncated one
+// (SPEC §3: completion does not depend on the client). Handlers learn that
+// the client left from the request context, as usual. Errors that report a
+// misuse of the writer (http.ErrBodyNotAllowed, http.ErrContentLength,
+// http.ErrHijacked) are returned as they are, and only the bytes the
+// client accepted are recorded.
 func (c *capture) Write(p []byte) (int, error) {
 	if c.code == 0 {
 		c.snapshot(http.StatusOK)
 	}
-	c.body += len(p)
-	if !c.omit {
-		if c.body > c.h.maxResult {
-			c.omit = true
-			c.buf = c.buf[:c.head]
-		} else {
-			c.buf = append(c.buf, p...)
-		}
+	if c.gone {
+		c.record(p)
+		return len(p), nil
 	}
-	return c.w.Write(p)
+	n, err := c.w.Write(p)
+	if err != nil && !errors.Is(err, http.ErrBodyNotAllowed) && !errors.Is(err, http.ErrContentLength) && !errors.Is(err, http.ErrHijacked) {
+		c.gone = true
+		c.record(p)
+		return len(p), nil
+	}
+	c.record(p[:n])
+	return n, err
+}
+
+// record appends p to the captured body, or drops the body once it grows
+// past the cap.
+func (c *capture) record(p []byte) {
+	c.body += len(p)
+	if c.omit {
+		return
+	}
+	if c.body > c.h.maxResult {
+		c.omit = true
+		c.buf = c.buf[:c.head]
+		return
+	}
+	c.buf = append(c.buf, p...)
 }
 
 // Flush sends buffered data to the client (http.Flusher), writing an
@@ -117,6 +144,9 @@ func (c *capture) Write(p []byte) (int, error) {
 func (c *capture) Flush() {
 	if c.code == 0 {
 		c.snapshot(http.StatusOK)
+	}
+	if c.gone {
+		return
 	}
 	if c.flush != nil {
 		c.flush.Flush()
