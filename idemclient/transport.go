@@ -66,8 +66,9 @@ const drainLimit = 64 << 10
 // processes), set it on the request yourself.
 //
 // RoundTrip never modifies the caller's request: when it adds a key it sends
-// a shallow copy with a copied header map. The response's Request field is
-// the request as sent, so resp.Request.Header carries the key.
+// a shallow copy with a copied header map. Base sets the response's Request
+// field to the request as sent (http.Transport does), so
+// resp.Request.Header carries the key.
 //
 // # What is retried
 //
@@ -81,6 +82,10 @@ const drainLimit = 64 << 10
 //     returned.
 //   - 408, 429 and 503, after Retry-After when the server sends one.
 //   - Other 5xx (except 501 and 505) when RetryServerErrors is set.
+//
+// (http.Transport also retries, by itself and once, a request carrying an
+// Idempotency-Key whose reused keep-alive connection broke; the Transport
+// does not see those retries, which are safe for the same reason.)
 //
 // Nothing else is: 400, 401, 403, 404, 413, 422 and every other status are
 // returned at once. The wait before a retry is the server's Retry-After if it
