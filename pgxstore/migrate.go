@@ -42,6 +42,11 @@ COMMENT ON TABLE @claims IS 'idem processed-events claims (pgxstore)'`,
 // SchemaVersion is the schema version Migrate brings the tables to.
 var SchemaVersion = len(migrations)
 
+// ErrSchemaNewer is returned (wrapped) by Migrate when the database records a
+// schema version newer than SchemaVersion: a newer release of this package
+// migrated it. Migrate never downgrades.
+var ErrSchemaNewer = errors.New("pgxstore: database schema is newer than this package")
+
 // Migrate creates the schema and tables, or brings them up to
 // SchemaVersion. It is idempotent and safe to run from several processes at
 // once: it runs in one transaction that first takes a transaction-scoped
@@ -86,7 +91,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 			return err
 		}
 		if have > len(migrations) {
-			return fmt.Errorf("table %s is at schema version %d, newer than this package's %d", s.records, have, len(migrations))
+			return fmt.Errorf("%w: table %s is at version %d, this package knows %d", ErrSchemaNewer, s.records, have, len(migrations))
 		}
 		for v := have + 1; v <= len(migrations); v++ {
 			if _, err := tx.Exec(ctx, s.migrationSQL(migrations[v-1])); err != nil {
@@ -98,6 +103,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 		}
 		return nil
 	})
+	if errors.Is(err, ErrSchemaNewer) {
+		return opErr("migrate", err)
+	}
 	if err != nil {
 		return s.fail(ctx, "migrate", err)
 	}

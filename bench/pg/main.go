@@ -43,6 +43,7 @@ type bench struct {
 	store  *pgxstore.Store
 	plainR string // plain records table (floor for pairs)
 	plainC string // plain claims table (floor for claims)
+	inTx   bool   // run each claim (and its floor) in BEGIN … COMMIT
 	run    string // unique per process, so rounds never collide
 	fp     []byte
 	result []byte
@@ -55,6 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 5, "rounds (the report gives medians)")
 	dur := fs.Duration("dur", 2*time.Second, "duration of each workload in each round")
 	workers := fs.Int("workers", 4, "concurrent workers (pool connections)")
+	inTx := fs.Bool("tx", false, "run each claim and each floor insert in its own BEGIN … COMMIT, as a consumer does (default: autocommit)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		plainR: pgx.Identifier{schema, "plain_records"}.Sanitize(),
 		plainC: pgx.Identifier{schema, "plain_claims"}.Sanitize(),
 		run:    strconv.FormatUint(rand.Uint64(), 36),
+		inTx:   *inTx,
 		fp:     idem.Fingerprint([]byte("bench")),
 		result: make([]byte, 256),
 	}
@@ -104,8 +107,20 @@ CREATE TABLE `+b.plainC+` (scope bytea NOT NULL, id bytea NOT NULL, PRIMARY KEY 
 		}
 		fmt.Fprintf(stderr, "round %d/%d done\n", r+1, *rounds)
 	}
-	report(stdout, ws, rates, *rounds, *dur, *workers)
+	mode := "autocommit"
+	if *inTx {
+		mode = "each claim in BEGIN … COMMIT"
+	}
+	report(stdout, ws, rates, *rounds, *dur, *workers, mode)
 	return nil
+}
+
+// with runs fn on the pool (autocommit) or, with -tx, in a transaction.
+func (b *bench) with(ctx context.Context, fn func(db pgxstore.DBTX) error) error {
+	if !b.inTx {
+		return fn(b.pool)
+	}
+	return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error { return fn(tx) })
 }
 
 // key returns a row key unique to this process, round, worker and sequence.
@@ -147,40 +162,44 @@ func (b *bench) workloads() []workload {
 	for _, n := range []int{1, 100, 1000} {
 		plain := fmt.Sprintf("plain INSERT … ON CONFLICT DO NOTHING, %d id(s)", n)
 		ws = append(ws, workload{name: plain, op: func(ctx context.Context, round, w, i int) (int, error) {
-			if n == 1 {
-				_, err := b.pool.Exec(ctx, `INSERT INTO `+b.plainC+` (scope, id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
-					[]byte("bench"), []byte(b.key(round, w, i)))
-				return 1, err
-			}
-			ids := b.ids(round, w, i, n)
-			raw := make([][]byte, len(ids))
-			for j, id := range ids {
-				raw[j] = []byte(id)
-			}
-			tag, err := b.pool.Exec(ctx, `INSERT INTO `+b.plainC+` (scope, id) SELECT $1, u FROM unnest($2::bytea[]) u ON CONFLICT DO NOTHING`,
-				[]byte("bench"), raw)
-			if err == nil && tag.RowsAffected() != int64(n) {
-				err = fmt.Errorf("inserted %d of %d", tag.RowsAffected(), n)
-			}
-			return n, err
+			return n, b.with(ctx, func(db pgxstore.DBTX) error {
+				if n == 1 {
+					_, err := db.Exec(ctx, `INSERT INTO `+b.plainC+` (scope, id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+						[]byte("bench"), []byte(b.key(round, w, i)))
+					return err
+				}
+				ids := b.ids(round, w, i, n)
+				raw := make([][]byte, len(ids))
+				for j, id := range ids {
+					raw[j] = []byte(id)
+				}
+				tag, err := db.Exec(ctx, `INSERT INTO `+b.plainC+` (scope, id) SELECT $1, u FROM unnest($2::bytea[]) u ON CONFLICT DO NOTHING`,
+					[]byte("bench"), raw)
+				if err == nil && tag.RowsAffected() != int64(n) {
+					err = fmt.Errorf("inserted %d of %d", tag.RowsAffected(), n)
+				}
+				return err
+			})
 		}})
 		name := "pgxstore Claim"
 		if n > 1 {
 			name = fmt.Sprintf("pgxstore ClaimBatch, %d ids", n)
 		}
 		ws = append(ws, workload{name: name, floor: plain, op: func(ctx context.Context, round, w, i int) (int, error) {
-			if n == 1 {
-				first, err := b.store.Claim(ctx, b.pool, "bench", b.key(round, w, i))
-				if err == nil && !first {
-					err = errors.New("claim not first")
+			return n, b.with(ctx, func(db pgxstore.DBTX) error {
+				if n == 1 {
+					first, err := b.store.Claim(ctx, db, "bench", b.key(round, w, i))
+					if err == nil && !first {
+						err = errors.New("claim not first")
+					}
+					return err
 				}
-				return 1, err
-			}
-			fresh, err := b.store.ClaimBatch(ctx, b.pool, "bench", b.ids(round, w, i, n))
-			if err == nil && len(fresh) != n {
-				err = fmt.Errorf("%d of %d fresh", len(fresh), n)
-			}
-			return n, err
+				fresh, err := b.store.ClaimBatch(ctx, db, "bench", b.ids(round, w, i, n))
+				if err == nil && len(fresh) != n {
+					err = fmt.Errorf("%d of %d fresh", len(fresh), n)
+				}
+				return err
+			})
 		}})
 	}
 	return ws
@@ -232,8 +251,8 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func report(out io.Writer, ws []workload, rates map[string][]float64, rounds int, d time.Duration, workers int) {
-	fmt.Fprintf(out, "%d rounds × %v per workload, %d workers, GOMAXPROCS %d\n\n", rounds, d, workers, runtime.GOMAXPROCS(0))
+func report(out io.Writer, ws []workload, rates map[string][]float64, rounds int, d time.Duration, workers int, mode string) {
+	fmt.Fprintf(out, "%d rounds × %v per workload, %d workers, claims: %s, GOMAXPROCS %d\n\n", rounds, d, workers, mode, runtime.GOMAXPROCS(0))
 	fmt.Fprintln(out, "| workload | rows/s (median) | min | max | cost vs floor |")
 	fmt.Fprintln(out, "| --- | ---: | ---: | ---: | ---: |")
 	for _, w := range ws {

@@ -13,13 +13,15 @@ import (
 // TestRunSmoke runs every workload briefly, so the benchmark cannot rot.
 func TestRunSmoke(t *testing.T) {
 	dsn := testenv.Need(t, "IDEM_POSTGRES_DSN")
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"-dsn", dsn, "-rounds", "1", "-dur", "30ms", "-workers", "2"}, &out, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"pgxstore begin+complete pair", "pgxstore Claim", "pgxstore ClaimBatch, 1000 ids", "cost vs floor"} {
-		if !strings.Contains(out.String(), want) {
-			t.Fatalf("report lacks %q:\n%s", want, out.String())
+	for _, tx := range []string{"-tx=false", "-tx=true"} {
+		var out bytes.Buffer
+		if err := run(context.Background(), []string{"-dsn", dsn, "-rounds", "1", "-dur", "30ms", "-workers", "2", tx}, &out, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"pgxstore begin+complete pair", "pgxstore Claim", "pgxstore ClaimBatch, 1000 ids", "cost vs floor"} {
+			if !strings.Contains(out.String(), want) {
+				t.Fatalf("%s: report lacks %q:\n%s", tx, want, out.String())
+			}
 		}
 	}
 }
