@@ -104,6 +104,14 @@ func BenchmarkMiddleware(b *testing.B) {
 		h := (&idemhttp.Middleware{Keeper: k}).Handler(benchApp)
 		run(b, h, func(i int) string { return keys[i] })
 	})
+	b.Run("first-released", func(b *testing.B) {
+		// As first, but the record is released (Stored says no), so the
+		// store does not grow: the middleware's own cost, without the
+		// store's growth and its GC work.
+		k, _ := newKeeper(0)
+		h := (&idemhttp.Middleware{Keeper: k, Stored: func(int) bool { return false }}).Handler(benchApp)
+		run(b, h, func(int) string { return "the-key" })
+	})
 	b.Run("first-canonical", func(b *testing.B) {
 		k, _ := newKeeper(0)
 		keys := make([]string, b.N)

@@ -629,3 +629,32 @@ func TestDisconnectMidBodyStoresWholeBody(t *testing.T) {
 		t.Errorf("replay: replayed=%v, %d bytes, calls %d", r.replayed(), len(r.body), calls.Load())
 	}
 }
+
+// TestHijackReleases: a handler that hijacks the connection answers outside
+// the middleware's sight; the record is released, not stored as a 200.
+func TestHijackReleases(t *testing.T) {
+	t.Parallel()
+	k, s := newKeeper(0)
+	oc := newOutcomes()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+		brw.Flush()
+	})
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	defer srv.Close()
+	if r := send(t, srv, req{hdr: []string{key1}}); string(r.body) != "hi" {
+		t.Fatalf("hijacked answer %q", r.body)
+	}
+	if o := oc.next(t); o.Stored || o.Err == nil {
+		t.Errorf("outcome %+v", o)
+	}
+	if _, ok, _ := s.Get(context.Background(), idem.RecordKey("", "k1")); ok {
+		t.Error("record kept after hijack")
+	}
+}

@@ -240,7 +240,8 @@ type Outcome struct {
 	// response (otherwise it was released, or the store refused or failed).
 	// A handler that returns without writing anything after its client went
 	// away abandoned the request: the record is released and Err is the
-	// request context's error.
+	// request context's error. A handler that hijacks the connection is
+	// treated the same way (its answer is not seen).
 	Stored bool
 	// Omitted reports that the body was over MaxResult and was not stored
 	// (executed), or was not stored originally (replayed).
@@ -527,7 +528,7 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 	// A handler that wrote nothing and returned after its client went away
 	// abandoned the request: release, so that a retry executes. (Had the
 	// client stayed, net/http would have answered an implicit 200.)
-	abandoned := c.code == 0 && r.Context().Err() != nil
+	abandoned := c.code == 0 && r.Context().Err() != nil || c.hijacked
 	if c.code == 0 {
 		c.snapshot(http.StatusOK)
 	}
@@ -548,7 +549,11 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 	} else {
 		o.Err = lease.Release(ctx)
 		if abandoned && o.Err == nil {
-			o.Err = context.Cause(r.Context())
+			if c.hijacked {
+				o.Err = errHijacked
+			} else {
+				o.Err = context.Cause(r.Context())
+			}
 		}
 	}
 	cancel()
@@ -576,6 +581,10 @@ func connectionListed(conn []string, name string) bool {
 }
 
 var errTooLarge = errors.New("idemhttp: request body too large")
+
+// errHijacked is Outcome.Err for a handler that hijacked the connection:
+// its response was not seen, so the record was released.
+var errHijacked = errors.New("idemhttp: connection hijacked; response not stored")
 
 // bodyPool holds request body buffers. A buffer is only lent for the
 // fingerprint and the claim; the handler gets its own copy, which it may

@@ -1,7 +1,9 @@
 package idemhttp
 
 import (
+	"bufio"
 	"errors"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -13,18 +15,19 @@ import (
 // written, which is when net/http snapshots them too) and the body up to
 // the stored-result cap.
 type capture struct {
-	w     http.ResponseWriter
-	h     *handler
-	bp    *[]byte // pooled buffer box, for free
-	buf   []byte  // encoded head, then the body bytes captured so far
-	head  int     // length of the encoded head in buf
-	body  int     // body bytes written by the handler (captured or not)
-	code  int     // final status; 0 until written
-	omit  bool    // body exceeded the cap and was dropped from buf
-	gone  bool    // a write to the client failed: capture only
-	flush http.Flusher
-	entry http.Header // headers already set when the handler was called
-	conn  []string    // Connection header values at snapshot time
+	w        http.ResponseWriter
+	h        *handler
+	bp       *[]byte // pooled buffer box, for free
+	buf      []byte  // encoded head, then the body bytes captured so far
+	head     int     // length of the encoded head in buf
+	body     int     // body bytes written by the handler (captured or not)
+	code     int     // final status; 0 until written
+	omit     bool    // body exceeded the cap and was dropped from buf
+	gone     bool    // a write to the client failed: capture only
+	hijacked bool    // the handler took over the connection
+	flush    http.Flusher
+	entry    http.Header // headers already set when the handler was called
+	conn     []string    // Connection header values at snapshot time
 }
 
 // bufPool holds capture buffers. The capture itself is not pooled: a
@@ -153,6 +156,17 @@ func (c *capture) Flush() {
 		return
 	}
 	_ = http.NewResponseController(c.w).Flush()
+}
+
+// Hijack takes over the connection (http.Hijacker) when the underlying
+// writer allows it. The middleware cannot see a response written on a
+// hijacked connection, so it releases the record instead of storing one.
+func (c *capture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(c.w).Hijack()
+	if err == nil {
+		c.hijacked = true
+	}
+	return conn, rw, err
 }
 
 // Unwrap returns the underlying writer, for http.ResponseController.
