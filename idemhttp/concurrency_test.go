@@ -658,3 +658,32 @@ func TestHijackReleases(t *testing.T) {
 		t.Error("record kept after hijack")
 	}
 }
+
+// TestHandlerGetsBody: the handler receives the very bytes that were
+// fingerprinted, with an exact ContentLength and a working GetBody, also
+// for a chunked request.
+func TestHandlerGetsBody(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(0)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b1, _ := io.ReadAll(r.Body)
+		rc, err := r.GetBody()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b2, _ := io.ReadAll(rc)
+		fmt.Fprintf(w, "%d %d %q %q %v", r.ContentLength, len(r.TransferEncoding), b1, b2, r.Header.Get("Content-Type"))
+	})
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "POST /pay HTTP/1.1\r\nHost: x\r\nIdempotency-Key: b\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+	raw, _ := io.ReadAll(c)
+	if !strings.HasSuffix(string(raw), `5 0 "abcde" "abcde" text/plain`) {
+		t.Errorf("handler saw: %q", raw)
+	}
+}

@@ -645,11 +645,12 @@ func bodyBytes(bp *[]byte) []byte {
 	return *bp
 }
 
-// setBody gives r a fresh reader over body, which the middleware read, and
-// a GetBody returning another (so that an http.Transport forwarding r, as a
+// setBody gives r a fresh reader over body, which the middleware read, its
+// exact ContentLength, and a GetBody returning another (so that an http.Transport forwarding r, as a
 // reverse proxy does, may replay it).
 func setBody(r *http.Request, body []byte) {
 	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil // the length is known now
 	if body == nil {
 		r.Body = http.NoBody
 		r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
