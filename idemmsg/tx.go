@@ -3,6 +3,7 @@ package idemmsg
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/idemkit/idem"
 )
@@ -81,7 +82,9 @@ func OnceTx(ctx context.Context, c Claimer, scope, id string, fn func(context.Co
 }
 
 // BatchTx is the transactional form of Batch: it claims every id with one
-// ClaimBatch call in the caller's transaction and calls fn once with the
+// ClaimBatch call in the caller's transaction (each id once, in sorted order,
+// so that concurrent transactions claiming overlapping batches lock the
+// claim rows in the same order and do not deadlock) and calls fn once with the
 // indexes (into ids, in order) of the messages to process: the first
 // occurrence of each id claimed for the first time. fn does its writes for
 // all of them in the same transaction.
@@ -112,6 +115,9 @@ func BatchTx(ctx context.Context, c BatchClaimer, scope string, ids []string, fn
 			uniq = append(uniq, id)
 		}
 	}
+	// Claim in sorted order: two transactions claiming overlapping batches
+	// then take their row locks in the same order and cannot deadlock.
+	slices.Sort(uniq)
 	fresh, err := c.ClaimBatch(ctx, scope, uniq)
 	if err != nil {
 		return fail(NotRun, fmt.Errorf("idemmsg: claim batch of %d in scope %q: %w", len(uniq), scope, err))
