@@ -66,9 +66,11 @@
 //
 // # Leases and fences
 //
-// While the handler runs it holds the key's lease, which is renewed every
-// third of the lease period (idem.Lease.StartRenewal) when the store
-// implements idem.Extender. The lease's fence is in the handler's context
+// While the handler runs it holds the key's lease. Once it has run for a
+// third of the lease period the lease is extended, and then again every
+// third of the period (idem.Lease.StartRenewal) until the record is
+// completed or released, when the store implements idem.Extender. Requests
+// shorter than that cost one timer, not a goroutine. The lease's fence is in the handler's context
 // (idem.FenceFromContext), so a downstream write can be made conditional
 // on it. If the lease is nevertheless taken over (a stalled process), the
 // late completion is refused with idem.ErrLeaseLost: the client still gets
@@ -78,9 +80,10 @@
 // # The response writer
 //
 // The handler's http.ResponseWriter passes every write through at once and
-// supports http.Flusher and Unwrap (for http.ResponseController). Writes
-// made through a hijacked connection or directly to the unwrapped writer are
-// not recorded. Once a write to the client fails because the client went
+// supports http.Flusher, http.Hijacker and Unwrap (for
+// http.ResponseController). Writes made directly to the unwrapped writer are
+// not recorded; a handler that hijacks the connection answers out of sight,
+// so its record is released, not stored. Once a write to the client fails because the client went
 // away, later writes are recorded and reported as successful without being
 // sent, so that a handler copying a body runs to its end and the record
 // holds the whole response; handlers see the departure in the request's
