@@ -137,7 +137,11 @@ func DefaultScope(r *http.Request) (string, error) {
 	case 0:
 		return "", nil
 	case 1:
-		sum = sha256.Sum256([]byte(vs[0]))
+		bp := fpPool.Get().(*[]byte)
+		b := append((*bp)[:0], vs[0]...) // no per-call []byte(string) allocation
+		sum = sha256.Sum256(b)
+		*bp = b[:0]
+		fpPool.Put(bp)
 	default:
 		parts := make([][]byte, len(vs))
 		for i, v := range vs {
