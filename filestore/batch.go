@@ -2,10 +2,9 @@ package filestore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // op is one queued write: apply runs inside the batch's write transaction.
@@ -20,7 +19,7 @@ type op struct {
 	ch    chan bool // receives true: lead the next batch; false: done
 }
 
-// fatalError is a failure of the transaction itself (a bbolt write failed);
+// fatalError is a failure of the transaction itself (a statement failed);
 // the whole batch is rolled back and every op in it fails.
 type fatalError struct{ err error }
 
@@ -106,11 +105,15 @@ func (s *Store) lead(self *op) {
 	s.qmu.Unlock()
 }
 
-// commit applies batch in one write transaction and syncs it.
+// commit applies batch in one write transaction on the writer connection
+// and syncs it.
 func (s *Store) commit(batch []*op) {
-	var w *wtx
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		w = &wtx{s: s, b: tx.Bucket(recordsBucket), meta: tx.Bucket(metaBucket), count: s.count.Load(), fence: s.fence}
+	ctx := context.Background() // a batch is never abandoned half way
+	w := &wtx{s: s, ctx: ctx, count: s.count.Load(), fence: s.fence}
+	err := func() error {
+		if _, err := s.wconn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+			return err
+		}
 		for _, o := range batch {
 			if err := o.ctx.Err(); err != nil {
 				o.err = err
@@ -122,9 +125,16 @@ func (s *Store) commit(batch []*op) {
 				return f.err
 			}
 		}
-		return w.flushMeta()
-	})
+		if err := w.flushMeta(); err != nil {
+			return err
+		}
+		_, err := s.wconn.ExecContext(ctx, "COMMIT")
+		return err
+	}()
 	if err != nil {
+		// Roll back whatever is open; after a failed COMMIT SQLite may
+		// already have rolled back, and this then fails harmlessly.
+		s.wconn.ExecContext(ctx, "ROLLBACK")
 		for _, o := range batch {
 			if o.ctx.Err() == nil || !errors.Is(o.err, o.ctx.Err()) {
 				o.err = err
@@ -132,6 +142,7 @@ func (s *Store) commit(batch []*op) {
 		}
 		return
 	}
+	s.commits.Add(1)
 	s.count.Store(w.count)
 	s.fence = w.fence
 	if len(w.wake) > 0 {
@@ -142,19 +153,23 @@ func (s *Store) commit(batch []*op) {
 // wtx is the view of a write transaction that ops change records through.
 type wtx struct {
 	s     *Store
-	b     *bolt.Bucket // records
-	meta  *bolt.Bucket
+	ctx   context.Context
 	count uint64   // records held after this transaction
 	fence uint64   // highest fence issued after this transaction
 	wake  []string // keys whose Waits to wake after the commit
 }
 
 // get returns key's record, or nil when there is none. A record that does
-// not decode is an op error (nothing was changed yet).
+// not decode is an op error (nothing was changed yet); a failing query is
+// fatal.
 func (w *wtx) get(k []byte) (*record, error) {
-	v := w.b.Get(k)
-	if v == nil {
+	var v []byte
+	err := w.s.wget.QueryRowContext(w.ctx, k).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
+	}
+	if err != nil {
+		return nil, &fatalError{err}
 	}
 	r, err := decodeRecord(v)
 	if err != nil {
@@ -165,7 +180,7 @@ func (w *wtx) get(k []byte) (*record, error) {
 
 // put stores r under k; isNew counts a record that did not exist.
 func (w *wtx) put(k []byte, r *record, isNew bool) error {
-	if err := w.b.Put(k, encodeRecord(r)); err != nil {
+	if _, err := w.s.wput.ExecContext(w.ctx, k, encodeRecord(r)); err != nil {
 		return &fatalError{err}
 	}
 	if isNew {
@@ -177,7 +192,7 @@ func (w *wtx) put(k []byte, r *record, isNew bool) error {
 
 // del removes k, which holds a record.
 func (w *wtx) del(k []byte) error {
-	if err := w.b.Delete(k); err != nil {
+	if _, err := w.s.wdel.ExecContext(w.ctx, k); err != nil {
 		return &fatalError{err}
 	}
 	if w.count > 0 {
@@ -192,12 +207,12 @@ func (w *wtx) notify(key string) { w.wake = append(w.wake, key) }
 // flushMeta stores the record count and fence mark when they changed.
 func (w *wtx) flushMeta() error {
 	if w.count != w.s.count.Load() {
-		if err := w.meta.Put(metaCount, u64(w.count)); err != nil {
+		if _, err := w.s.wmeta.ExecContext(w.ctx, metaCount, int64(w.count)); err != nil {
 			return err
 		}
 	}
 	if w.fence != w.s.fence {
-		if err := w.meta.Put(metaFence, u64(w.fence)); err != nil {
+		if _, err := w.s.wmeta.ExecContext(w.ctx, metaFence, int64(w.fence)); err != nil {
 			return err
 		}
 	}

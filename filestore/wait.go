@@ -4,8 +4,6 @@ import (
 	"context"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/idemkit/idem"
 )
 
@@ -47,19 +45,13 @@ func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
 
 	// Registered first, checked second: a change committed after this
 	// snapshot finds q and closes it.
-	var left time.Duration
-	err := s.view(func(tx *bolt.Tx) error {
-		r, err := readRecord(tx, []byte(key))
-		if err != nil || r == nil || r.state != idem.StateInProgress {
-			return err
-		}
-		if now := s.clock(); now < s.death(r) {
-			left = time.Duration(r.deadline - now)
-		}
-		return nil
-	})
+	r, err := s.read(ctx, []byte(key))
 	if err != nil {
 		return unavailable("wait", key, err)
+	}
+	var left time.Duration
+	if now := s.clock(); r != nil && r.state == idem.StateInProgress && now < s.death(r) {
+		left = time.Duration(r.deadline - now)
 	}
 	if left <= 0 {
 		return nil
