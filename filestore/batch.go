@@ -2,9 +2,10 @@ package filestore
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // op is one queued write: apply runs inside the batch's write transaction.
@@ -19,7 +20,7 @@ type op struct {
 	ch    chan bool // receives true: lead the next batch; false: done
 }
 
-// fatalError is a failure of the transaction itself (a statement failed);
+// fatalError is a failure of the transaction itself (a bbolt write failed);
 // the whole batch is rolled back and every op in it fails.
 type fatalError struct{ err error }
 
@@ -105,15 +106,11 @@ func (s *Store) lead(self *op) {
 	s.qmu.Unlock()
 }
 
-// commit applies batch in one write transaction on the writer connection
-// and syncs it.
+// commit applies batch in one write transaction and syncs it.
 func (s *Store) commit(batch []*op) {
-	ctx := context.Background() // a batch is never abandoned half way
-	w := &wtx{s: s, ctx: ctx, count: s.count.Load(), fence: s.fence}
-	err := func() error {
-		if _, err := s.wconn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-			return err
-		}
+	var w *wtx
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		w = &wtx{s: s, b: tx.Bucket(recordsBucket), meta: tx.Bucket(metaBucket), count: s.count.Load(), fence: s.fence}
 		for _, o := range batch {
 			if err := o.ctx.Err(); err != nil {
 				o.err = err
@@ -125,16 +122,9 @@ func (s *Store) commit(batch []*op) {
 				return f.err
 			}
 		}
-		if err := w.flushMeta(); err != nil {
-			return err
-		}
-		_, err := s.wconn.ExecContext(ctx, "COMMIT")
-		return err
-	}()
+		return w.flushMeta()
+	})
 	if err != nil {
-		// Roll back whatever is open; after a failed COMMIT SQLite may
-		// already have rolled back, and this then fails harmlessly.
-		s.wconn.ExecContext(ctx, "ROLLBACK")
 		for _, o := range batch {
 			if o.ctx.Err() == nil || !errors.Is(o.err, o.ctx.Err()) {
 				o.err = err
@@ -153,23 +143,19 @@ func (s *Store) commit(batch []*op) {
 // wtx is the view of a write transaction that ops change records through.
 type wtx struct {
 	s     *Store
-	ctx   context.Context
+	b     *bolt.Bucket // records
+	meta  *bolt.Bucket
 	count uint64   // records held after this transaction
 	fence uint64   // highest fence issued after this transaction
 	wake  []string // keys whose Waits to wake after the commit
 }
 
 // get returns key's record, or nil when there is none. A record that does
-// not decode is an op error (nothing was changed yet); a failing query is
-// fatal.
+// not decode is an op error (nothing was changed yet).
 func (w *wtx) get(k []byte) (*record, error) {
-	var v []byte
-	err := w.s.wget.QueryRowContext(w.ctx, k).Scan(&v)
-	if errors.Is(err, sql.ErrNoRows) {
+	v := w.b.Get(k)
+	if v == nil {
 		return nil, nil
-	}
-	if err != nil {
-		return nil, &fatalError{err}
 	}
 	r, err := decodeRecord(v)
 	if err != nil {
@@ -180,7 +166,7 @@ func (w *wtx) get(k []byte) (*record, error) {
 
 // put stores r under k; isNew counts a record that did not exist.
 func (w *wtx) put(k []byte, r *record, isNew bool) error {
-	if _, err := w.s.wput.ExecContext(w.ctx, k, encodeRecord(r)); err != nil {
+	if err := w.b.Put(k, encodeRecord(r)); err != nil {
 		return &fatalError{err}
 	}
 	if isNew {
@@ -192,7 +178,7 @@ func (w *wtx) put(k []byte, r *record, isNew bool) error {
 
 // del removes k, which holds a record.
 func (w *wtx) del(k []byte) error {
-	if _, err := w.s.wdel.ExecContext(w.ctx, k); err != nil {
+	if err := w.b.Delete(k); err != nil {
 		return &fatalError{err}
 	}
 	if w.count > 0 {
@@ -207,12 +193,12 @@ func (w *wtx) notify(key string) { w.wake = append(w.wake, key) }
 // flushMeta stores the record count and fence mark when they changed.
 func (w *wtx) flushMeta() error {
 	if w.count != w.s.count.Load() {
-		if _, err := w.s.wmeta.ExecContext(w.ctx, metaCount, int64(w.count)); err != nil {
+		if err := w.meta.Put(metaCount, u64(w.count)); err != nil {
 			return err
 		}
 	}
 	if w.fence != w.s.fence {
-		if _, err := w.s.wmeta.ExecContext(w.ctx, metaFence, int64(w.fence)); err != nil {
+		if err := w.meta.Put(metaFence, u64(w.fence)); err != nil {
 			return err
 		}
 	}

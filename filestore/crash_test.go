@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/idemkit/idem"
 )
 
@@ -184,49 +186,29 @@ func checkAfterCrash(t *testing.T, path string, acks map[string]ack) {
 			}
 		}
 	}
-	// Every record decodes, the count kept in the file is exact, and SQLite
-	// finds the file sound.
-	n, err := s.checkFile()
+	// Every record decodes, and the count kept in the file is exact.
+	var n int
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(recordsBucket).ForEach(func(k, v []byte) error {
+			n++
+			if _, err := decodeRecord(v); err != nil {
+				return fmt.Errorf("record %q: %w", k, err)
+			}
+			return nil
+		})
+	})
 	if err != nil {
 		t.Fatalf("after kill: %v", err)
 	}
 	if s.Len() != n {
 		t.Fatalf("after kill: stored count %d, records %d", s.Len(), n)
 	}
-}
-
-// checkFile reads every record and runs SQLite's integrity check. It returns
-// the number of records. For tests and tools; it holds the writer while it
-// runs.
-func (s *Store) checkFile() (int, error) {
-	n := 0
-	err := s.write(context.Background(), func(w *wtx) error {
-		rows, err := s.wconn.QueryContext(w.ctx, `SELECT k, v FROM idem_records`)
-		if err != nil {
-			return &fatalError{err}
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var k, v []byte
-			if err := rows.Scan(&k, &v); err != nil {
-				return &fatalError{err}
-			}
-			if _, err := decodeRecord(v); err != nil {
-				return fmt.Errorf("record %q: %w", k, err)
-			}
-			n++
-		}
-		if err := rows.Err(); err != nil {
-			return &fatalError{err}
-		}
-		var res string
-		if err := s.wconn.QueryRowContext(w.ctx, `PRAGMA integrity_check`).Scan(&res); err != nil {
-			return &fatalError{err}
-		}
-		if res != "ok" {
-			return fmt.Errorf("integrity check: %s", res)
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return err
 		}
 		return nil
-	})
-	return n, err
+	}); err != nil {
+		t.Fatalf("after kill: bbolt consistency check: %v", err)
+	}
 }

@@ -3,19 +3,18 @@ package filestore
 import (
 	"bytes"
 	"context"
-	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/idemkit/idem"
 )
@@ -99,67 +98,35 @@ type Options struct {
 	NoSync bool
 }
 
-// The schema. Records are kept as encoded blobs (see encodeRecord) keyed by
-// the store key's bytes; meta holds the file format, the record count and
-// the highest fence issued.
-const schema = `
-CREATE TABLE IF NOT EXISTS idem_records (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS idem_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-`
-
-// Statements.
-const (
-	sqlGet     = `SELECT v FROM idem_records WHERE k = ?`
-	sqlPut     = `INSERT INTO idem_records (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v`
-	sqlDel     = `DELETE FROM idem_records WHERE k = ?`
-	sqlScan    = `SELECT k, v FROM idem_records WHERE k > ? ORDER BY k LIMIT ?`
-	sqlMetaGet = `SELECT value FROM idem_meta WHERE name = ?`
-	sqlMetaPut = `INSERT INTO idem_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`
+// Bucket and meta key names inside the bbolt file.
+var (
+	recordsBucket = []byte("records")
+	metaBucket    = []byte("meta")
+	metaFormat    = []byte("format") // file format version, uint64 big-endian
+	metaCount     = []byte("count")  // records held, uint64 big-endian
+	metaFence     = []byte("fence")  // highest fence issued, uint64 big-endian
 )
 
-// Meta names.
-const (
-	metaFormat = "format" // file format version
-	metaCount  = "count"  // records held
-	metaFence  = "fence"  // highest fence issued (as int64 bits)
-)
-
-// fileFormat is the layout version of the whole file (schema and meta).
+// fileFormat is the layout version of the whole file (buckets and meta).
 const fileFormat = 1
 
-// maxKeyLen is the longest key accepted, in bytes.
-const maxKeyLen = 1 << 15
-
-// maxValue is the largest result or fingerprint accepted: the encoded record
-// must stay below SQLite's default blob limit of 10^9 bytes.
-const maxValue = 1_000_000_000 - maxKeyLen - 1024
-
-// Store is a durable idem.Store kept in one local SQLite file (pure Go, no
-// cgo). It implements idem.Store, idem.Extender, idem.Sweeper, idem.Waiter
-// and idem.Inspector, and is safe for concurrent use by many goroutines of
-// one process. The file is locked while open, so a second Store (in this or
+// Store is a durable idem.Store kept in one local file (a bbolt B+tree). It
+// implements idem.Store, idem.Extender, idem.Sweeper, idem.Waiter and
+// idem.Inspector, and is safe for concurrent use by many goroutines of one
+// process. The file is locked while open, so a second Store (in this or
 // another process) cannot open it.
 //
 // Every call that changes a record returns only after the change is synced
 // to disk, so a record whose call returned survives kill -9 and power loss.
-// Concurrent changes share one transaction and one sync (group commit).
-// Calls that change nothing (replays, in-flight conflicts, mismatches,
-// refused fences) read a snapshot and never wait for a sync.
+// Concurrent changes share one commit and one sync (group commit). Calls that
+// change nothing (replays, in-flight conflicts, mismatches, refused fences)
+// read a snapshot and never wait for a sync.
 //
-// The store starts no goroutines of its own: expired records behave as
-// absent at once and are removed by a later Begin of their key or by Sweep,
-// which the owner schedules.
+// The store starts no goroutines: expired records behave as absent at once
+// and are removed by a later Begin of their key or by Sweep, which the owner
+// schedules.
 type Store struct {
-	lock       *os.File // holds the flock; closed last
-	wdb        *sql.DB  // one connection: the writer
-	wconn      *sql.Conn
-	rdb        *sql.DB // readers (query_only)
-	rget       *sql.Stmt
-	rscan      *sql.Stmt
-	wget       *sql.Stmt
-	wput       *sql.Stmt
-	wdel       *sql.Stmt
-	wmeta      *sql.Stmt
+	db         *bolt.DB
 	path       string
 	now        func() time.Time
 	maxDelay   time.Duration
@@ -175,9 +142,10 @@ type Store struct {
 	busy   bool
 	closed bool
 
-	// Changed only by the current leader (commits run one at a time).
+	// Owned by the current leader (mutations run only inside commits,
+	// which run one at a time); read elsewhere through the atomics.
 	count atomic.Uint64 // records held, including dead ones not yet removed
-	fence uint64        // highest fence issued
+	fence uint64        // highest fence issued; only the leader touches it
 
 	// minDeath is a lower bound of the wall-clock ns at which the first
 	// record becomes dead; Begin on a full store sweeps only past it.
@@ -193,29 +161,40 @@ type Store struct {
 	closeErr  error
 }
 
-// Open opens the store file at path, creating it when it does not exist,
-// and takes the file's exclusive lock. It waits up to o.LockTimeout for the
-// lock and then returns an error wrapping ErrLocked. The caller must Close
-// the Store. Open starts no goroutines.
-//
-// The file is an SQLite database in WAL mode (so PATH-wal and PATH-shm sit
-// beside it while it is open) with synchronous=FULL: each commit is synced
-// before the calls in it return.
-func Open(path string, o Options) (_ *Store, err error) {
+// Open opens the store file at path, creating it (and syncing its directory)
+// when it does not exist, and takes the file's exclusive lock. It waits up
+// to o.LockTimeout for the lock and then returns an error wrapping ErrLocked.
+// The caller must Close the Store. Open starts no goroutines.
+func Open(path string, o Options) (*Store, error) {
 	timeout := o.LockTimeout
 	if timeout <= 0 {
 		timeout = DefaultLockTimeout
 	}
-	abs, err := filepath.Abs(path)
+	_, statErr := os.Stat(path)
+	created := errors.Is(statErr, os.ErrNotExist)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        timeout,
+		NoSync:         o.NoSync,
+		NoFreelistSync: true, // the freelist is rebuilt on open: fewer pages per commit
+		FreelistType:   bolt.FreelistMapType,
+		NoStatistics:   true,
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("filestore: open %s: %w (waited %v)", path, ErrLocked, timeout)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("filestore: open %s: %w", path, err)
 	}
-	lock, created, err := lockFile(abs, timeout)
-	if err != nil {
-		return nil, fmt.Errorf("filestore: open %s: %w", path, err)
+	if created && !o.NoSync {
+		// A new file's directory entry must reach the disk too, or a power
+		// loss could lose the whole file and every record in it.
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("filestore: open %s: sync directory: %w", path, err)
+		}
 	}
 	s := &Store{
-		lock:       lock,
+		db:         db,
 		path:       path,
 		now:        o.Now,
 		maxDelay:   o.MaxBatchDelay,
@@ -225,12 +204,6 @@ func Open(path string, o Options) (_ *Store, err error) {
 		sweepBatch: o.SweepBatch,
 		waits:      make(map[string]*waitq),
 	}
-	defer func() {
-		if err != nil {
-			s.closeAll()
-			err = fmt.Errorf("filestore: open %s: %w", path, err)
-		}
-	}()
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -244,114 +217,42 @@ func Open(path string, o Options) (_ *Store, err error) {
 		s.sweepBatch = DefaultSweepBatch
 	}
 	s.minDeath.Store(math.MinInt64) // unknown until the first full sweep
-
-	sync := "FULL"
-	if o.NoSync {
-		sync = "OFF"
-	}
-	// A file: URI, so that any byte in the path is escaped; the query
-	// holds the driver's settings for every connection.
-	uri := (&url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}).String()
-	params := "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + sync + ")"
-	ctx := context.Background()
-
-	if s.wdb, err = sql.Open("sqlite", uri+params); err != nil {
-		return nil, err
-	}
-	s.wdb.SetMaxOpenConns(1)
-	if s.wconn, err = s.wdb.Conn(ctx); err != nil {
-		return nil, err
-	}
-	count, fence, err := s.setup(ctx)
+	var count, fence uint64
+	err = db.Update(func(tx *bolt.Tx) error {
+		rb, err := tx.CreateBucketIfNotExists(recordsBucket)
+		if err != nil {
+			return err
+		}
+		mb, err := tx.CreateBucketIfNotExists(metaBucket)
+		if err != nil {
+			return err
+		}
+		if v := mb.Get(metaFormat); v == nil {
+			if k, _ := rb.Cursor().First(); k != nil {
+				return fmt.Errorf("%w: records without a format version", ErrCorrupt)
+			}
+			if err := mb.Put(metaFormat, u64(fileFormat)); err != nil {
+				return err
+			}
+		} else if len(v) != 8 || binary.BigEndian.Uint64(v) != fileFormat {
+			return fmt.Errorf("filestore: unsupported file format %x", v)
+		}
+		var ok bool
+		if count, ok = getU64(mb, metaCount); !ok {
+			return fmt.Errorf("%w: bad record count", ErrCorrupt)
+		}
+		if fence, ok = getU64(mb, metaFence); !ok {
+			return fmt.Errorf("%w: bad fence mark", ErrCorrupt)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, err
+		db.Close()
+		return nil, fmt.Errorf("filestore: open %s: %w", path, err)
 	}
 	s.count.Store(count)
 	s.fence = fence
-	for _, p := range []struct {
-		st **sql.Stmt
-		q  string
-	}{{&s.wget, sqlGet}, {&s.wput, sqlPut}, {&s.wdel, sqlDel}, {&s.wmeta, sqlMetaPut}} {
-		if *p.st, err = s.wconn.PrepareContext(ctx, p.q); err != nil {
-			return nil, err
-		}
-	}
-	if created && !o.NoSync {
-		// The new file's directory entry (and the WAL's) must reach the
-		// disk too, or a power loss could lose every record in it.
-		if err := syncDir(filepath.Dir(abs)); err != nil {
-			return nil, fmt.Errorf("sync directory: %w", err)
-		}
-	}
-	if s.rdb, err = sql.Open("sqlite", uri+params+"&_pragma=query_only(1)"); err != nil {
-		return nil, err
-	}
-	s.rdb.SetMaxIdleConns(4)
-	if s.rget, err = s.rdb.PrepareContext(ctx, sqlGet); err != nil {
-		return nil, err
-	}
-	if s.rscan, err = s.rdb.PrepareContext(ctx, sqlScan); err != nil {
-		return nil, err
-	}
 	return s, nil
-}
-
-// setup creates the schema on a new file, checks the format of an existing
-// one, and reads the record count and the fence mark.
-func (s *Store) setup(ctx context.Context) (count, fence uint64, err error) {
-	c := s.wconn
-	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		return 0, 0, err
-	}
-	defer func() {
-		if err != nil {
-			c.ExecContext(ctx, "ROLLBACK")
-		}
-	}()
-	if _, err := c.ExecContext(ctx, schema); err != nil {
-		return 0, 0, err
-	}
-	meta := func(name string) (int64, bool, error) {
-		var v int64
-		err := c.QueryRowContext(ctx, sqlMetaGet, name).Scan(&v)
-		if errors.Is(err, sql.ErrNoRows) {
-			return 0, false, nil
-		}
-		return v, err == nil, err
-	}
-	format, ok, err := meta(metaFormat)
-	if err != nil {
-		return 0, 0, err
-	}
-	if !ok {
-		var n int
-		if err := c.QueryRowContext(ctx, `SELECT count(*) FROM idem_records`).Scan(&n); err != nil {
-			return 0, 0, err
-		}
-		if n != 0 {
-			return 0, 0, fmt.Errorf("%w: records without a format version", ErrCorrupt)
-		}
-		if _, err := c.ExecContext(ctx, sqlMetaPut, metaFormat, fileFormat); err != nil {
-			return 0, 0, err
-		}
-	} else if format != fileFormat {
-		return 0, 0, fmt.Errorf("filestore: unsupported file format %d", format)
-	}
-	n, _, err := meta(metaCount)
-	if err != nil {
-		return 0, 0, err
-	}
-	f, _, err := meta(metaFence)
-	if err != nil {
-		return 0, 0, err
-	}
-	if n < 0 {
-		return 0, 0, fmt.Errorf("%w: record count %d", ErrCorrupt, n)
-	}
-	if _, err := c.ExecContext(ctx, "COMMIT"); err != nil {
-		return 0, 0, err
-	}
-	return uint64(n), uint64(f), nil
 }
 
 // syncDir fsyncs a directory so that entries created in it are durable.
@@ -365,6 +266,20 @@ func syncDir(dir string) error {
 		err = cerr
 	}
 	return err
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+// getU64 reads a uint64 meta value; a missing value is zero.
+func getU64(b *bolt.Bucket, k []byte) (uint64, bool) {
+	v := b.Get(k)
+	if v == nil {
+		return 0, true
+	}
+	if len(v) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(v), true
 }
 
 // Path returns the file the store was opened with.
@@ -390,33 +305,9 @@ func (s *Store) Close() error {
 		}
 		s.waits = nil // later Waits return ErrClosed
 		s.wmu.Unlock()
-		s.closeErr = s.closeAll()
+		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
-}
-
-// closeAll closes whatever Open opened, the lock last. Closing the writer
-// waits for a commit in progress.
-func (s *Store) closeAll() error {
-	var errs []error
-	for _, st := range []*sql.Stmt{s.rget, s.rscan, s.wget, s.wput, s.wdel, s.wmeta} {
-		if st != nil {
-			errs = append(errs, st.Close())
-		}
-	}
-	if s.rdb != nil {
-		errs = append(errs, s.rdb.Close())
-	}
-	if s.wconn != nil {
-		errs = append(errs, s.wconn.Close())
-	}
-	if s.wdb != nil {
-		errs = append(errs, s.wdb.Close())
-	}
-	if s.lock != nil {
-		errs = append(errs, s.lock.Close())
-	}
-	return errors.Join(errs...)
 }
 
 // clock returns the store clock in Unix nanoseconds.
@@ -454,7 +345,7 @@ func (s *Store) noteDeath(r *record) {
 
 // unavailable wraps a failure of the file or the database.
 func unavailable(op, key string, err error) error {
-	if errors.Is(err, sql.ErrConnDone) || errors.Is(err, ErrClosed) || err != nil && strings.Contains(err.Error(), "sql: database is closed") {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) || errors.Is(err, ErrClosed) {
 		return fmt.Errorf("filestore: %s %q: %w", op, key, ErrClosed)
 	}
 	if errors.Is(err, idem.ErrStoreUnavailable) {
@@ -463,39 +354,44 @@ func unavailable(op, key string, err error) error {
 	return fmt.Errorf("filestore: %s %q: %w: %w", op, key, idem.ErrStoreUnavailable, err)
 }
 
-// checkKey refuses keys that are empty or unreasonably long.
+// checkKey refuses keys bbolt cannot store.
 func checkKey(key string) error {
 	if key == "" {
 		return fmt.Errorf("filestore: %w: empty", idem.ErrInvalidKey)
 	}
-	if len(key) > maxKeyLen {
-		return fmt.Errorf("filestore: %w: %d bytes, longer than %d", idem.ErrInvalidKey, len(key), maxKeyLen)
+	if len(key) > bolt.MaxKeySize {
+		return fmt.Errorf("filestore: %w: %d bytes, longer than %d", idem.ErrInvalidKey, len(key), bolt.MaxKeySize)
 	}
 	return nil
 }
 
-// read returns key's record from the latest committed snapshot, or nil when
-// there is none. It never waits for a commit.
-func (s *Store) read(ctx context.Context, k []byte) (*record, error) {
-	s.qmu.Lock()
-	closed := s.closed
-	s.qmu.Unlock()
-	if closed {
-		return nil, ErrClosed
-	}
-	var v []byte
-	err := s.rget.QueryRowContext(context.WithoutCancel(ctx), k).Scan(&v)
-	if errors.Is(err, sql.ErrNoRows) {
+// maxValue is the largest result or fingerprint accepted; the encoded record
+// must fit bbolt's value limit.
+const maxValue = bolt.MaxValueSize - 64
+
+// readRecord returns the record stored under key in a read transaction, or
+// nil when there is none.
+func readRecord(tx *bolt.Tx, key []byte) (*record, error) {
+	v := tx.Bucket(recordsBucket).Get(key)
+	if v == nil {
 		return nil, nil
-	}
-	if err != nil {
-		return nil, err
 	}
 	r, err := decodeRecord(v)
 	if err != nil {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// view runs fn in a read-only snapshot.
+func (s *Store) view(fn func(tx *bolt.Tx) error) error {
+	s.qmu.Lock()
+	closed := s.closed
+	s.qmu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	return s.db.View(fn)
 }
 
 // decision is what begin decided for one record.
@@ -558,11 +454,18 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 		return idem.Begun{}, fmt.Errorf("filestore: begin %q: fingerprint of %d bytes is too large", key, len(fp))
 	}
 	k := []byte(key)
-	r, err := s.read(ctx, k)
+	var d decision
+	err := s.view(func(tx *bolt.Tx) error {
+		r, err := readRecord(tx, k)
+		if err != nil {
+			return err
+		}
+		d = s.decide(r, fp, lease, s.clock())
+		return nil
+	})
 	if err != nil {
 		return idem.Begun{}, unavailable("begin", key, err)
 	}
-	d := s.decide(r, fp, lease, s.clock())
 	if d.write == nil {
 		return d.b, nil
 	}
@@ -625,11 +528,16 @@ func (s *Store) change(ctx context.Context, op, key string, fence uint64, fn fun
 		return err
 	}
 	k := []byte(key)
-	r, err := s.read(ctx, k)
+	var ok bool
+	err := s.view(func(tx *bolt.Tx) error {
+		r, err := readRecord(tx, k)
+		ok = err == nil && s.held(r, fence, s.clock())
+		return err
+	})
 	if err != nil {
 		return unavailable(op, key, err)
 	}
-	if !s.held(r, fence, s.clock()) {
+	if !ok {
 		return idem.ErrLeaseLost
 	}
 	err = s.write(ctx, func(w *wtx) error {
@@ -710,23 +618,34 @@ func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) 
 	if err := checkKey(key); err != nil {
 		return idem.Record{}, false, err
 	}
-	r, err := s.read(ctx, []byte(key))
+	var (
+		rec idem.Record
+		ok  bool
+	)
+	err := s.view(func(tx *bolt.Tx) error {
+		r, err := readRecord(tx, []byte(key))
+		if err != nil || r == nil {
+			return err
+		}
+		now := s.clock()
+		if now >= s.death(r) {
+			return nil
+		}
+		ok = true
+		rec = idem.Record{
+			State:       r.state,
+			Fingerprint: r.fp,
+			Fence:       r.fence,
+			Age:         time.Duration(now - r.start),
+			Remaining:   time.Duration(max(r.deadline-now, 0)),
+		}
+		if r.state == idem.StateCompleted {
+			rec.Result = r.result
+		}
+		return nil
+	})
 	if err != nil {
 		return idem.Record{}, false, unavailable("get", key, err)
 	}
-	now := s.clock()
-	if r == nil || now >= s.death(r) {
-		return idem.Record{}, false, nil
-	}
-	rec := idem.Record{
-		State:       r.state,
-		Fingerprint: r.fp,
-		Fence:       r.fence,
-		Age:         time.Duration(now - r.start),
-		Remaining:   time.Duration(max(r.deadline-now, 0)),
-	}
-	if r.state == idem.StateCompleted {
-		rec.Result = r.result
-	}
-	return rec, true, nil
+	return rec, ok, nil
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/idemkit/idem"
 )
 
@@ -110,14 +112,21 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := filepath.Join(dir, "other.db")
-	s, err := Open(other, Options{NoSync: true})
+	db, err := bolt.Open(other, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.wconn.ExecContext(context.Background(), sqlMetaPut, metaFormat, 99); err != nil {
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket(metaBucket)
+		if err != nil {
+			return err
+		}
+		return b.Put(metaFormat, u64(99))
+	})
+	db.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
-	s.Close()
 	for _, path := range []string{dir, junk, other, filepath.Join(dir, "missing", "idem.db")} {
 		if s, err := Open(path, Options{LockTimeout: 50 * time.Millisecond}); err == nil {
 			s.Close()
@@ -367,7 +376,9 @@ func TestCorruptRecord(t *testing.T) {
 	ctx := context.Background()
 	b := mustBegin(t, s, "bad", fp1, time.Hour, idem.Acquired)
 	mustBegin(t, s, "good", fp1, time.Hour, idem.Acquired)
-	if _, err := s.wput.ExecContext(ctx, []byte("bad"), []byte("garbage")); err != nil {
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(recordsBucket).Put([]byte("bad"), []byte("garbage"))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	wantCorrupt := func(op string, err error) {
@@ -391,7 +402,7 @@ func TestCorruptRecord(t *testing.T) {
 func TestInvalidInput(t *testing.T) {
 	s := open(t, Options{NoSync: true})
 	ctx := context.Background()
-	for _, k := range []string{"", string(make([]byte, maxKeyLen+1))} {
+	for _, k := range []string{"", string(make([]byte, bolt.MaxKeySize+1))} {
 		if _, err := s.Begin(ctx, k, fp1, time.Hour); !errors.Is(err, idem.ErrInvalidKey) {
 			t.Errorf("Begin(key of %d bytes) = %v, want ErrInvalidKey", len(k), err)
 		}
@@ -399,7 +410,7 @@ func TestInvalidInput(t *testing.T) {
 			t.Errorf("Complete(key of %d bytes) = %v, want ErrInvalidKey", len(k), err)
 		}
 	}
-	k := string(bytes.Repeat([]byte{0xff, 0}, maxKeyLen/2))
+	k := string(bytes.Repeat([]byte{0xff, 0}, bolt.MaxKeySize/2))
 	mustBegin(t, s, k, nil, time.Hour, idem.Acquired)
 	mustBegin(t, s, k, []byte{}, time.Hour, idem.InFlight)
 }

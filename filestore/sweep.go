@@ -1,9 +1,11 @@
 package filestore
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"math"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Sweep removes the dead records: completed records past retention and
@@ -52,12 +54,38 @@ func (s *Store) sweep(ctx context.Context) (int, error) {
 			s.minDeath.Store(math.MinInt64) // unknown: let reclaim sweep
 			return total, err
 		}
-		dead, last, done, err := s.scan(ctx, after, now, &low)
+		var (
+			dead [][]byte
+			done bool
+		)
+		err := s.view(func(tx *bolt.Tx) error {
+			c := tx.Bucket(recordsBucket).Cursor()
+			var k, v []byte
+			if after == nil {
+				k, v = c.First()
+			} else if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+			for scanned := 0; k != nil; k, v = c.Next() {
+				if r, err := decodeRecord(v); err == nil {
+					if d := s.death(&r); now >= d {
+						dead = append(dead, bytes.Clone(k))
+					} else {
+						low = min(low, d)
+					}
+				}
+				if scanned++; len(dead) >= s.sweepBatch || scanned >= 16*s.sweepBatch {
+					after = bytes.Clone(k)
+					return nil
+				}
+			}
+			done = true
+			return nil
+		})
 		if err != nil {
 			s.minDeath.Store(math.MinInt64)
 			return total, unavailable("sweep", "", err)
 		}
-		after = last
 		if len(dead) > 0 {
 			n := 0
 			err := s.write(ctx, func(w *wtx) error {
@@ -65,12 +93,8 @@ func (s *Store) sweep(ctx context.Context) (int, error) {
 				now := s.clock()
 				for _, k := range dead {
 					r, err := w.get(k)
-					var f *fatalError
-					if errors.As(err, &f) {
-						return err
-					}
 					if err != nil || r == nil || now < s.death(r) {
-						continue // undecodable, or changed since the snapshot
+						continue // changed since the snapshot
 					}
 					if err := w.del(k); err != nil {
 						return err
@@ -99,49 +123,4 @@ func (s *Store) sweep(ctx context.Context) (int, error) {
 			return total, nil
 		}
 	}
-}
-
-// scan reads up to 16×SweepBatch records after key after (all records when
-// after is empty) from a snapshot, and returns the keys of those dead at now
-// (at most SweepBatch), the last key read, and whether the scan reached the
-// end. It lowers *low to the death of every live record it reads.
-func (s *Store) scan(ctx context.Context, after []byte, now int64, low *int64) (dead [][]byte, last []byte, done bool, err error) {
-	s.qmu.Lock()
-	closed := s.closed
-	s.qmu.Unlock()
-	if closed {
-		return nil, nil, false, ErrClosed
-	}
-	if after == nil {
-		after = []byte{}
-	}
-	limit := 16 * s.sweepBatch
-	rows, err := s.rscan.QueryContext(context.WithoutCancel(ctx), after, limit)
-	if err != nil {
-		return nil, nil, false, err
-	}
-	defer rows.Close()
-	n := 0
-	for rows.Next() {
-		var k, v []byte
-		if err := rows.Scan(&k, &v); err != nil {
-			return nil, nil, false, err
-		}
-		n++
-		last = k
-		if r, err := decodeRecord(v); err == nil { // undecodable records are left alone
-			if d := s.death(&r); now >= d {
-				dead = append(dead, k)
-			} else {
-				*low = min(*low, d)
-			}
-		}
-		if len(dead) >= s.sweepBatch {
-			return dead, last, false, rows.Close()
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, false, err
-	}
-	return dead, last, n < limit, nil
 }

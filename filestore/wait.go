@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/idemkit/idem"
 )
 
@@ -45,13 +47,19 @@ func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
 
 	// Registered first, checked second: a change committed after this
 	// snapshot finds q and closes it.
-	r, err := s.read(ctx, []byte(key))
+	var left time.Duration
+	err := s.view(func(tx *bolt.Tx) error {
+		r, err := readRecord(tx, []byte(key))
+		if err != nil || r == nil || r.state != idem.StateInProgress {
+			return err
+		}
+		if now := s.clock(); now < s.death(r) {
+			left = time.Duration(r.deadline - now)
+		}
+		return nil
+	})
 	if err != nil {
 		return unavailable("wait", key, err)
-	}
-	var left time.Duration
-	if now := s.clock(); r != nil && r.state == idem.StateInProgress && now < s.death(r) {
-		left = time.Duration(r.deadline - now)
 	}
 	if left <= 0 {
 		return nil
