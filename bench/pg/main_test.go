@@ -26,6 +26,13 @@ func TestRunSmoke(t *testing.T) {
 	}
 }
 
+func TestRatios(t *testing.T) {
+	got := ratios([]float64{10, 20, 30}, []float64{5, 0, 10, 7})
+	if len(got) != 2 || got[0] != 2 || got[1] != 3 {
+		t.Fatalf("ratios = %v, want [2 3] (zero divisors skipped, extra rounds ignored)", got)
+	}
+}
+
 func TestMedian(t *testing.T) {
 	for _, tc := range []struct {
 		in   []float64
