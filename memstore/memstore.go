@@ -153,7 +153,9 @@ func New(o Options) *Store {
 
 // Len returns the number of records held. It counts records that have died
 // (completed past retention, abandoned) but were not yet removed by Sweep or
-// by a later call on their key, so it is an upper bound of the live records.
+// by a later call on their key, so at rest it is an upper bound of the live
+// records. It sums the shards one at a time without locking them, so while
+// other calls add and remove records it is approximate.
 func (s *Store) Len() int {
 	n := int64(0)
 	for i := range s.shards {

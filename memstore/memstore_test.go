@@ -500,3 +500,86 @@ func TestWaitWokenByRecycle(t *testing.T) {
 		t.Fatal("Wait not woken when its dead record was replaced")
 	}
 }
+
+// TestConcurrentChurn runs Begin, Complete, Release, Sweep and clock
+// advances at once on a small full store, under -race, and checks that the
+// record limit and the counts hold throughout.
+func TestConcurrentChurn(t *testing.T) {
+	const limit = 32
+	ctx := context.Background()
+	c := newClock()
+	s := memstore.New(memstore.Options{Now: c.Now, MaxRecords: limit, Shards: 4, Abandon: time.Second})
+
+	stop := make(chan struct{})
+	sweeper := make(chan struct{})
+	go func() {
+		defer close(sweeper)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.Advance(100 * time.Microsecond)
+			if _, err := s.Sweep(ctx); err != nil {
+				t.Errorf("Sweep: %v", err)
+			}
+		}
+	}()
+
+	var wg sync.WaitGroup
+	var full, acquired sync.Map
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 2000 {
+				k := string(rune('a'+w)) + string(rune('a'+i%50))
+				b, err := s.Begin(ctx, k, nil, time.Millisecond)
+				if errors.Is(err, idem.ErrStoreFull) {
+					full.Store(w, true)
+					continue
+				}
+				if err != nil {
+					t.Errorf("Begin: %v", err)
+					return
+				}
+				if b.Outcome != idem.Acquired {
+					continue
+				}
+				acquired.Store(w, true)
+				switch i % 3 {
+				case 0:
+					_ = s.Complete(ctx, k, b.Fence, []byte("r"), time.Millisecond)
+				case 1:
+					_ = s.Release(ctx, k, b.Fence)
+				}
+				// Len sums the shards one by one, so while others
+				// write it may be off by one per concurrent writer.
+				if n := s.Len(); n > limit+4 {
+					t.Errorf("Len = %d, above MaxRecords %d", n, limit)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-sweeper
+	if n := s.Len(); n > limit {
+		t.Fatalf("Len = %d at rest, above MaxRecords %d", n, limit)
+	}
+
+	c.Advance(time.Hour) // every record is dead now
+	if _, err := s.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Len(); n != 0 {
+		t.Fatalf("Len after sweeping a dead store = %d, want 0", n)
+	}
+	for w := range 4 {
+		if _, ok := acquired.Load(w); !ok {
+			t.Errorf("worker %d never acquired a key", w)
+		}
+	}
+	_, wasFull := full.Load(0)
+	t.Logf("store was full at times: %v", wasFull)
+}
