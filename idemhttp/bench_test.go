@@ -131,12 +131,21 @@ func BenchmarkMiddleware(b *testing.B) {
 		h := (&idemhttp.Middleware{Keeper: k}).Handler(benchApp)
 		r, _ := benchRequest()
 		scope, _ := idemhttp.DefaultScope(r)
-		a, err := k.Begin(context.Background(), scope, "held", []byte("other request"))
+		// Another executor holds the key for this very request: 409.
+		a, err := k.Begin(context.Background(), scope, "held", idemhttp.DefaultFingerprint(r, benchJSON))
 		if err != nil || a.Lease == nil {
 			b.Fatal(err)
 		}
 		defer a.Lease.Release(context.Background())
 		run(b, h, func(int) string { return "held" })
+		w := &benchWriter{h: http.Header{}}
+		r, body := benchRequest()
+		body.Reset(benchJSON)
+		r.Header.Set("Idempotency-Key", "held")
+		h.ServeHTTP(w, r)
+		if w.code != http.StatusConflict {
+			b.Fatalf("conflict case answered %d", w.code)
+		}
 	})
 }
 
