@@ -3,8 +3,10 @@ package redisstore
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/redis/go-redis/v9"
 )
 
 // hashTag returns the part of a Redis key that Redis Cluster hashes: the
@@ -125,5 +127,24 @@ func TestParseBegun(t *testing.T) {
 	b, err := parseBegun([]any{int64(3), "", int64(0), ""})
 	if err != nil || b.Outcome != idem.Replay || b.Result == nil || len(b.Result) != 0 {
 		t.Errorf("empty replay = %+v, %v; want a non-nil empty result", b, err)
+	}
+}
+
+func TestWaitTimeoutCapped(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: time.Second})
+	defer c.Close()
+	for _, tc := range []struct {
+		in, want time.Duration
+	}{
+		{0, 500 * time.Millisecond}, // default 1s, capped
+		{5 * time.Second, 500 * time.Millisecond},
+		{100 * time.Millisecond, 100 * time.Millisecond},
+	} {
+		if got := New(c, Options{WaitTimeout: tc.in}).waitTO; got != tc.want {
+			t.Errorf("WaitTimeout %v with ReadTimeout 1s: %v, want %v", tc.in, got, tc.want)
+		}
+	}
+	if got := New(nil, Options{}).waitTO; got != DefaultWaitTimeout {
+		t.Errorf("default WaitTimeout = %v, want %v", got, DefaultWaitTimeout)
 	}
 }

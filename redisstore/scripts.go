@@ -13,7 +13,8 @@ import "github.com/redis/go-redis/v9"
 //	s  state: "p" in progress, "c" completed, "r" released tombstone
 //	f  fingerprint (bytes)
 //	n  fence, decimal
-//	l  lease end, server clock in µs since the Unix epoch (in progress only)
+//	l  lease end, server clock in µs since the Unix epoch (meaningful while
+//	   in progress only)
 //	a  when the current fence acquired the record, µs since the Unix epoch
 //	r  result (completed only)
 //
@@ -23,14 +24,17 @@ import "github.com/redis/go-redis/v9"
 // are compared as the decimal strings the scripts wrote, so the comparison is
 // exact.
 //
-// Redis 7 replicates the effects of scripts, so calling TIME before writing
-// is allowed; redis.replicate_commands() makes Redis 5 and 6 do the same.
+// Redis replicates the effects of scripts (always since 7.0, by default
+// since 5.0), so calling TIME before writing is allowed and replicas store
+// the deadlines the primary computed.
 
-// luaPrologue computes now (µs, server clock).
-const luaPrologue = `
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+// luaClock defines now(), the server clock in µs, and num(), which formats
+// an integer without exponent.
+const luaClock = `
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local function num(x) return string.format('%.0f', x) end
 `
 
@@ -46,17 +50,18 @@ end
 // beginScript: ARGV = fingerprint, lease µs, in-progress key TTL ms.
 // Returns {1, fence, takeover 0|1} acquired, {2, fence, lease left µs}
 // in flight, {3, "", 0, result} replay, {4} mismatch.
-var beginScript = redis.NewScript(luaPrologue + `
+var beginScript = redis.NewScript(luaClock + `
 local h = redis.call('HMGET', KEYS[1], 's', 'f', 'n', 'l', 'r')
 local s = h[1]
 local prev = 0
 if s == 'p' or s == 'c' then
   if h[2] ~= ARGV[1] then return {4} end
   if s == 'c' then return {3, '', 0, h[5] or ''} end
-  local left = tonumber(h[4]) - now
+  local t = now()
+  local left = tonumber(h[4]) - t
   if left > 0 then return {2, h[3], left} end
   local fence = num(tonumber(h[3]) + 1)
-  redis.call('HSET', KEYS[1], 'n', fence, 'l', num(now + tonumber(ARGV[2])), 'a', num(now))
+  redis.call('HSET', KEYS[1], 'n', fence, 'l', num(t + tonumber(ARGV[2])), 'a', num(t))
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {1, fence, 1}
 end
@@ -64,8 +69,9 @@ if s then
   prev = tonumber(h[3]) or 0
   redis.call('DEL', KEYS[1])
 end
-local fence = num(math.max(prev + 1, now))
-redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[1], 'n', fence, 'l', num(now + tonumber(ARGV[2])), 'a', num(now))
+local t = now()
+local fence = num(math.max(prev + 1, t))
+redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[1], 'n', fence, 'l', num(t + tonumber(ARGV[2])), 'a', num(t))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, fence, 0}
 `)
@@ -76,7 +82,6 @@ var completeScript = redis.NewScript(luaPublish + `
 local h = redis.call('HMGET', KEYS[1], 's', 'n')
 if h[1] ~= 'p' or h[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
-redis.call('HDEL', KEYS[1], 'l')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 notify(ARGV[4])
 return 1
@@ -87,14 +92,15 @@ return 1
 // The record is deleted, except when the server clock (µs) has not yet passed
 // the fence: then a tombstone keeps the fence until it has, so that the next
 // fresh fence, max(previous+1, now), is still larger than this one.
-var releaseScript = redis.NewScript(luaPrologue + luaPublish + `
+var releaseScript = redis.NewScript(luaClock + luaPublish + `
 local h = redis.call('HMGET', KEYS[1], 's', 'n')
 if h[1] ~= 'p' or h[2] ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 local fence = tonumber(ARGV[1])
-if fence >= now then
+local t = now()
+if fence >= t then
   redis.call('HSET', KEYS[1], 's', 'r', 'n', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], math.floor((fence - now) / 1000) + 2)
+  redis.call('PEXPIRE', KEYS[1], math.floor((fence - t) / 1000) + 2)
 end
 notify(ARGV[2])
 return 1
@@ -102,18 +108,18 @@ return 1
 
 // extendScript: ARGV = fence, lease µs, in-progress key TTL ms.
 // Returns 1 done, 0 lease lost.
-var extendScript = redis.NewScript(luaPrologue + `
+var extendScript = redis.NewScript(luaClock + `
 local h = redis.call('HMGET', KEYS[1], 's', 'n')
 if h[1] ~= 'p' or h[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'l', num(now + tonumber(ARGV[2])))
+redis.call('HSET', KEYS[1], 'l', num(now() + tonumber(ARGV[2])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `)
 
 // getScript: no ARGV. Returns {0} for no record, else
 // {state, fp, fence, lease end µs, acquired µs, result, now µs, pttl ms}.
-var getScript = redis.NewScript(luaPrologue + `
+var getScript = redis.NewScript(luaClock + `
 local h = redis.call('HMGET', KEYS[1], 's', 'f', 'n', 'l', 'a', 'r')
 if h[1] ~= 'p' and h[1] ~= 'c' then return {0} end
-return {h[1], h[2] or '', h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '', num(now), redis.call('PTTL', KEYS[1])}
+return {h[1], h[2] or '', h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '', num(now()), redis.call('PTTL', KEYS[1])}
 `)

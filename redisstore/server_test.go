@@ -269,10 +269,11 @@ func replicated(t *testing.T) (primary, replica *server) {
 
 func TestWaitReplicas(t *testing.T) {
 	primary, replica := replicated(t)
-	c := primary.client()
+	c := redis.NewClient(&redis.Options{Addr: primary.addr(), ReadTimeout: 3 * time.Second})
+	defer c.Close()
 	h := &counter{}
 	c.AddHook(h)
-	st := newStore(t, c, redisstore.Options{WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond})
+	st := newStore(t, c, redisstore.Options{WaitReplicas: 1, WaitTimeout: time.Second})
 	ctx := context.Background()
 	fp := []byte("fp")
 
@@ -317,7 +318,7 @@ func TestWaitReplicas(t *testing.T) {
 	if b, err := st.Begin(ctx, "k", fp, time.Minute); err != nil || b.Outcome != idem.Replay {
 		t.Errorf("replay without replica: %+v, %v", b, err)
 	}
-	if d := time.Since(start); d > 3*time.Second {
+	if d := time.Since(start); d > 6*time.Second {
 		t.Errorf("took %v; each refusal should take about WaitTimeout", d)
 	}
 }

@@ -51,7 +51,9 @@ type Options struct {
 	WaitReplicas int
 
 	// WaitTimeout bounds each WAIT. If zero, DefaultWaitTimeout (1 s) is
-	// used. Keep it below the client's ReadTimeout.
+	// used. It is capped at half the client's ReadTimeout (go-redis's
+	// default is 3 s), so that WAIT's answer arrives before the client gives
+	// up reading.
 	WaitTimeout time.Duration
 
 	// Abandon is how long an in-progress record is kept after its lease
@@ -122,9 +124,18 @@ func New(c redis.UniversalClient, o Options) *Store {
 	if s.poll <= 0 {
 		s.poll = DefaultPollInterval
 	}
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		s.cluster = cc
+	var readTimeout time.Duration
+	switch c := c.(type) {
+	case *redis.ClusterClient:
+		s.cluster = c
 		s.notify = "s"
+		readTimeout = c.Options().ReadTimeout
+	case *redis.Client:
+		readTimeout = c.Options().ReadTimeout
+	}
+	if readTimeout > 0 && s.waitTO > readTimeout/2 {
+		// WAIT's reply must arrive before the client stops reading.
+		s.waitTO = readTimeout / 2
 	}
 	if o.DisableNotify {
 		s.notify = ""

@@ -1,0 +1,261 @@
+// Command redis measures redisstore against Redis's own baseline on one
+// server: redis-benchmark's SET key v NX PX (one round trip, the cheapest
+// write that can claim a key) versus redisstore's first executions
+// (Begin + Complete on a fresh key: two round trips) and replays (Begin on a
+// completed key: one round trip), all at the same concurrency. It runs the
+// three measurements in interleaved rounds and prints the median of each and
+// the ratios, plus the round trips per request counted by a go-redis hook.
+//
+//	go run ./bench/redis -addr 127.0.0.1:16379 -c 32 -n 200000 -rounds 3
+//
+// See docs/bench/redis.md for figures.
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/redisstore"
+	"github.com/redis/go-redis/v9"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/redis:", err)
+		os.Exit(1)
+	}
+}
+
+// config is the command line.
+type config struct {
+	addr   string
+	conc   int
+	n      int
+	rounds int
+	bin    string
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	var cfg config
+	fs := flag.NewFlagSet("redis", flag.ContinueOnError)
+	def := os.Getenv("IDEM_REDIS_ADDR")
+	if def == "" {
+		def = "127.0.0.1:16379"
+	}
+	fs.StringVar(&cfg.addr, "addr", def, "Redis server host:port (default $IDEM_REDIS_ADDR)")
+	fs.IntVar(&cfg.conc, "c", 32, "concurrent clients (connections and goroutines)")
+	fs.IntVar(&cfg.n, "n", 200000, "requests per measurement")
+	fs.IntVar(&cfg.rounds, "rounds", 3, "interleaved rounds; medians are reported")
+	fs.StringVar(&cfg.bin, "redis-benchmark", "redis-benchmark", "redis-benchmark executable")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the redisstore measurements to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	host, port, ok := strings.Cut(cfg.addr, ":")
+	if !ok {
+		return fmt.Errorf("-addr %q: want host:port", cfg.addr)
+	}
+
+	hook := &counter{}
+	c := redis.NewClient(&redis.Options{Addr: cfg.addr, PoolSize: cfg.conc, MinIdleConns: cfg.conc})
+	defer c.Close()
+	c.AddHook(hook)
+	if err := c.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	st := redisstore.New(c, redisstore.Options{Prefix: fmt.Sprintf("bench:%d:", time.Now().UnixNano())})
+	defer st.Close()
+
+	// Completed keys to replay, and a warm script cache.
+	const hot = 1024
+	for i := range hot {
+		k := "hot/" + strconv.Itoa(i)
+		b, err := st.Begin(ctx, k, fp, time.Hour)
+		if err != nil {
+			return err
+		}
+		if err := st.Complete(ctx, k, b.Fence, result, time.Hour); err != nil {
+			return err
+		}
+	}
+
+	var setnx, first, replay []float64
+	var rtFirst, rtReplay float64
+	for r := range cfg.rounds {
+		v, err := redisBenchmark(ctx, cfg, host, port)
+		if err != nil {
+			return err
+		}
+		setnx = append(setnx, v)
+		before := hook.n.Load()
+		v, err = measure(cfg, func(w, i int) error {
+			k := fmt.Sprintf("new/%d/%d/%d", r, w, i)
+			b, err := st.Begin(ctx, k, fp, time.Hour)
+			if err != nil {
+				return err
+			}
+			if b.Outcome != idem.Acquired {
+				return fmt.Errorf("begin %s: %v", k, b.Outcome)
+			}
+			return st.Complete(ctx, k, b.Fence, result, time.Hour)
+		})
+		if err != nil {
+			return err
+		}
+		first = append(first, v)
+		rtFirst = float64(hook.n.Load()-before) / float64(cfg.n)
+		before = hook.n.Load()
+		v, err = measure(cfg, func(w, i int) error {
+			b, err := st.Begin(ctx, "hot/"+strconv.Itoa((w*7919+i)%hot), fp, time.Hour)
+			if err == nil && b.Outcome != idem.Replay {
+				err = fmt.Errorf("begin: %v, want replay", b.Outcome)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		replay = append(replay, v)
+		rtReplay = float64(hook.n.Load()-before) / float64(cfg.n)
+		fmt.Fprintf(out, "round %d: SET NX PX %.0f/s, first executions %.0f pairs/s, replays %.0f/s\n",
+			r+1, setnx[r], first[r], replay[r])
+	}
+	// Remove what the benchmark wrote.
+	if err := cleanup(ctx, c, st.Key("")[:strings.IndexByte(st.Key(""), '{')]); err != nil {
+		return err
+	}
+	ms, mf, mr := median(setnx), median(first), median(replay)
+	fmt.Fprintf(out, "\nmedians over %d rounds, %d requests each, concurrency %d, server %s:\n", cfg.rounds, cfg.n, cfg.conc, cfg.addr)
+	fmt.Fprintf(out, "  redis-benchmark SET __rand_int__ v NX PX 60000   %9.0f req/s   1 round trip\n", ms)
+	fmt.Fprintf(out, "  redisstore first execution (Begin+Complete)     %9.0f pairs/s %.2f round trips  %3.0f%% of SET NX (goal >= 35%%)\n", mf, rtFirst, 100*mf/ms)
+	fmt.Fprintf(out, "  redisstore replay (Begin)                       %9.0f req/s   %.2f round trips  %3.0f%% of SET NX (goal >= 70%%)\n", mr, rtReplay, 100*mr/ms)
+	return nil
+}
+
+var (
+	fp     = idem.Fingerprint([]byte("POST /charges"), []byte(`{"amount":1000}`))
+	result = []byte(`{"status":201,"body":{"id":"ch_1","amount":1000}}`)
+)
+
+// measure runs n calls of f over conc goroutines and returns calls/s.
+func measure(cfg config, f func(worker, i int) error) (float64, error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, cfg.conc)
+	start := time.Now()
+	for w := range cfg.conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1))
+				if i > cfg.n {
+					return
+				}
+				if err := f(w, i); err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
+	}
+	return float64(cfg.n) / d.Seconds(), nil
+}
+
+// redisBenchmark runs redis-benchmark's SET NX PX at the same concurrency and
+// returns its requests per second.
+func redisBenchmark(ctx context.Context, cfg config, host, port string) (float64, error) {
+	cmd := exec.CommandContext(ctx, cfg.bin, "-h", host, "-p", port,
+		"-c", strconv.Itoa(cfg.conc), "-n", strconv.Itoa(cfg.n), "-r", "1000000", "--csv",
+		"SET", "__rand_int__", "v", "NX", "PX", "60000")
+	cmd.Stderr = os.Stderr
+	b, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("redis-benchmark: %w", err)
+	}
+	recs, err := csv.NewReader(strings.NewReader(string(b))).ReadAll()
+	if err != nil || len(recs) < 2 || len(recs[1]) < 2 {
+		return 0, fmt.Errorf("redis-benchmark: unexpected output %q", b)
+	}
+	return strconv.ParseFloat(recs[1][1], 64)
+}
+
+// cleanup deletes the keys under prefix (redis-benchmark's keys expire by
+// themselves after 60 s).
+func cleanup(ctx context.Context, c *redis.Client, prefix string) error {
+	for _, pattern := range []string{prefix + "*"} {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		var batch []string
+		for iter.Next(ctx) {
+			batch = append(batch, iter.Val())
+			if len(batch) == 1000 {
+				if err := c.Unlink(ctx, batch...).Err(); err != nil {
+					return err
+				}
+				batch = batch[:0]
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		if len(batch) > 0 {
+			if err := c.Unlink(ctx, batch...).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// counter counts round trips: one per command sent alone, one per pipeline.
+type counter struct{ n atomic.Int64 }
+
+func (h *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (h *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
