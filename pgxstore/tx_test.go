@@ -174,6 +174,9 @@ func TestSameTransactionCompletion(t *testing.T) {
 			if !release {
 				time.Sleep(200 * time.Millisecond) // lease expiry
 			}
+			// A long lease from here on, so that a slow retry on a loaded
+			// machine is not taken over by the next one.
+			p.k.Lease = time.Minute
 			// Concurrent retries: exactly one executes.
 			var wg sync.WaitGroup
 			for range 8 {
