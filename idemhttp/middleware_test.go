@@ -16,17 +16,46 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const (
 	key1 = "Idempotency-Key: k1"
-	json = "Content-Type: application/json"
+	ctJSON = "Content-Type: application/json"
+	pass = idemhttp.OutcomePassthrough
 )
+
+// kindOf is the outcome a step reports when its kind is not given.
+func kindOf(s step) idemhttp.OutcomeKind {
+	switch {
+	case s.kind != 0:
+		return s.kind
+	case s.wantReplay:
+		return idemhttp.OutcomeReplayed
+	}
+	switch s.wantCode {
+	case "":
+		return idemhttp.OutcomeExecuted
+	case "idempotency-key-missing":
+		return idemhttp.OutcomeKeyMissing
+	case "idempotency-key-invalid":
+		return idemhttp.OutcomeKeyInvalid
+	case "idempotency-key-reused":
+		return idemhttp.OutcomeMismatch
+	case "request-too-large":
+		return idemhttp.OutcomeTooLarge
+	case "store-unavailable":
+		return idemhttp.OutcomeStoreUnavailable
+	case "scope-invalid":
+		return idemhttp.OutcomeBadRequest
+	}
+	return 0
+}
 
 // step is one request of a table case and what must come back.
 type step struct {
 	req        req
 	wantStatus int
-	wantCode   string // problem code, for error answers
-	wantReplay bool   // both replay headers set
-	wantCalls  int64  // handler executions so far, after this step
-	sameAs     int    // if > 0: wire bytes equal those of step sameAs-1 (1-based)
+	wantCode   string               // problem code, for error answers
+	wantReplay bool                 // both replay headers set
+	wantCalls  int64                // handler executions so far, after this step
+	kind       idemhttp.OutcomeKind // reported outcome; if zero, derived from the other fields
+	sameAs     int                  // if > 0: wire bytes equal those of step sameAs-1 (1-based)
 	check      func(t *testing.T, r *rawResp)
 }
 
@@ -39,10 +68,10 @@ func TestSpecRows(t *testing.T) {
 		steps []step
 	}{
 		{name: "GET with key passes through", steps: []step{
-			{req: req{method: "GET", hdr: []string{key1}}, wantStatus: 201, wantCalls: 1},
-			{req: req{method: "GET", hdr: []string{key1}}, wantStatus: 201, wantCalls: 2},
-			{req: req{method: "PUT", hdr: []string{key1}}, wantStatus: 201, wantCalls: 3},
-			{req: req{method: "DELETE", hdr: []string{key1}}, wantStatus: 201, wantCalls: 4},
+			{req: req{method: "GET", hdr: []string{key1}}, wantStatus: 201, wantCalls: 1, kind: pass},
+			{req: req{method: "GET", hdr: []string{key1}}, wantStatus: 201, wantCalls: 2, kind: pass},
+			{req: req{method: "PUT", hdr: []string{key1}}, wantStatus: 201, wantCalls: 3, kind: pass},
+			{req: req{method: "DELETE", hdr: []string{key1}}, wantStatus: 201, wantCalls: 4, kind: pass},
 		}},
 		{name: "POST and PATCH protected", steps: []step{
 			{req: req{hdr: []string{key1}}, wantStatus: 201, wantCalls: 1},
@@ -53,14 +82,14 @@ func TestSpecRows(t *testing.T) {
 		{name: "custom methods", mw: func(m *idemhttp.Middleware) { m.Methods = []string{"PUT"} }, steps: []step{
 			{req: req{method: "PUT", hdr: []string{key1}}, wantStatus: 201, wantCalls: 1},
 			{req: req{method: "PUT", hdr: []string{key1}}, wantStatus: 201, wantCalls: 1, wantReplay: true},
-			{req: req{method: "POST", hdr: []string{key1}}, wantStatus: 201, wantCalls: 2},
+			{req: req{method: "POST", hdr: []string{key1}}, wantStatus: 201, wantCalls: 2, kind: pass},
 		}},
 		{name: "key missing", steps: []step{
 			{req: req{}, wantStatus: 400, wantCode: "idempotency-key-missing"},
 		}},
 		{name: "key missing optional passes through", mw: func(m *idemhttp.Middleware) { m.Optional = true }, steps: []step{
-			{req: req{}, wantStatus: 201, wantCalls: 1},
-			{req: req{}, wantStatus: 201, wantCalls: 2},
+			{req: req{}, wantStatus: 201, wantCalls: 1, kind: pass},
+			{req: req{}, wantStatus: 201, wantCalls: 2, kind: pass},
 			{req: req{hdr: []string{"Idempotency-Key: "}}, wantStatus: 400, wantCode: "idempotency-key-invalid", wantCalls: 2},
 		}},
 		{name: "key invalid", steps: []step{
@@ -114,23 +143,23 @@ func TestSpecRows(t *testing.T) {
 			{req: req{hdr: []string{key1, "X-Tenant: a"}}, wantStatus: 201, wantCalls: 2, wantReplay: true},
 		}},
 		{name: "fingerprint mismatch", steps: []step{
-			{req: req{path: "/pay?x=1", hdr: []string{key1, json}, body: `{"a":1}`}, wantStatus: 201, wantCalls: 1},
-			{req: req{path: "/pay?x=1", hdr: []string{key1, json}, body: `{"a":2}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
-			{req: req{path: "/pay?x=2", hdr: []string{key1, json}, body: `{"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
-			{req: req{path: "/other?x=1", hdr: []string{key1, json}, body: `{"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
+			{req: req{path: "/pay?x=1", hdr: []string{key1, ctJSON}, body: `{"a":1}`}, wantStatus: 201, wantCalls: 1},
+			{req: req{path: "/pay?x=1", hdr: []string{key1, ctJSON}, body: `{"a":2}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
+			{req: req{path: "/pay?x=2", hdr: []string{key1, ctJSON}, body: `{"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
+			{req: req{path: "/other?x=1", hdr: []string{key1, ctJSON}, body: `{"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
 			{req: req{path: "/pay?x=1", hdr: []string{key1, "Content-Type: text/plain"}, body: `{"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
-			{req: req{method: "PATCH", path: "/pay?x=1", hdr: []string{key1, json}, body: `{"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
-			{req: req{path: "/pay?x=1", hdr: []string{key1, json}, body: `{"b":1,"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
+			{req: req{method: "PATCH", path: "/pay?x=1", hdr: []string{key1, ctJSON}, body: `{"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
+			{req: req{path: "/pay?x=1", hdr: []string{key1, ctJSON}, body: `{"b":1,"a":1}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
 			// The record is unchanged: the original request still replays.
-			{req: req{path: "/pay?x=1", hdr: []string{key1, json}, body: `{"a":1}`}, wantStatus: 201, wantCalls: 1, wantReplay: true, sameAs: 1},
+			{req: req{path: "/pay?x=1", hdr: []string{key1, ctJSON}, body: `{"a":1}`}, wantStatus: 201, wantCalls: 1, wantReplay: true, sameAs: 1},
 		}},
 		{name: "canonical JSON ignores member order", mw: func(m *idemhttp.Middleware) { m.CanonicalJSON = true }, steps: []step{
-			{req: req{hdr: []string{key1, json}, body: `{"a":1,"b":[1.0,"\u0041"]}`}, wantStatus: 201, wantCalls: 1},
-			{req: req{hdr: []string{key1, json}, body: ` { "b" : [1, "A"], "a" : 1e0 } `}, wantStatus: 201, wantCalls: 1, wantReplay: true, sameAs: 1},
-			{req: req{hdr: []string{key1, json}, body: `{"b":[1,"A"],"a":2}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
+			{req: req{hdr: []string{key1, ctJSON}, body: `{"a":1,"b":[1.0,"\u0041"]}`}, wantStatus: 201, wantCalls: 1},
+			{req: req{hdr: []string{key1, ctJSON}, body: ` { "b" : [1, "A"], "a" : 1e0 } `}, wantStatus: 201, wantCalls: 1, wantReplay: true, sameAs: 1},
+			{req: req{hdr: []string{key1, ctJSON}, body: `{"b":[1,"A"],"a":2}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},
 			// Invalid JSON is fingerprinted raw: no match, and it is not an error.
-			{req: req{hdr: []string{"Idempotency-Key: k2", json}, body: `{"a":`}, wantStatus: 201, wantCalls: 2},
-			{req: req{hdr: []string{"Idempotency-Key: k2", json}, body: `{"a":`}, wantStatus: 201, wantCalls: 2, wantReplay: true},
+			{req: req{hdr: []string{"Idempotency-Key: k2", ctJSON}, body: `{"a":`}, wantStatus: 201, wantCalls: 2},
+			{req: req{hdr: []string{"Idempotency-Key: k2", ctJSON}, body: `{"a":`}, wantStatus: 201, wantCalls: 2, wantReplay: true},
 		}},
 		{name: "body too large", mw: func(m *idemhttp.Middleware) { m.MaxBody = 16 }, steps: []step{
 			{req: req{hdr: []string{key1}, body: strings.Repeat("x", 17)}, wantStatus: 413, wantCode: "request-too-large"},
@@ -160,7 +189,7 @@ func TestSpecRows(t *testing.T) {
 			{req: req{hdr: []string{"Idempotency-Key: k2", "X-Status: 503"}}, wantStatus: 503, wantCalls: 3, wantReplay: true, sameAs: 3},
 		}},
 		{name: "replay byte for byte minus deny-list", steps: []step{
-			{req: req{hdr: []string{key1, json}, body: `{"amount":100}`}, wantStatus: 201, wantCalls: 1, check: func(t *testing.T, r *rawResp) {
+			{req: req{hdr: []string{key1, ctJSON}, body: `{"amount":100}`}, wantStatus: 201, wantCalls: 1, check: func(t *testing.T, r *rawResp) {
 				if r.header.Get("Set-Cookie") == "" || len(r.header["X-Multi"]) != 2 {
 					t.Errorf("first answer lacks the handler's headers: %v", r.header)
 				}
@@ -168,7 +197,7 @@ func TestSpecRows(t *testing.T) {
 					t.Errorf("first answer carries a replay header: %v", r.header)
 				}
 			}},
-			{req: req{hdr: []string{key1, json}, body: `{"amount":100}`}, wantStatus: 201, wantCalls: 1, wantReplay: true, check: func(t *testing.T, r *rawResp) {
+			{req: req{hdr: []string{key1, ctJSON}, body: `{"amount":100}`}, wantStatus: 201, wantCalls: 1, wantReplay: true, check: func(t *testing.T, r *rawResp) {
 				if r.header.Get("Set-Cookie") != "" {
 					t.Error("Set-Cookie replayed")
 				}
@@ -202,12 +231,12 @@ func TestSpecRows(t *testing.T) {
 			m.Keeper = &idem.Keeper{Store: failingStore{}}
 			m.FailOpen = true
 		}, steps: []step{
-			{req: req{hdr: []string{key1}, body: "abc"}, wantStatus: 201, wantCalls: 1, check: func(t *testing.T, r *rawResp) {
+			{req: req{hdr: []string{key1}, body: "abc"}, wantStatus: 201, wantCalls: 1, kind: idemhttp.OutcomeFailOpen, check: func(t *testing.T, r *rawResp) {
 				if !strings.Contains(string(r.body), `"body":"abc"`) {
 					t.Errorf("handler did not get the body: %s", r.body)
 				}
 			}},
-			{req: req{hdr: []string{key1}, body: "abc"}, wantStatus: 201, wantCalls: 2},
+			{req: req{hdr: []string{key1}, body: "abc"}, wantStatus: 201, wantCalls: 2, kind: idemhttp.OutcomeFailOpen},
 		}},
 		{name: "response over cap omitted on replay", mw: func(m *idemhttp.Middleware) { m.MaxResult = 8 }, steps: []step{
 			{req: req{hdr: []string{key1}}, wantStatus: 201, wantCalls: 1, check: func(t *testing.T, r *rawResp) {
@@ -239,7 +268,8 @@ func TestSpecRows(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			k, _ := newKeeper(0)
-			m := &idemhttp.Middleware{Keeper: k}
+			oc := newOutcomes()
+			m := &idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}
 			if tc.mw != nil {
 				tc.mw(m)
 			}
@@ -261,6 +291,9 @@ func TestSpecRows(t *testing.T) {
 				}
 				if n := a.calls.Load(); n != s.wantCalls {
 					t.Errorf("step %d: handler ran %d times, want %d", i+1, n, s.wantCalls)
+				}
+				if o := oc.next(t); o.Kind != kindOf(s) || o.Kind != idemhttp.OutcomePassthrough && o.Status != s.wantStatus {
+					t.Errorf("step %d: outcome %v (status %d), want %v", i+1, o.Kind, o.Status, kindOf(s))
 				}
 				if s.sameAs > 0 {
 					first := got[s.sameAs-1]
