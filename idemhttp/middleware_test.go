@@ -15,9 +15,9 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const (
-	key1 = "Idempotency-Key: k1"
+	key1   = "Idempotency-Key: k1"
 	ctJSON = "Content-Type: application/json"
-	pass = idemhttp.OutcomePassthrough
+	pass   = idemhttp.OutcomePassthrough
 )
 
 // kindOf is the outcome a step reports when its kind is not given.
