@@ -284,6 +284,8 @@ func wantReplay(t testing.TB, b idem.Begun, result []byte) {
 	}
 }
 
+// wantMismatch requires Mismatch with no fence and no result: a result here
+// would hand one request's stored response to a different request.
 func wantMismatch(t testing.TB, b idem.Begun) {
 	t.Helper()
 	if b.Outcome != idem.Mismatch || b.Fence != 0 || b.Takeover || b.Result != nil {
