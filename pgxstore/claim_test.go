@@ -178,7 +178,9 @@ func TestClaim(t *testing.T) {
 
 	t.Run("Retention", func(t *testing.T) {
 		t.Parallel()
-		const retention = 60 * time.Millisecond
+		// Long enough that no check below races the expiry on a loaded
+		// machine, short enough to sleep through twice.
+		const retention = 500 * time.Millisecond
 		s := newStore(t, pgxstore.Options{ClaimRetention: retention})
 		p := sharedPool(t)
 		if !claimIn(t, s, "sc", "x", false) || claimIn(t, s, "sc", "x", false) {
@@ -187,7 +189,7 @@ func TestClaim(t *testing.T) {
 		if fresh, _ := s.ClaimBatch(ctx, p, "sc", []string{"y"}); len(fresh) != 1 {
 			t.Fatal("batch claim of y not fresh")
 		}
-		time.Sleep(retention + 30*time.Millisecond)
+		time.Sleep(retention + 100*time.Millisecond)
 		// Past retention the id counts as new, before any sweep.
 		if !claimIn(t, s, "sc", "x", false) {
 			t.Fatal("claim past retention is not first")
@@ -195,7 +197,7 @@ func TestClaim(t *testing.T) {
 		if fresh, err := s.ClaimBatch(ctx, p, "sc", []string{"y", "x"}); err != nil || !slices.Equal(fresh, []string{"y"}) {
 			t.Fatalf("batch past retention = %q, %v; want [y]", fresh, err)
 		}
-		time.Sleep(retention + 30*time.Millisecond)
+		time.Sleep(retention + 100*time.Millisecond)
 		n, err := s.Sweep(ctx)
 		if err != nil || n != 2 {
 			t.Fatalf("Sweep = %d, %v; want the 2 expired claims", n, err)
