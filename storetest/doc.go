@@ -42,7 +42,9 @@
 // suffix), and include bytes that are not visible ASCII (NUL, non-UTF-8,
 // non-ASCII letters) and keys up to 400 bytes, since a store key is an opaque
 // idem.RecordKey. So one server may back every subtest and several runs at
-// once; use Prefix when the store needs a namespace of its own.
+// once; use Prefix when the store needs a namespace of its own. The one
+// exception is the Sweep subtest, which counts what Sweep removed: nothing
+// else may sweep the same backend while it runs.
 //
 // Clock: with Features.Advance set, the subtests that move the clock run one
 // at a time, then the others in parallel. With Advance nil they all run in
