@@ -35,8 +35,13 @@
 // rolls back or its connection dies, the record stays in progress and is
 // released by its executor or taken over when the lease expires, and the
 // retry executes once. If Complete reports ErrLeaseLost, a newer executor
-// holds the key: roll the business transaction back. examples/payments-pg
-// shows the shape with idemhttp.
+// holds the key: roll the business transaction back.
+//
+// A wrapper that completes the record itself after the handler returns
+// (idemhttp does) would then find it already completed; build the store
+// with Options.TxCompletion so that this second Complete, under the same
+// fence, succeeds without changing the record. examples/payments-pg shows
+// the whole shape with idemhttp, and docs/postgres.md discusses it.
 //
 // # Processed-events claims
 //
