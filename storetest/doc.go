@@ -50,8 +50,8 @@
 // at a time, then the others in parallel. With Advance nil they all run in
 // parallel and sleep real time, using leases of a few MinLease that expire
 // and one-hour leases that never do; the Model subtest then runs 300
-// operations with one-hour leases and no expiry, instead of 2000 operations
-// with clock advances.
+// operations with one-hour leases, no expiry and no Sweep, instead of 2000
+// operations with clock advances.
 //
 // Fuzz drives the same reference model with operation sequences decoded
 // from fuzz inputs; call it from a FuzzXxx function. Benchmark measures the
