@@ -17,7 +17,7 @@ const migrationLock int64 = 0x6964656d
 // i+1. They are append-only: a released migration is never edited.
 var migrations = []string{
 	// 1: records and claims.
-	`CREATE TABLE @records (
+	`CREATE TABLE IF NOT EXISTS @records (
 	key         bytea       PRIMARY KEY,
 	fingerprint bytea       NOT NULL,
 	fence       bigint      NOT NULL,
@@ -27,15 +27,15 @@ var migrations = []string{
 	acquired_at timestamptz NOT NULL,
 	expires_at  timestamptz NOT NULL
 );
-CREATE INDEX @records_expires ON @records (expires_at);
+CREATE INDEX IF NOT EXISTS @records_expires ON @records (expires_at);
 COMMENT ON TABLE @records IS 'idem idempotency records (pgxstore); state 1 = in progress, 2 = completed';
-CREATE TABLE @claims (
+CREATE TABLE IF NOT EXISTS @claims (
 	scope      bytea       NOT NULL,
 	id         bytea       NOT NULL,
 	claimed_at timestamptz NOT NULL,
 	PRIMARY KEY (scope, id)
 );
-CREATE INDEX @claims_claimed ON @claims USING brin (claimed_at);
+CREATE INDEX IF NOT EXISTS @claims_claimed ON @claims USING brin (claimed_at);
 COMMENT ON TABLE @claims IS 'idem processed-events claims (pgxstore)'`,
 }
 

@@ -214,6 +214,12 @@ func TestMigrate(t *testing.T) {
 	if err := pgxstore.New(p, o2).Migrate(ctx); err != nil {
 		t.Fatalf("Migrate second table set: %v", err)
 	}
+	// Two record tables may share one claims table.
+	o4 := o
+	o4.Table = "third"
+	if err := pgxstore.New(p, o4).Migrate(ctx); err != nil {
+		t.Fatalf("Migrate with a shared claims table: %v", err)
+	}
 	// A database ahead of this package is refused, not downgraded.
 	exec(t, `INSERT INTO `+pgx.Identifier{schema, "idem_migrations"}.Sanitize()+` (table_name, version) VALUES ($1, 999)`, o.Table)
 	if err := s.Migrate(ctx); !errors.Is(err, pgxstore.ErrSchemaNewer) || errors.Is(err, idem.ErrStoreUnavailable) {
