@@ -3,6 +3,7 @@ package filestore
 import (
 	"context"
 	"errors"
+	"runtime"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -67,6 +68,11 @@ func (s *Store) lead(self *op) {
 		if n < s.maxBatch {
 			time.Sleep(s.maxDelay)
 		}
+	} else {
+		// Let the writers that the previous commit just released run
+		// first: they usually queue their next write at once and so join
+		// this batch instead of waiting out a whole commit.
+		runtime.Gosched()
 	}
 	s.qmu.Lock()
 	// self is queue[0]: the queue is empty whenever no leader runs, and a

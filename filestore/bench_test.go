@@ -2,8 +2,8 @@ package filestore
 
 import (
 	"context"
-	"fmt"
-	"runtime"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,9 +18,9 @@ func BenchmarkStore(b *testing.B) {
 }
 
 // BenchmarkDurablePairs measures first executions as the proxy makes them:
-// concurrency goroutines each Begin a new key and Complete it with a small
-// result, every call synced to disk. It reports pairs/s (one pair = two
-// durable writes) and the writes each commit carried.
+// exactly conc goroutines each Begin a new key and Complete it with a small
+// result, every call synced to disk unless NoSync. It reports pairs/s (one
+// pair = two durable writes) and the writes each commit carried.
 func BenchmarkDurablePairs(b *testing.B) {
 	for _, c := range []struct {
 		name string
@@ -30,31 +30,41 @@ func BenchmarkDurablePairs(b *testing.B) {
 		{"c1", 1, Options{}},
 		{"c32", 32, Options{}},
 		{"c32-delay100us", 32, Options{MaxBatchDelay: 100 * time.Microsecond}},
+		{"c32-delay500us", 32, Options{MaxBatchDelay: 500 * time.Microsecond}},
 		{"c32-nosync", 32, Options{NoSync: true}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			s := open(b, c.o)
-			var seq atomic.Uint64
 			result := []byte(`{"status":201,"body":"{\"id\":\"ch_1\",\"amount\":1000}"}`)
 			fp := idem.Fingerprint([]byte("POST /charges"), []byte(`{"amount":1000}`))
-			b.SetParallelism(max(1, c.conc/runtime.GOMAXPROCS(0)))
+			var next atomic.Int64
+			var wg sync.WaitGroup
 			b.ReportAllocs()
 			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				ctx := context.Background()
-				for pb.Next() {
-					k := fmt.Sprintf("7:tenant1key-%d", seq.Add(1))
-					bg, err := s.Begin(ctx, k, fp, 30*time.Second)
-					if err != nil || bg.Outcome != idem.Acquired {
-						b.Errorf("Begin(%q) = %+v, %v", k, bg, err)
-						return
+			for range c.conc {
+				wg.Go(func() {
+					ctx := context.Background()
+					buf := []byte("7:tenant1key-")
+					base := len(buf)
+					for {
+						i := next.Add(1)
+						if i > int64(b.N) {
+							return
+						}
+						k := string(strconv.AppendInt(buf[:base], i, 10))
+						bg, err := s.Begin(ctx, k, fp, 30*time.Second)
+						if err != nil || bg.Outcome != idem.Acquired {
+							b.Errorf("Begin(%q) = %+v, %v", k, bg, err)
+							return
+						}
+						if err := s.Complete(ctx, k, bg.Fence, result, 24*time.Hour); err != nil {
+							b.Errorf("Complete(%q): %v", k, err)
+							return
+						}
 					}
-					if err := s.Complete(ctx, k, bg.Fence, result, 24*time.Hour); err != nil {
-						b.Errorf("Complete(%q): %v", k, err)
-						return
-					}
-				}
-			})
+				})
+			}
+			wg.Wait()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
 			if n := s.commits.Load(); n > 0 {
 				b.ReportMetric(float64(2*b.N)/float64(n), "writes/commit")
