@@ -314,7 +314,7 @@ func TestPanicReleasesThenRepanics(t *testing.T) {
 // periods keeps its key (renewal), so a duplicate meanwhile gets 409.
 func TestLongHandlerRenewsLease(t *testing.T) {
 	t.Parallel()
-	const lease = 60 * time.Millisecond
+	const lease = 150 * time.Millisecond // renewed every 50 ms
 	k, s := newKeeper(lease)
 	g := newGate()
 	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(g))
@@ -347,7 +347,7 @@ func TestLongHandlerRenewsLease(t *testing.T) {
 // completion is refused with ErrLeaseLost.
 func TestDeadExecutorTakenOver(t *testing.T) {
 	t.Parallel()
-	const lease = 100 * time.Millisecond
+	const lease = 300 * time.Millisecond
 	k, s := newKeeper(lease)
 	oc := newOutcomes()
 	a := &app{}

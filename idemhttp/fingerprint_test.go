@@ -107,3 +107,26 @@ func TestDefaultScope(t *testing.T) {
 		t.Errorf("two Authorization lines: %q", s2)
 	}
 }
+
+// FuzzFingerprint checks the allocation-free DefaultFingerprint against its
+// definition for any method, request target, Content-Type and body.
+func FuzzFingerprint(f *testing.F) {
+	f.Add("POST", "/pay?x=1", "application/json", []byte(`{"a":1}`))
+	f.Add("PATCH", "/a%2Fb/c%20d?", "", []byte{})
+	f.Add("POST", "*", "text/plain", []byte{0})
+	f.Add("POST", "http://h/x?y", "", []byte(nil))
+	f.Fuzz(func(t *testing.T, method, target, ct string, body []byte) {
+		u, err := url.ParseRequestURI(target)
+		if err != nil {
+			return
+		}
+		r := &http.Request{Method: method, URL: u, Header: http.Header{}}
+		if ct != "" {
+			r.Header["Content-Type"] = []string{ct}
+		}
+		want := idem.Fingerprint([]byte(method), []byte(u.RequestURI()), []byte(ct), body)
+		if got := idemhttp.DefaultFingerprint(r, body); !bytes.Equal(got, want) {
+			t.Fatalf("%q %q %q: %x, want %x", method, target, ct, got, want)
+		}
+	})
+}
