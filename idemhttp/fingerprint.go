@@ -24,12 +24,16 @@ func DefaultFingerprint(r *http.Request, body []byte) []byte {
 // body was canonicalised, so a canonical fingerprint never equals a raw one.
 const canonicalMarker = "rfc8785"
 
-// canonicalFingerprint is DefaultFingerprint with the body replaced by its
-// RFC 8785 canonical form when the Content-Type is JSON and the body is
-// valid I-JSON. Otherwise (not JSON, or invalid JSON) it is
-// DefaultFingerprint: the raw bytes are fingerprinted and the handler,
-// which receives the raw bytes, decides what invalid JSON deserves.
-func canonicalFingerprint(r *http.Request, body []byte) []byte {
+// CanonicalFingerprint is the fingerprint used when
+// Middleware.CanonicalJSON is set. When the Content-Type is JSON
+// (application/json or */*+json) and body is valid I-JSON, it is
+// idem.Fingerprint of the method, r.URL.RequestURI(), the Content-Type, the
+// RFC 8785 canonical form of body, and a fifth part marking the
+// canonicalisation (so it never equals a raw fingerprint). Otherwise (not
+// JSON, or invalid JSON) it is DefaultFingerprint: the raw bytes are
+// fingerprinted, and the handler, which receives the raw bytes, decides what
+// invalid JSON deserves.
+func CanonicalFingerprint(r *http.Request, body []byte) []byte {
 	if !isJSON(r.Header.Get("Content-Type")) {
 		return fingerprint(r, body, false)
 	}

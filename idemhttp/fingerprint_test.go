@@ -130,3 +130,43 @@ func FuzzFingerprint(f *testing.F) {
 		}
 	})
 }
+
+func TestCanonicalFingerprint(t *testing.T) {
+	t.Parallel()
+	mk := func(ct, body string) []byte {
+		r := httptest.NewRequest("POST", "/p?q=1", nil)
+		if ct != "" {
+			r.Header.Set("Content-Type", ct)
+		}
+		return idemhttp.CanonicalFingerprint(r, []byte(body))
+	}
+	a := mk("application/json", `{"b":1,"a":[1.0,2]}`)
+	for _, c := range []struct{ ct, body string }{
+		{"application/json", `{"a":[1,2e0],"b":1}`},
+		{"application/json", " {\n\"a\" : [ 1 , 2 ] , \"b\":1 } "},
+	} {
+		if !bytes.Equal(mk(c.ct, c.body), a) {
+			t.Errorf("%s %s: differs", c.ct, c.body)
+		}
+	}
+	// The +json suffix and parameters are JSON too, but the Content-Type
+	// itself is still part of the fingerprint.
+	if x := mk("application/merge-patch+json; charset=utf-8", `{"b":1,"a":[1,2]}`); bytes.Equal(x, a) ||
+		!bytes.Equal(x, mk("application/merge-patch+json; charset=utf-8", `{"a":[1,2],"b":1}`)) {
+		t.Error("+json media type not canonicalised")
+	}
+	// Not JSON, or invalid JSON: the raw fingerprint, which differs from any
+	// canonical one.
+	r := httptest.NewRequest("POST", "/p?q=1", nil)
+	r.Header.Set("Content-Type", "text/plain")
+	if !bytes.Equal(idemhttp.CanonicalFingerprint(r, []byte(`{"b":1}`)), idemhttp.DefaultFingerprint(r, []byte(`{"b":1}`))) {
+		t.Error("non-JSON body canonicalised")
+	}
+	r.Header.Set("Content-Type", "application/json")
+	if !bytes.Equal(idemhttp.CanonicalFingerprint(r, []byte(`{"b":1,"b":2}`)), idemhttp.DefaultFingerprint(r, []byte(`{"b":1,"b":2}`))) {
+		t.Error("invalid I-JSON not fingerprinted raw")
+	}
+	if bytes.Equal(idemhttp.CanonicalFingerprint(r, []byte(`{"b":1}`)), idemhttp.DefaultFingerprint(r, []byte(`{"b":1}`))) {
+		t.Error("canonical fingerprint equals the raw one of the same bytes")
+	}
+}

@@ -96,7 +96,7 @@ type Middleware struct {
 	// different fingerprint is answered 422. body is the request body (read
 	// in full, at most MaxBody bytes); Fingerprint must not retain it. An
 	// error is answered 400 request-invalid. If nil, DefaultFingerprint, or
-	// its canonical-JSON variant when CanonicalJSON is set.
+	// CanonicalFingerprint when CanonicalJSON is set.
 	Fingerprint func(r *http.Request, body []byte) ([]byte, error)
 
 	// CanonicalJSON makes the default fingerprint use the RFC 8785
@@ -409,7 +409,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case h.canonical:
-		fp = canonicalFingerprint(r, body)
+		fp = CanonicalFingerprint(r, body)
 	default:
 		fp = fingerprint(r, body, false)
 	}
