@@ -99,6 +99,10 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	// The record key is RecordKey(scope, key) with the scope the middleware
+	// used: DefaultScope here, because handler() sets no Middleware.Scope.
+	// Keep the two in step; a wrong key fails the completion (ErrLeaseLost,
+	// 409) and charges nothing.
 	scope, err := idemhttp.DefaultScope(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
