@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/textproto"
@@ -269,9 +270,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		kr := &keyedRequest{req: *req}
 		kr.val[0] = key
-		h := make(http.Header, len(req.Header)+1)
-		for k, v := range req.Header {
-			h[k] = v
+		// The copy shares the value slices, which nothing modifies.
+		h := maps.Clone(req.Header) // faster than make and insert
+		if h == nil {
+			h = make(http.Header, 1)
 		}
 		h[hdr] = kr.val[:]
 		kr.req.Header = h
