@@ -226,16 +226,7 @@ func (p *parser) object(depth int) error {
 	}
 	if !sorted {
 		ms := p.members[mbase:]
-		slices.SortFunc(ms, func(a, b member) int {
-			na, nb := p.nameOf(a), p.nameOf(b)
-			switch {
-			case lessUTF16(na, nb):
-				return -1
-			case lessUTF16(nb, na):
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(ms, func(a, b member) int { return compareUTF16(p.nameOf(a), p.nameOf(b)) })
 		for i := 1; i < len(ms); i++ {
 			if string(p.nameOf(ms[i-1])) == string(p.nameOf(ms[i])) {
 				return p.errf("duplicate member name %q", p.nameOf(ms[i]))
@@ -256,11 +247,15 @@ func (p *parser) object(depth int) error {
 
 // lessUTF16 reports whether a sorts before b when both are compared as
 // sequences of UTF-16 code units (RFC 8785 §3.2.3). a and b are valid UTF-8.
-func lessUTF16(a, b []byte) bool {
+func lessUTF16(a, b []byte) bool { return compareUTF16(a, b) < 0 }
+
+// compareUTF16 compares a and b (valid UTF-8) as sequences of UTF-16 code
+// units and returns a negative number, zero or a positive number.
+func compareUTF16(a, b []byte) int {
 	for len(a) > 0 && len(b) > 0 {
 		if a[0] < utf8.RuneSelf && b[0] < utf8.RuneSelf {
 			if a[0] != b[0] {
-				return a[0] < b[0]
+				return int(a[0]) - int(b[0])
 			}
 			a, b = a[1:], b[1:]
 			continue
@@ -270,13 +265,13 @@ func lessUTF16(a, b []byte) bool {
 		if ra != rb {
 			ua, ub := unitsOf(ra), unitsOf(rb)
 			if ua[0] != ub[0] {
-				return ua[0] < ub[0]
+				return int(ua[0] - ub[0])
 			}
-			return ua[1] < ub[1]
+			return int(ua[1] - ub[1])
 		}
 		a, b = a[na:], b[nb:]
 	}
-	return len(a) < len(b)
+	return len(a) - len(b)
 }
 
 // unitsOf returns the UTF-16 code units of r (the second is 0 for BMP).
