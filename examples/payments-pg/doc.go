@@ -30,7 +30,8 @@
 //     completed), and the retry replays the 201;
 //   - a newer executor took the key over (the lease expired): the fenced
 //     completion fails with ErrLeaseLost, the charge rolls back, and the
-//     handler answers 409.
+//     handler answers 503 (a status the middleware never stores); the retry
+//     gets the newer executor's answer.
 //
 // After the handler returns 201, the middleware calls Complete itself. The
 // store is built with pgxstore.Options.TxCompletion, so that call finds the

@@ -102,7 +102,7 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 	// The record key is RecordKey(scope, key) with the scope the middleware
 	// used: DefaultScope here, because handler() sets no Middleware.Scope.
 	// Keep the two in step; a wrong key fails the completion (ErrLeaseLost,
-	// 409) and charges nothing.
+	// 503) and charges nothing.
 	scope, err := idemhttp.DefaultScope(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -149,8 +149,12 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 	})
 	switch {
 	case errors.Is(err, idem.ErrLeaseLost):
+		// A newer attempt holds the key (or the record key is wrong). Answer
+		// a status the middleware does not store: its release is refused
+		// when a newer attempt holds the key, and the retry replays that
+		// attempt's answer.
 		w.Header().Set("Retry-After", "1")
-		http.Error(w, "a newer attempt with this key is running", http.StatusConflict)
+		http.Error(w, "a newer attempt with this key is running", http.StatusServiceUnavailable)
 		return
 	case err != nil:
 		// 5xx: the middleware releases the record (or, if the commit did
