@@ -3,6 +3,7 @@ package filestore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"time"
 
@@ -94,7 +95,7 @@ func (s *Store) lead(self *op) {
 			o.err = ErrClosed
 		}
 	} else {
-		s.commit(batch)
+		s.safeCommit(batch)
 	}
 	for _, o := range batch {
 		if o != self {
@@ -110,6 +111,22 @@ func (s *Store) lead(self *op) {
 	}
 	s.busy = false
 	s.qmu.Unlock()
+}
+
+// safeCommit is commit, except that a panic inside it (a bug) fails the
+// batch instead of unwinding the leader, which would strand the writers
+// queued behind it and stop every later write. bbolt has rolled the
+// transaction back by then.
+func (s *Store) safeCommit(batch []*op) {
+	defer func() {
+		if p := recover(); p != nil {
+			err := fmt.Errorf("filestore: internal error in commit: %v", p)
+			for _, o := range batch {
+				o.err = err
+			}
+		}
+	}()
+	s.commit(batch)
 }
 
 // commit applies batch in one write transaction and syncs it.

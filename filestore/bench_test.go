@@ -20,7 +20,8 @@ func BenchmarkStore(b *testing.B) {
 // BenchmarkDurablePairs measures first executions as the proxy makes them:
 // exactly conc goroutines each Begin a new key and Complete it with a small
 // result, every call synced to disk unless NoSync. It reports pairs/s (one
-// pair = two durable writes) and the writes each commit carried.
+// pair = two durable writes), the process CPU time per pair (cpu-ns/op,
+// meaningful on a shared machine), and the writes each commit carried.
 func BenchmarkDurablePairs(b *testing.B) {
 	for _, c := range []struct {
 		name string
@@ -41,6 +42,7 @@ func BenchmarkDurablePairs(b *testing.B) {
 			var wg sync.WaitGroup
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := cpuTime()
 			for range c.conc {
 				wg.Go(func() {
 					ctx := context.Background()
@@ -65,6 +67,9 @@ func BenchmarkDurablePairs(b *testing.B) {
 				})
 			}
 			wg.Wait()
+			if cpu := cpuTime() - cpu0; cpu > 0 {
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
 			if n := s.commits.Load(); n > 0 {
 				b.ReportMetric(float64(2*b.N)/float64(n), "writes/commit")

@@ -81,13 +81,14 @@ func (g *groupCommitter) put(k, v []byte) error {
 }
 
 // runPairs runs b.N begin+complete pairs from 32 goroutines and reports
-// pairs/s and writes per commit.
+// pairs/s, process CPU time per pair and writes per commit.
 func runPairs(b *testing.B, g *groupCommitter) {
 	var seq atomic.Int64
 	begin := make([]byte, 80)
 	done := make([]byte, 300)
 	b.SetParallelism(32 / runtime.GOMAXPROCS(0))
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			k := []byte(fmt.Sprintf("7:tenant1key-%d", seq.Add(1)))
@@ -101,6 +102,9 @@ func runPairs(b *testing.B, g *groupCommitter) {
 			}
 		}
 	})
+	if cpu := cpuTime() - cpu0; cpu > 0 {
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
 	b.ReportMetric(float64(2*b.N)/float64(g.commits.Load()), "writes/commit")
 }

@@ -414,3 +414,29 @@ func TestInvalidInput(t *testing.T) {
 	mustBegin(t, s, k, nil, time.Hour, idem.Acquired)
 	mustBegin(t, s, k, []byte{}, time.Hour, idem.InFlight)
 }
+
+// TestCommitPanic checks that a panic inside a commit fails that batch only:
+// the writers queued behind it and later writes still go through.
+func TestCommitPanic(t *testing.T) {
+	s := open(t, Options{NoSync: true})
+	ctx := context.Background()
+	err := s.write(ctx, func(w *wtx) error {
+		if err := w.put([]byte("half"), &record{state: idem.StateInProgress, fence: 1, fp: []byte{}, result: []byte{}}, true); err != nil {
+			return err
+		}
+		panic("boom")
+	})
+	if err == nil {
+		t.Fatal("a panicking commit reported success")
+	}
+	if _, ok, err := s.Get(ctx, "half"); ok || err != nil {
+		t.Fatalf("the panicking commit's write is visible: %v, %v", ok, err)
+	}
+	if s.Len() != 0 {
+		t.Fatalf("Len after a rolled-back commit = %d", s.Len())
+	}
+	b := mustBegin(t, s, "after", fp1, time.Hour, idem.Acquired)
+	if err := s.Complete(ctx, "after", b.Fence, []byte("ok"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+}
