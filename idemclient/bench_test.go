@@ -2,6 +2,7 @@ package idemclient
 
 import (
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -115,4 +116,50 @@ func BenchmarkLoopback(b *testing.B) {
 	}
 	b.Run("bare", func(b *testing.B) { run(b, base) })
 	b.Run("transport", func(b *testing.B) { run(b, &Transport{Base: base}) })
+}
+
+var (
+	sinkTime    time.Time
+	sinkRequest *keyedRequest
+	sinkHeader  http.Header
+)
+
+// BenchmarkCostParts measures, one by one, the steps that make up the
+// overhead of adding a key, to explain the post-new-key figure.
+func BenchmarkCostParts(b *testing.B) {
+	req := benchRequest(b, http.MethodPost, "http://api.test/charges")
+	b.Run("time.Now", func(b *testing.B) {
+		c0 := cpuTime()
+		for b.Loop() {
+			sinkTime = time.Now()
+		}
+		reportCPU(b, c0)
+	})
+	b.Run("uuid-from-crypto-rand", func(b *testing.B) {
+		var r [16]byte
+		var s [36]byte
+		c0 := cpuTime()
+		for b.Loop() {
+			newKey(&r, &s)
+		}
+		reportCPU(b, c0)
+	})
+	b.Run("request-copy", func(b *testing.B) {
+		b.ReportAllocs()
+		c0 := cpuTime()
+		for b.Loop() {
+			sinkRequest = &keyedRequest{req: *req}
+		}
+		reportCPU(b, c0)
+	})
+	b.Run("header-clone", func(b *testing.B) {
+		b.ReportAllocs()
+		c0 := cpuTime()
+		for b.Loop() {
+			h := maps.Clone(req.Header)
+			h[DefaultHeader] = nil
+			sinkHeader = h
+		}
+		reportCPU(b, c0)
+	})
 }
