@@ -687,3 +687,45 @@ func TestHandlerGetsBody(t *testing.T) {
 		t.Errorf("handler saw: %q", raw)
 	}
 }
+
+// TestTooLargeChunked: a chunked body over MaxBody is refused with 413 and
+// the handler does not run, also when an outer http.MaxBytesReader is the
+// one that trips.
+func TestTooLargeChunked(t *testing.T) {
+	t.Parallel()
+	k, _ := newKeeper(0)
+	var calls atomic.Int64
+	h := (&idemhttp.Middleware{Keeper: k, MaxBody: 16}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+	}))
+	outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/limited" {
+			r.Body = http.MaxBytesReader(w, r.Body, 4)
+		}
+		h.ServeHTTP(w, r)
+	})
+	srv := httptest.NewServer(outer)
+	defer srv.Close()
+	for _, c := range []struct {
+		path, chunks string
+		want         int
+	}{
+		{"/pay", "11\r\n0123456789abcdefg\r\n0\r\n\r\n", 413}, // 17 bytes
+		{"/pay", "10\r\n0123456789abcdef\r\n0\r\n\r\n", 200},  // 16 bytes
+		{"/limited", "5\r\n01234\r\n0\r\n\r\n", 413},
+	} {
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k%d\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n%s", c.path, len(c.chunks), c.chunks)
+		raw, _ := io.ReadAll(conn)
+		conn.Close()
+		if !strings.HasPrefix(string(raw), fmt.Sprintf("HTTP/1.1 %d ", c.want)) {
+			t.Errorf("%s %q: %.120q", c.path, c.chunks, raw)
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+}
