@@ -13,7 +13,8 @@
 # postgresql package is installed with apt-get. PostgreSQL refuses to run as
 # root, so as root the server runs as the "postgres" user (created if
 # missing). Only the export line goes to stdout; logs go to stderr.
-# start is idempotent: a running cluster is reused.
+# start is idempotent: a running cluster is reused, also one started from
+# another service directory on the same port (which stop then leaves alone).
 set -euo pipefail
 
 PORT="${IDEM_PG_PORT:-15432}"
@@ -120,8 +121,21 @@ start() {
 	bin="$(ensure_binaries)"
 	BIN="$bin"
 	pick_user
-	dir="$(cluster_dir)"
-	if [ -f "$dir/data/PG_VERSION" ] && run_as "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+	local svc
+	svc="$(svc_dir)"
+	if [ ! -f "$svc/pg.path" ] && [ ! -f "$svc/pg/data/PG_VERSION" ] &&
+		client psql -h 127.0.0.1 -p "$PORT" -U "$PGUSER_NAME" -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; then
+		# Another service directory's cluster already serves this port (and
+		# trusts us): share it rather than fail to bind. Our stop leaves it.
+		log "a server on 127.0.0.1:$PORT accepts $PGUSER_NAME already; reusing it"
+		: >"$svc/pg.external"
+		dir=""
+	else
+		dir="$(cluster_dir)"
+	fi
+	if [ -z "$dir" ]; then
+		:
+	elif [ -f "$dir/data/PG_VERSION" ] && run_as "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
 		log "reusing running cluster in $dir"
 	else
 		if [ ! -f "$dir/data/PG_VERSION" ]; then
@@ -154,6 +168,11 @@ stop() {
 	svc="$(svc_dir)"
 	if ! bin="$(find_bindir)"; then
 		log "no PostgreSQL binaries; nothing to stop"
+		return 0
+	fi
+	if [ -f "$svc/pg.external" ]; then
+		rm -f "$svc/pg.external"
+		log "the cluster on port $PORT belongs to another service directory; left running"
 		return 0
 	fi
 	pick_user
