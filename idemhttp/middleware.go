@@ -696,6 +696,9 @@ func startRenewal(l *idem.Lease, k *idem.Keeper) *renewal {
 	if lease <= 0 {
 		lease = idem.DefaultLease
 	}
+	if lease/3 <= 0 {
+		return nil // a lease of under 3 ns cannot be renewed (and would panic time.NewTicker)
+	}
 	rn := &renewal{lease: l, every: lease / 3}
 	rn.timer = time.AfterFunc(rn.every, rn.fire)
 	return rn
