@@ -7,7 +7,8 @@ import "context"
 // with a lease expired more than Options.AbandonAfter ago) and at most
 // Options.SweepBatch claims older than Options.ClaimRetention, each in one
 // short DELETE that skips rows locked by live traffic. It reports how many
-// rows it deleted; fewer than 2×SweepBatch means the backlog is drained.
+// rows it deleted in all; a total below SweepBatch means both tables are
+// drained (of rows not locked at the time).
 func (s *Store) DeleteExpired(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, opErr("sweep", err)
