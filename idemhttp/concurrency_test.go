@@ -205,20 +205,38 @@ func TestFlushStreamsBeforeHandlerEnds(t *testing.T) {
 	})
 	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
 	defer srv.Close()
+	defer srv.Client().CloseIdleConnections()
 
-	rq, _ := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader("x"))
-	rq.Header.Set("Idempotency-Key", "stream")
-	resp, err := srv.Client().Do(rq)
-	if err != nil {
-		t.Fatal(err)
+	type result struct {
+		resp *http.Response
+		err  error
 	}
-	buf := make([]byte, 6)
-	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "part1;" {
-		t.Fatalf("first chunk %q, %v", buf, err)
+	got := make(chan result, 1)
+	go func() {
+		rq, _ := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader("x"))
+		rq.Header.Set("Idempotency-Key", "stream")
+		resp, err := srv.Client().Do(rq)
+		if err == nil {
+			buf := make([]byte, 6)
+			if _, err = io.ReadFull(resp.Body, buf); err == nil && string(buf) != "part1;" {
+				err = fmt.Errorf("first chunk %q", buf)
+			}
+		}
+		got <- result{resp, err}
+	}()
+	var res result
+	select {
+	case res = <-got:
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("the flushed part did not reach the client while the handler ran")
 	}
-	close(release) // the handler only ends after the client saw part1
-	rest, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	close(release) // the handler ends only after the client saw part1
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	rest, _ := io.ReadAll(res.resp.Body)
+	res.resp.Body.Close()
 	if string(rest) != "part2" {
 		t.Fatalf("rest %q", rest)
 	}
@@ -226,7 +244,6 @@ func TestFlushStreamsBeforeHandlerEnds(t *testing.T) {
 	if !r.replayed() || string(r.body) != "part1;part2" {
 		t.Errorf("replay %q replayed=%v", r.body, r.replayed())
 	}
-	srv.Client().CloseIdleConnections()
 }
 
 func TestClientDisconnectStillCompletes(t *testing.T) {
