@@ -131,6 +131,10 @@ var (
 // and on the optional interfaces declared in f. Each check is a named
 // subtest; see the package documentation for the list and for what Run
 // assumes about the store.
+//
+// Most subtests call t.Parallel, so they run after the test function that
+// called Run has returned: release shared resources (clients, servers,
+// clocks) with t.Cleanup, not with defer.
 func Run(t *testing.T, newStore NewStore, f Features) {
 	t.Helper()
 	h := newHarness(newStore, f)
