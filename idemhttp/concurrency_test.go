@@ -57,8 +57,7 @@ func TestInFlightConflict(t *testing.T) {
 	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(g))
 	defer srv.Close()
 
-	first := make(chan *rawResp, 1)
-	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
 
 	r := send(t, srv, req{hdr: []string{key1}})
@@ -74,7 +73,7 @@ func TestInFlightConflict(t *testing.T) {
 		t.Errorf("different request in flight: %d", r.status)
 	}
 	close(g.release)
-	f := <-first
+	f := recv(t, first)
 	if f.status != http.StatusAccepted || string(f.body) != "call 1" {
 		t.Fatalf("first: %d %q", f.status, f.body)
 	}
@@ -94,14 +93,12 @@ func TestWaitModeReplays(t *testing.T) {
 	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: 10 * time.Second}).Handler(g))
 	defer srv.Close()
 
-	first := make(chan *rawResp, 1)
-	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
-	second := make(chan *rawResp, 1)
-	go func() { second <- send(t, srv, req{hdr: []string{key1}}) }()
+	second := goSend(t, srv, req{hdr: []string{key1}})
 	time.Sleep(20 * time.Millisecond) // let the duplicate start waiting
 	close(g.release)
-	f, s := <-first, <-second
+	f, s := recv(t, first), recv(t, second)
 	if !s.replayed() || s.wire() != f.wire() {
 		t.Errorf("waiting duplicate:\n%q\nwant replay of\n%q", s.raw, f.raw)
 	}
@@ -116,8 +113,7 @@ func TestWaitModeBoundGives409(t *testing.T) {
 	g := newGate()
 	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: 30 * time.Millisecond}).Handler(g))
 	defer srv.Close()
-	first := make(chan *rawResp, 1)
-	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
 	start := time.Now()
 	r := send(t, srv, req{hdr: []string{key1}})
@@ -125,7 +121,7 @@ func TestWaitModeBoundGives409(t *testing.T) {
 		t.Errorf("after the wait bound: %d after %v", r.status, time.Since(start))
 	}
 	close(g.release)
-	<-first
+	recv(t, first)
 }
 
 // TestConcurrentOneKey: 200 simultaneous requests with one key execute the
@@ -153,11 +149,19 @@ func TestConcurrentOneKey(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					<-startGun
-					res[i] = send(t, srv, req{hdr: []string{key1}, body: "same"})
+					r, err := sendErr(srv, req{hdr: []string{key1}, body: "same"})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					res[i] = r
 				}()
 			}
 			close(startGun)
 			wg.Wait()
+			if t.Failed() {
+				t.FailNow()
+			}
 			if c := calls.Load(); c != 1 {
 				t.Fatalf("handler ran %d times", c)
 			}
@@ -336,8 +340,7 @@ func TestLongHandlerRenewsLease(t *testing.T) {
 	g := newGate()
 	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(g))
 	defer srv.Close()
-	first := make(chan *rawResp, 1)
-	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
 	deadline := time.Now().Add(4 * lease)
 	for time.Now().Before(deadline) {
@@ -347,7 +350,7 @@ func TestLongHandlerRenewsLease(t *testing.T) {
 		}
 	}
 	close(g.release)
-	if f := <-first; f.status != http.StatusAccepted {
+	if f := recv(t, first); f.status != http.StatusAccepted {
 		t.Fatalf("first: %d", f.status)
 	}
 	if n := g.calls.Load(); n != 1 {
@@ -428,18 +431,16 @@ func TestStaleCompletionReported(t *testing.T) {
 	g := newGate()
 	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(g))
 	defer srv.Close()
-	first := make(chan *rawResp, 1)
-	go func() { first <- send(t, srv, req{hdr: []string{key1}}) }()
+	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
 	time.Sleep(lease + 20*time.Millisecond)
-	second := make(chan *rawResp, 1)
-	go func() { second <- send(t, srv, req{hdr: []string{key1}}) }() // takes over
+	second := goSend(t, srv, req{hdr: []string{key1}}) // takes over
 	waitStarted(t, g.started)
 	g.release <- struct{}{} // one of the two finishes
 	o1 := oc.next(t)
 	close(g.release)
 	o2 := oc.next(t)
-	f, sec := <-first, <-second
+	f, sec := recv(t, first), recv(t, second)
 	if f.status != http.StatusAccepted || sec.status != http.StatusAccepted {
 		t.Fatalf("answers %d %d", f.status, sec.status)
 	}

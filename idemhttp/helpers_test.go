@@ -92,18 +92,54 @@ func (q req) bytes() []byte {
 // send writes q on a fresh connection to srv and reads the whole answer.
 func send(t testing.TB, srv *httptest.Server, q req) *rawResp {
 	t.Helper()
-	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	r, err := sendErr(srv, q)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// goSend sends q from another goroutine; recv collects the answer.
+func goSend(t testing.TB, srv *httptest.Server, q req) <-chan *rawResp {
+	ch := make(chan *rawResp, 1)
+	go func() {
+		r, err := sendErr(srv, q)
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- r // nil on error
+	}()
+	return ch
+}
+
+// recv waits for an answer of goSend.
+func recv(t testing.TB, ch <-chan *rawResp) *rawResp {
+	t.Helper()
+	select {
+	case r := <-ch:
+		if r == nil {
+			t.FailNow()
+		}
+		return r
+	case <-time.After(15 * time.Second):
+		t.Fatal("no answer")
+		return nil
+	}
+}
+
+func sendErr(srv *httptest.Server, q req) (*rawResp, error) {
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		return nil, err
+	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 	if _, err := c.Write(q.bytes()); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	raw, err := io.ReadAll(c)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	br := bufio.NewReader(bytes.NewReader(raw))
 	resp, err := http.ReadResponse(br, nil)
@@ -111,13 +147,13 @@ func send(t testing.TB, srv *httptest.Server, q req) *rawResp {
 		resp, err = http.ReadResponse(br, nil) // skip informational answers
 	}
 	if err != nil {
-		t.Fatalf("parse response: %v\n%s", err, raw)
+		return nil, fmt.Errorf("parse response: %v\n%s", err, raw)
 	}
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return &rawResp{raw: raw, status: resp.StatusCode, header: resp.Header, body: body}
+	return &rawResp{raw: raw, status: resp.StatusCode, header: resp.Header, body: body}, nil
 }
 
 // app is the handler under test: it counts executions and answers per the
