@@ -44,7 +44,7 @@ type Options struct {
 
 	// Shards is the number of lock shards. If zero, a power of two near
 	// 4*GOMAXPROCS, at least 16, is used. Other values are rounded up to a
-	// power of two.
+	// power of two, and capped at 65536.
 	Shards int
 
 	// Abandon is how long an in-progress record is kept after its lease
@@ -118,6 +118,9 @@ type waitq struct {
 	n  int // waiters not yet woken
 }
 
+// maxShards caps Options.Shards.
+const maxShards = 1 << 16
+
 // New returns an empty Store configured by o. It starts no goroutines.
 func New(o Options) *Store {
 	now := o.Now // nil means time.Now; clock then reads only the monotonic clock
@@ -125,7 +128,7 @@ func New(o Options) *Store {
 	if n <= 0 {
 		n = max(16, 4*runtime.GOMAXPROCS(0))
 	}
-	n = 1 << bits.Len(uint(n-1)) // round up to a power of two
+	n = 1 << bits.Len(uint(min(n, maxShards)-1)) // round up to a power of two
 	abandon := o.Abandon
 	if abandon <= 0 {
 		abandon = idem.DefaultRetention

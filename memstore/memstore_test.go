@@ -583,3 +583,20 @@ func TestConcurrentChurn(t *testing.T) {
 	_, wasFull := full.Load(0)
 	t.Logf("store was full at times: %v", wasFull)
 }
+
+// TestShardCounts checks that any Shards value gives a working store.
+func TestShardCounts(t *testing.T) {
+	for _, n := range []int{-1, 0, 1, 3, 16, 17, 1 << 20} {
+		s := memstore.New(memstore.Options{Shards: n})
+		ctx := context.Background()
+		for i := range 100 {
+			k := string(appendInt(nil, i))
+			if b, err := s.Begin(ctx, k, nil, time.Minute); err != nil || b.Outcome != idem.Acquired {
+				t.Fatalf("Shards %d: Begin(%q) = %+v, %v", n, k, b, err)
+			}
+		}
+		if s.Len() != 100 {
+			t.Fatalf("Shards %d: Len = %d, want 100", n, s.Len())
+		}
+	}
+}
