@@ -271,9 +271,7 @@ func TestClientDisconnectStillCompletes(t *testing.T) {
 	if _, err := c.Write(req{hdr: []string{key1}}.bytes()); err != nil {
 		t.Fatal(err)
 	}
-	for calls.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, func() bool { return calls.Load() > 0 })
 	c.Close()
 	o := oc.next(t)
 	if o.Kind != idemhttp.OutcomeExecuted || !o.Stored || o.Status != http.StatusCreated {
@@ -484,9 +482,7 @@ func TestAbandonedRequestReleases(t *testing.T) {
 	if _, err := c.Write(req{hdr: []string{key1}}.bytes()); err != nil {
 		t.Fatal(err)
 	}
-	for calls.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, func() bool { return calls.Load() > 0 })
 	c.Close()
 	if o := oc.next(t); o.Kind != idemhttp.OutcomeExecuted || o.Stored || !errors.Is(o.Err, context.Canceled) {
 		t.Fatalf("outcome %+v", o)

@@ -230,3 +230,15 @@ func newKeeper(lease time.Duration) (*idem.Keeper, *memstore.Store) {
 type noExtend struct{ idem.Store }
 
 func newMem() *memstore.Store { return memstore.New(memstore.Options{}) }
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
