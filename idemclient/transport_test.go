@@ -1068,3 +1068,57 @@ func TestUnsendableKeysFailBeforeSending(t *testing.T) {
 		t.Fatalf("sent %q", got)
 	}
 }
+
+// errReader fails every Read.
+type errReader struct{ closed bool }
+
+func (r *errReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }
+func (r *errReader) Close() error             { r.closed = true; return nil }
+
+func TestBodyEdgeCases(t *testing.T) {
+	t.Parallel()
+	t.Run("unreadable body fails before sending", func(t *testing.T) {
+		t.Parallel()
+		srv := &fakeServer{replies: []reply{{status: 200}}}
+		tr, _ := newTestTransport(srv)
+		body := &errReader{}
+		req, _ := http.NewRequest(http.MethodPost, "http://example.test/x", body)
+		_, err := tr.RoundTrip(req)
+		var e *Error
+		if !errors.As(err, &e) || e.Attempts != 0 || e.Stop != nil || !strings.Contains(err.Error(), "disk on fire") {
+			t.Fatalf("err = %v", err)
+		}
+		if len(srv.attempts()) != 0 || !body.closed {
+			t.Fatalf("%d attempts, body closed %v", len(srv.attempts()), body.closed)
+		}
+	})
+	t.Run("failing GetBody stops retries", func(t *testing.T) {
+		t.Parallel()
+		srv := &fakeServer{replies: []reply{{status: 0}, {status: 200}}}
+		tr, _ := newTestTransport(srv)
+		req := mustPost(t)
+		boom := errors.New("cannot rewind")
+		req.GetBody = func() (io.ReadCloser, error) { return nil, boom }
+		_, err := tr.RoundTrip(req)
+		var e *Error
+		if !errors.Is(err, boom) || !errors.As(err, &e) || e.Attempts != 1 || len(srv.attempts()) != 1 {
+			t.Fatalf("err = %v, %d attempts", err, len(srv.attempts()))
+		}
+	})
+	t.Run("empty body without GetBody", func(t *testing.T) {
+		t.Parallel()
+		srv := &fakeServer{replies: []reply{{status: 503}, {status: 200}}}
+		tr, _ := newTestTransport(srv)
+		req, _ := http.NewRequest(http.MethodPost, "http://example.test/x", io.NopCloser(strings.NewReader("")))
+		req.Header = nil // a hand-built request may have no header map
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		got := srv.attempts()
+		if len(got) != 2 || got[0].body != "" || got[1].body != "" || len(got[1].key) != 1 {
+			t.Fatalf("attempts %+v", got)
+		}
+	})
+}
