@@ -79,7 +79,8 @@ type Middleware struct {
 
 	// Optional lets protected requests without a key pass through
 	// unprotected. If false (the default) they are answered 400
-	// idempotency-key-missing.
+	// idempotency-key-missing. An invalid key is answered 400
+	// idempotency-key-invalid either way.
 	Optional bool
 
 	// Header is the request header carrying the key. If empty,
