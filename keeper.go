@@ -159,7 +159,8 @@ type Lease struct {
 	start    time.Time
 
 	mu       sync.Mutex
-	finished bool           // Complete or Release was called
+	finished bool           // Complete, Release or MarkCompleted was called
+	external bool           // MarkCompleted: the caller completed the record
 	timer    *time.Timer    // renewal timer; nil until StartRenewal
 	every    time.Duration  // renewal period
 	extends  sync.WaitGroup // renewal extensions in progress
@@ -178,16 +179,56 @@ func (l *Lease) Fence() uint64 { return l.fence }
 // lease (the previous executor may have run partly or fully).
 func (l *Lease) Takeover() bool { return l.takeover }
 
-// Context returns ctx carrying the lease's fence (see FenceFromContext).
-func (l *Lease) Context(ctx context.Context) context.Context { return WithFence(ctx, l.fence) }
+// Retention returns how long the record is kept once completed: the
+// Keeper's retention. Callers that complete the record themselves (for
+// example pgxstore's CompleteTx) pass it to the store.
+func (l *Lease) Retention() time.Duration { return l.k.retention() }
+
+// Context returns ctx carrying the lease (see LeaseFromContext) and its
+// fence (see FenceFromContext).
+func (l *Lease) Context(ctx context.Context) context.Context {
+	return context.WithValue(WithFence(ctx, l.fence), leaseKey{}, l)
+}
+
+// leaseKey is the context key for the executing lease.
+type leaseKey struct{}
+
+// LeaseFromContext returns the lease the caller executes under, as put in
+// ctx by Lease.Context (idemhttp and Do do that for the code they run).
+func LeaseFromContext(ctx context.Context) (*Lease, bool) {
+	l, ok := ctx.Value(leaseKey{}).(*Lease)
+	return l, ok
+}
+
+// MarkCompleted records that the caller completed the record itself, in the
+// same database transaction as its business writes (pgxstore's CompleteTx),
+// and that the transaction committed. It stops renewal; a later Complete or
+// Release then does nothing and returns nil, so the layer that began the
+// lease (idemhttp, Do) does not complete the record a second time. Call it
+// only after the commit succeeded: if the transaction rolled back, let the
+// lease be released as usual.
+func (l *Lease) MarkCompleted() {
+	l.mu.Lock()
+	if l.finished {
+		l.mu.Unlock()
+		return
+	}
+	l.finished, l.external = true, true
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.mu.Unlock()
+	l.extends.Wait()
+	l.k.observe(context.Background(), Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: "complete", Duration: time.Since(l.start)})
+}
 
 // Complete stores result and ends the lease. It returns ErrLeaseLost
 // (wrapped) when the lease was taken over; the record is then untouched.
 // Complete stops renewal first. Calling Complete or Release again returns an
-// error and does nothing.
+// error and does nothing; after MarkCompleted it returns nil.
 func (l *Lease) Complete(ctx context.Context, result []byte) error {
 	if err := l.finish(); err != nil {
-		return err
+		return l.ignoreIfMarked(err)
 	}
 	start := time.Now()
 	err := l.k.Store.Complete(ctx, l.key, l.fence, result, l.k.retention())
@@ -200,9 +241,10 @@ func (l *Lease) Complete(ctx context.Context, result []byte) error {
 
 // Release removes the record so that the next Begin executes, and ends the
 // lease. It returns ErrLeaseLost (wrapped) when the lease was taken over.
+// After MarkCompleted it does nothing and returns nil.
 func (l *Lease) Release(ctx context.Context) error {
 	if err := l.finish(); err != nil {
-		return err
+		return l.ignoreIfMarked(err)
 	}
 	start := time.Now()
 	err := l.k.Store.Release(ctx, l.key, l.fence)
@@ -215,6 +257,16 @@ func (l *Lease) Release(ctx context.Context) error {
 
 // errFinished is returned by a second Complete or Release.
 var errFinished = errors.New("idem: lease already completed or released")
+
+// ignoreIfMarked turns errFinished into nil after MarkCompleted.
+func (l *Lease) ignoreIfMarked(err error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.external {
+		return nil
+	}
+	return err
+}
 
 func (l *Lease) finish() error {
 	l.mu.Lock()

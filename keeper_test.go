@@ -376,3 +376,48 @@ func TestBeginWait(t *testing.T) {
 		})
 	}
 }
+
+func TestMarkCompleted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := memstore.New(memstore.Options{})
+	obs := &recorder{}
+	k := &idem.Keeper{Store: st, Lease: time.Minute, Retention: time.Hour, Observer: obs}
+	a, err := k.Begin(ctx, "s", "tx", []byte("fp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lctx := a.Lease.Context(ctx)
+	l, ok := idem.LeaseFromContext(lctx)
+	if !ok || l != a.Lease || l.Retention() != time.Hour || l.Key() != idem.RecordKey("s", "tx") {
+		t.Fatalf("LeaseFromContext = %v, %v", l, ok)
+	}
+	if f, ok := idem.FenceFromContext(lctx); !ok || f != l.Fence() {
+		t.Fatalf("FenceFromContext = %d, %v", f, ok)
+	}
+	// The caller completes the record itself (as in a database transaction).
+	if err := st.Complete(ctx, l.Key(), l.Fence(), []byte("in-tx"), l.Retention()); err != nil {
+		t.Fatal(err)
+	}
+	l.StartRenewal()
+	l.MarkCompleted()
+	if err := l.Complete(ctx, []byte("outer")); err != nil {
+		t.Fatalf("Complete after MarkCompleted = %v, want nil", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("Release after MarkCompleted = %v, want nil", err)
+	}
+	r, err := k.Begin(ctx, "s", "tx", []byte("fp"))
+	if err != nil || string(r.Result) != "in-tx" {
+		t.Fatalf("replay = %q, %v; want the in-transaction result", r.Result, err)
+	}
+	if obs.count(idem.EventExecuted) != 1 {
+		t.Fatalf("executed events = %d, want 1", obs.count(idem.EventExecuted))
+	}
+	// Without MarkCompleted a second Complete is an error.
+	b, _ := k.Begin(ctx, "s", "plain", nil)
+	_ = b.Lease.Complete(ctx, nil)
+	if err := b.Lease.Complete(ctx, nil); err == nil {
+		t.Fatal("second Complete without MarkCompleted returned nil")
+	}
+}
