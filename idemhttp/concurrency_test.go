@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/memstore"
 )
 
 // gate is a handler that counts executions, reports when it started, and
@@ -741,5 +743,88 @@ func TestTooLargeChunked(t *testing.T) {
 	}
 	if n := calls.Load(); n != 1 {
 		t.Errorf("handler ran %d times, want 1", n)
+	}
+}
+
+// flakyStore fails the first Complete or Release with ErrStoreUnavailable,
+// after applying it (applied) or not.
+type flakyStore struct {
+	*memstore.Store
+	applied bool
+	fails   atomic.Int64
+}
+
+func (s *flakyStore) Complete(ctx context.Context, key string, fence uint64, result []byte, ret time.Duration) error {
+	if s.fails.Add(1) == 1 {
+		if s.applied {
+			if err := s.Store.Complete(ctx, key, fence, result, ret); err != nil {
+				return err
+			}
+		}
+		return fmt.Errorf("reply lost: %w", idem.ErrStoreUnavailable)
+	}
+	return s.Store.Complete(ctx, key, fence, result, ret)
+}
+
+func (s *flakyStore) Release(ctx context.Context, key string, fence uint64) error {
+	if s.fails.Add(1) == 1 {
+		if s.applied {
+			if err := s.Store.Release(ctx, key, fence); err != nil {
+				return err
+			}
+		}
+		return fmt.Errorf("reply lost: %w", idem.ErrStoreUnavailable)
+	}
+	return s.Store.Release(ctx, key, fence)
+}
+
+// TestCompletionRetriedAfterStoreFailure: a completion or release that fails
+// with a store error is retried (fenced, so safely), so a brief outage does
+// not leave the record in progress (which would make the next retry execute
+// the handler again after the lease).
+func TestCompletionRetriedAfterStoreFailure(t *testing.T) {
+	t.Parallel()
+	for _, applied := range []bool{false, true} {
+		for _, status := range []int{201, 500} {
+			t.Run(fmt.Sprintf("applied=%v/status=%d", applied, status), func(t *testing.T) {
+				st := &flakyStore{Store: newMem(), applied: applied}
+				var events []idem.EventKind
+				var mu sync.Mutex
+				k := &idem.Keeper{Store: st, Observer: idem.ObserverFunc(func(_ context.Context, e idem.Event) {
+					mu.Lock()
+					events = append(events, e.Kind)
+					mu.Unlock()
+				})}
+				oc := newOutcomes()
+				a := &app{}
+				srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(a))
+				defer srv.Close()
+				q := req{hdr: []string{key1, "X-Status: " + strconv.Itoa(status)}}
+				send(t, srv, q)
+				o := oc.next(t)
+				if o.Err != nil || o.Stored != (status == 201) {
+					t.Fatalf("outcome %+v", o)
+				}
+				if st.fails.Load() < 2 {
+					t.Fatalf("store called %d times", st.fails.Load())
+				}
+				rec, ok, _ := st.Get(context.Background(), idem.RecordKey("", "k1"))
+				switch {
+				case status == 201 && (!ok || rec.State != idem.StateCompleted):
+					t.Errorf("record not completed: %+v", rec)
+				case status == 500 && ok:
+					t.Errorf("record not released: %+v", rec)
+				}
+				r := send(t, srv, q)
+				if status == 201 && (!r.replayed() || a.calls.Load() != 1) || status == 500 && (r.replayed() || a.calls.Load() != 2) {
+					t.Errorf("retry: replayed=%v calls=%d", r.replayed(), a.calls.Load())
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if !slices.Contains(events, idem.EventStoreError) {
+					t.Errorf("the failed attempt was not observed: %v", events)
+				}
+			})
+		}
 	}
 }

@@ -47,7 +47,10 @@
 // so that a retry executes.
 // Middleware.Stored changes the policy. The record is completed or
 // released by a store call detached from the request's context (bounded by
-// CompleteTimeout), so a client that disconnects does not prevent it.
+// CompleteTimeout), so a client that disconnects does not prevent it; a
+// store failure there is retried within that bound (the step is fenced, so
+// a retry is safe), because a record left in progress would let the next
+// retry execute the handler again once the lease expires.
 //
 // The status and headers are snapshotted when the handler writes the
 // status (or returns without writing: an implicit 200 with an empty body).

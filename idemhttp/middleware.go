@@ -146,9 +146,10 @@ type Middleware struct {
 	FailOpen bool
 
 	// CompleteTimeout bounds the store call that completes or releases the
-	// record after the handler returns. That call is detached from the
-	// request's context, so it happens even when the client has gone.
-	// If 0, DefaultCompleteTimeout (10 s).
+	// record after the handler returns, including its retries after store
+	// failures. That call is detached from the request's context, so it
+	// happens even when the client has gone. If 0, DefaultCompleteTimeout
+	// (10 s).
 	CompleteTimeout time.Duration
 
 	// OnOutcome, if set, is called once per request that reaches the
@@ -518,7 +519,7 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		// record so a retry executes, and let the panic continue.
 		rn.stop()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
-		err := lease.Release(ctx)
+		err := h.finish(ctx, lease, nil, false)
 		cancel()
 		h.report(r, Outcome{Kind: OutcomePanic, Fence: lease.Fence(), Takeover: lease.Takeover(), Err: err})
 	}()
@@ -545,10 +546,10 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		if c.omit {
 			result[1] |= flagOmitted
 		}
-		o.Err = lease.Complete(ctx, result)
+		o.Err = h.finish(ctx, lease, result, true)
 		o.Stored = o.Err == nil
 	} else {
-		o.Err = lease.Release(ctx)
+		o.Err = h.finish(ctx, lease, nil, false)
 		if abandoned && o.Err == nil {
 			if c.hijacked {
 				o.Err = errHijacked
@@ -560,6 +561,74 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 	cancel()
 	c.free()
 	h.report(r, o)
+}
+
+// finish completes the record with result (complete) or releases it. A
+// store failure (idem.ErrStoreUnavailable: a transport error, after which
+// the step may or may not have been applied) is retried with backoff until
+// ctx (CompleteTimeout) ends: a completion lost to a brief store outage
+// would otherwise leave the record in progress until its lease expires, and
+// the next retry would execute the handler a second time. Retrying is safe
+// because the store step is fenced. A retry refused with idem.ErrLeaseLost
+// may mean the failed attempt was in fact applied; when the store is an
+// idem.Inspector the record is read to tell.
+func (h *handler) finish(ctx context.Context, lease *idem.Lease, result []byte, complete bool) error {
+	var err error
+	if complete {
+		err = lease.Complete(ctx, result)
+	} else {
+		err = lease.Release(ctx)
+	}
+	first := err
+	st := h.keeper.Store
+	backoff := 5 * time.Millisecond
+	for err != nil && errors.Is(err, idem.ErrStoreUnavailable) {
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return first
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+		if complete {
+			err = st.Complete(ctx, lease.Key(), lease.Fence(), result, h.retention())
+		} else {
+			err = st.Release(ctx, lease.Key(), lease.Fence())
+		}
+		if errors.Is(err, idem.ErrLeaseLost) {
+			if h.applied(ctx, lease, complete) {
+				return nil
+			}
+			return first
+		}
+	}
+	return err
+}
+
+// applied reports whether the store shows lease's step as done: the record
+// completed under lease's fence, or gone after a release.
+func (h *handler) applied(ctx context.Context, lease *idem.Lease, complete bool) bool {
+	in, ok := h.keeper.Store.(idem.Inspector)
+	if !ok {
+		return false
+	}
+	rec, found, err := in.Get(ctx, lease.Key())
+	if err != nil {
+		return false
+	}
+	if complete {
+		return found && rec.State == idem.StateCompleted && rec.Fence == lease.Fence()
+	}
+	return !found || rec.Fence != lease.Fence()
+}
+
+// retention is the Keeper's retention (idem.Keeper applies the same default).
+func (h *handler) retention() time.Duration {
+	if h.keeper.Retention > 0 {
+		return h.keeper.Retention
+	}
+	return idem.DefaultRetention
 }
 
 // denied reports whether a header is never stored: the deny set, and
