@@ -76,7 +76,11 @@ const drainLimit = 64 << 10
 //   - An error from Base (connection refused or reset, a timeout, a
 //     connection closed before the response arrived): the request may or may
 //     not have reached the server, and the key makes a second try safe.
-//     Context errors and TLS certificate errors are not retried.
+//     Errors once the request context is done, and TLS certificate errors,
+//     are not retried. For a
+//     per-attempt time limit, set the base http.Transport's
+//     ResponseHeaderTimeout (and a dial timeout): an attempt that runs into
+//     it is retried, while the request context bounds the whole call.
 //   - 409 Conflict with a Retry-After header, only for a request carrying a
 //     key: a duplicate of that key is still in flight on the server (idemhttp
 //     answers so). A 409 without Retry-After is a business conflict and is
@@ -549,12 +553,11 @@ func idempotent(m string) bool {
 }
 
 // retryableError reports whether an error from the base transport may be
-// retried: everything except context and certificate errors, which another
-// attempt would only repeat.
+// retried: everything except certificate errors, which another attempt would
+// only repeat. (Whether the request's context is done is checked apart: a
+// timeout of the base transport, such as ResponseHeaderTimeout or a dial
+// timeout, matches context.DeadlineExceeded too, and is retried.)
 func retryableError(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
 	var (
 		verr *tls.CertificateVerificationError
 		uerr x509.UnknownAuthorityError

@@ -785,14 +785,17 @@ func TestNoRetryAfterContextDone(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || n.Load() != 1 || len(*waits) != 0 {
 		t.Fatalf("err = %v, %d attempts, %d waits; want Canceled, 1, 0", err, n.Load(), len(*waits))
 	}
-	// Base errors that are context errors are never retried either.
+	// A base transport's own timeout (which matches
+	// context.DeadlineExceeded, as net/http's do) is retried while the
+	// request's context is alive.
 	n.Store(0)
 	base2 := roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		n.Add(1)
 		return nil, fmt.Errorf("dial: %w", context.DeadlineExceeded)
 	})
 	tr2, _ := newTestTransport(base2)
-	if _, err := tr2.RoundTrip(mustPost(t)); !errors.Is(err, context.DeadlineExceeded) || n.Load() != 1 {
+	tr2.MaxAttempts = 2
+	if _, err := tr2.RoundTrip(mustPost(t)); !errors.Is(err, ErrAttemptsExhausted) || n.Load() != 2 {
 		t.Fatalf("err = %v after %d attempts", err, n.Load())
 	}
 }
@@ -1121,4 +1124,49 @@ func TestBodyEdgeCases(t *testing.T) {
 			t.Fatalf("attempts %+v", got)
 		}
 	})
+}
+
+// TestBaseTimeoutRetried: an attempt that hangs past the base transport's
+// ResponseHeaderTimeout is retried with the same key.
+func TestBaseTimeoutRetried(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var n atomic.Int32
+	var keys sync.Map
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		keys.Store(r.Header.Get(DefaultHeader), true)
+		if n.Add(1) == 1 {
+			<-release // the first attempt hangs
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	defer srv.Close()
+	defer close(release)
+	base := &http.Transport{ResponseHeaderTimeout: 50 * time.Millisecond}
+	defer base.CloseIdleConnections()
+	var errs []error
+	tr := &Transport{Base: base, BaseDelay: time.Millisecond, OnAttempt: func(a Attempt) {
+		if a.Err != nil {
+			errs = append(errs, a.Err)
+		}
+	}}
+	resp, err := tr.RoundTrip(mustPostTo(t, srv.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	count := 0
+	keys.Range(func(any, any) bool { count++; return true })
+	var ne net.Error
+	if resp.StatusCode != 201 || n.Load() != 2 || count != 1 || len(errs) != 1 || !errors.As(errs[0], &ne) || !ne.Timeout() {
+		t.Fatalf("status %d after %d server hits with %d keys; attempt errors %v", resp.StatusCode, n.Load(), count, errs)
+	}
+}
+
+func mustPostTo(t testing.TB, url string) *http.Request {
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
 }
