@@ -37,11 +37,15 @@
 // retry executes once. If Complete reports ErrLeaseLost, a newer executor
 // holds the key: roll the business transaction back.
 //
-// A wrapper that completes the record itself after the handler returns
-// (idemhttp does) would then find it already completed; build the store
-// with Options.TxCompletion so that this second Complete, under the same
-// fence, succeeds without changing the record. examples/payments-pg shows
-// the whole shape with idemhttp, and docs/postgres.md discusses it.
+// After the commit, call idem.Lease.MarkCompleted on the executing lease
+// (idem.LeaseFromContext finds it in the context idemhttp and idem.Do give
+// the handler; its Key, Fence and Retention are the arguments to pass to
+// CompleteTx). The wrapper's own later Complete or Release then does
+// nothing and returns nil. Without it, that second Complete is refused with
+// idem.ErrLeaseLost: the store never completes a record twice (SPEC §2).
+// If the transaction did not commit, do not call MarkCompleted; the lease is
+// released as usual. examples/payments-pg shows the whole shape with
+// idemhttp, and docs/postgres.md discusses it.
 //
 // # Processed-events claims
 //

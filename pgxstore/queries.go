@@ -5,10 +5,10 @@ import "strings"
 // queries holds the SQL text of every statement, with the quoted table names
 // substituted once by New.
 type queries struct {
-	begin, complete, completeTx string
-	release, extend, get        string
-	sweepRecords, sweepClaims   string
-	claim, claimBatch           string
+	begin, complete           string
+	release, extend, get      string
+	sweepRecords, sweepClaims string
+	claim, claimBatch         string
 }
 
 // Record states as stored in the state column.
@@ -73,18 +73,6 @@ WHERE r.key = $1::bytea AND NOT EXISTS (SELECT 1 FROM up)`
 	completeSQL = `UPDATE @records SET state = 2, result = $3::bytea,
 	expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond'
 WHERE key = $1::bytea AND fence = $2::bigint AND state = 1`
-
-	// completeTxSQL: completeSQL for Options.TxCompletion: true when this
-	// statement completed the record, or when it was already completed under
-	// the same fence (by the executor's own transaction).
-	completeTxSQL = `WITH up AS (
-	UPDATE @records SET state = 2, result = $3::bytea,
-		expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond'
-	WHERE key = $1::bytea AND fence = $2::bigint AND state = 1
-	RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM up)
-	OR EXISTS (SELECT 1 FROM @records WHERE key = $1::bytea AND fence = $2::bigint AND state = 2)`
 
 	// releaseSQL: $1 key, $2 fence.
 	releaseSQL = `DELETE FROM @records WHERE key = $1::bytea AND fence = $2::bigint AND state = 1`
@@ -151,7 +139,6 @@ func buildQueries(records, claims string) queries {
 	return queries{
 		begin:        r.Replace(beginSQL),
 		complete:     r.Replace(completeSQL),
-		completeTx:   r.Replace(completeTxSQL),
 		release:      r.Replace(releaseSQL),
 		extend:       r.Replace(extendSQL),
 		get:          r.Replace(getSQL),

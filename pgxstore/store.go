@@ -62,19 +62,6 @@ type Options struct {
 	// still succeeds and the next Begin takes it over with fence+1. If zero,
 	// DefaultAbandonAfter (24 h) is used.
 	AbandonAfter time.Duration
-	// TxCompletion makes Complete succeed, changing nothing, when the record
-	// is already completed under the same fence. Set it when executors
-	// complete their records inside their own business transactions (With,
-	// CompleteTx) and a wrapper such as idemhttp calls Complete again after
-	// the handler returns: that second call then reports success instead of
-	// ErrLeaseLost, and the result stored in the transaction stands. Fences
-	// never repeat for a key, so a record completed under fence was
-	// completed by the executor holding fence. Stale fences still get
-	// ErrLeaseLost. If false (the default), Complete follows SPEC §2
-	// strictly: a completed record is never completed again. With it set,
-	// the store deliberately departs from that one rule of the storetest
-	// contract (Fencing: "complete after complete" is refused).
-	TxCompletion bool
 	// SweepBatch bounds the rows one DeleteExpired statement removes from
 	// each table, so retention never runs as one huge delete. If zero,
 	// DefaultSweepBatch (1000) is used.
@@ -144,13 +131,18 @@ func (s *Store) Options() Options { return s.opts }
 // completes its idempotency record in the same transaction as its business
 // writes, so that both commit or neither does:
 //
+//	lease, _ := idem.LeaseFromContext(ctx) // or Keeper.Begin's Attempt.Lease
 //	tx, _ := pool.Begin(ctx)
 //	defer tx.Rollback(ctx)
 //	_, _ = tx.Exec(ctx, "INSERT INTO charges …")
-//	if err := store.With(tx).Complete(ctx, key, fence, result, retention); err != nil {
+//	err := store.With(tx).Complete(ctx, lease.Key(), lease.Fence(), result, lease.Retention())
+//	if err != nil {
 //		return err // ErrLeaseLost: a newer executor holds the key; roll back
 //	}
-//	return tx.Commit(ctx)
+//	if err := tx.Commit(ctx); err != nil {
+//		return err // the lease is released as usual
+//	}
+//	lease.MarkCompleted() // the layer that began the lease must not complete it again
 //
 // The returned Store is as safe for concurrent use as db is.
 func (s *Store) With(db DBTX) *Store {
@@ -161,7 +153,10 @@ func (s *Store) With(db DBTX) *Store {
 
 // CompleteTx is s.With(tx).Complete(ctx, key, fence, result, retention): it
 // completes the record inside tx, so the completion commits or rolls back
-// with tx.
+// with tx. Once tx has committed, call the lease's idem.Lease.MarkCompleted,
+// so that the layer that began the lease (idemhttp, idem.Do) does not
+// complete the record a second time: the store refuses that second Complete
+// with ErrLeaseLost, as SPEC §2 requires.
 func (s *Store) CompleteTx(ctx context.Context, tx DBTX, key string, fence uint64, result []byte, retention time.Duration) error {
 	return s.With(tx).Complete(ctx, key, fence, result, retention)
 }
@@ -232,25 +227,14 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 // Complete stores result for the in-progress record held by fence, marks it
 // completed and keeps it for retention from now (database clock), in one
 // UPDATE. Otherwise it returns ErrLeaseLost and changes nothing; this
-// includes a record already completed, even with the same fence, unless
-// Options.TxCompletion is set.
+// includes a record already completed, even under the same fence (SPEC §2:
+// complete after complete is refused).
 func (s *Store) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
 	if err := check(ctx, key); err != nil {
 		return opErr("complete", err)
 	}
 	if result == nil {
 		result = []byte{}
-	}
-	if s.opts.TxCompletion {
-		var ok bool
-		err := s.db.QueryRow(ctx, s.q.completeTx, []byte(key), int64(fence), result, micros(retention)).Scan(&ok)
-		if err != nil {
-			return s.fail(ctx, "complete", err)
-		}
-		if !ok {
-			return opErr("complete", idem.ErrLeaseLost)
-		}
-		return nil
 	}
 	tag, err := s.db.Exec(ctx, s.q.complete, []byte(key), int64(fence), result, micros(retention))
 	if err != nil {

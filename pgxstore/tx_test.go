@@ -226,42 +226,154 @@ func TestSameTransactionCompletion(t *testing.T) {
 	})
 }
 
-// TestTxCompletion checks Options.TxCompletion: a second Complete by the
-// fence that completed the record in its transaction succeeds and changes
-// nothing; other fences still get ErrLeaseLost.
-func TestTxCompletion(t *testing.T) {
+// TestMarkCompleted checks same-transaction completion through a Keeper:
+// the executor completes the record in its business transaction and, once
+// that committed, marks its lease completed, so the Keeper-level Complete
+// (or Release) that a wrapper such as idemhttp runs afterwards does nothing
+// and returns nil. The store itself stays strict (SPEC §2): a second
+// Complete of the completed record is refused.
+func TestMarkCompleted(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	for _, txc := range []bool{false, true} {
-		s := newStore(t, pgxstore.Options{TxCompletion: txc})
-		b := mustBegin(t, s, "k", fpA, time.Minute)
-		err := pgx.BeginFunc(ctx, sharedPool(t), func(tx pgx.Tx) error {
-			return s.CompleteTx(ctx, tx, "k", b.Fence, []byte("in tx"), time.Hour)
+	const scope, key = "tenant", "order-1"
+
+	// inTx runs CompleteTx for l with result in a transaction that charges
+	// once, and commits it unless fail is set.
+	inTx := func(t *testing.T, s *pgxstore.Store, charges string, l *idem.Lease, result string, fail error) error {
+		return pgx.BeginFunc(ctx, sharedPool(t), func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO `+charges+` (key, fence) VALUES ($1, $2)`, l.Key(), int64(l.Fence())); err != nil {
+				return err
+			}
+			if err := s.CompleteTx(ctx, tx, l.Key(), l.Fence(), []byte(result), l.Retention()); err != nil {
+				return err
+			}
+			return fail
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = s.Complete(ctx, "k", b.Fence, []byte("after"), time.Minute)
-		if txc && err != nil {
-			t.Fatalf("TxCompletion: second Complete by the same fence = %v, want nil", err)
-		}
-		if !txc && !errors.Is(err, idem.ErrLeaseLost) {
-			t.Fatalf("strict: second Complete = %v, want ErrLeaseLost", err)
-		}
-		if err := s.Complete(ctx, "k", b.Fence-1, nil, time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
-			t.Fatalf("TxCompletion=%v: Complete(other fence) = %v, want ErrLeaseLost", txc, err)
-		}
-		rec, _, err := s.Get(ctx, "k")
-		if err != nil || string(rec.Result) != "in tx" || rec.Remaining < 50*time.Minute {
-			t.Fatalf("TxCompletion=%v: record = %+v, %v; want the in-tx result and retention untouched", txc, rec, err)
-		}
-		// A plain completion still works with the option set.
-		b2 := mustBegin(t, s, "k2", fpA, time.Minute)
-		if err := s.Complete(ctx, "k2", b2.Fence, []byte("x"), time.Minute); err != nil {
-			t.Fatalf("TxCompletion=%v: Complete = %v", txc, err)
-		}
-		if err := s.Complete(ctx, "missing", 1, nil, time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
-			t.Fatalf("TxCompletion=%v: Complete(missing) = %v, want ErrLeaseLost", txc, err)
-		}
 	}
+	begin := func(t *testing.T, k *idem.Keeper) *idem.Lease {
+		t.Helper()
+		a, err := k.Begin(ctx, scope, key, fpA)
+		if err != nil || a.Replayed() {
+			t.Fatalf("Begin = %+v, %v; want a lease", a, err)
+		}
+		return a.Lease
+	}
+
+	t.Run("Commit", func(t *testing.T) {
+		t.Parallel()
+		p := newPayments(t, time.Minute)
+		l := begin(t, p.k)
+		if l.Key() != idem.RecordKey(scope, key) {
+			t.Fatalf("Lease.Key() = %q, want RecordKey(scope, key)", l.Key())
+		}
+		if err := inTx(t, p.s, p.charges, l, "in tx", nil); err != nil {
+			t.Fatalf("transaction: %v", err)
+		}
+		l.MarkCompleted()
+		// What the wrapper does after the handler returns: nothing, nil.
+		if err := l.Complete(ctx, []byte("after")); err != nil {
+			t.Fatalf("Lease.Complete after MarkCompleted = %v, want nil", err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatalf("Lease.Release after MarkCompleted = %v, want nil", err)
+		}
+		// The store is strict: the same fence cannot complete again.
+		if err := p.s.Complete(ctx, l.Key(), l.Fence(), []byte("again"), time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("store Complete after complete = %v, want ErrLeaseLost", err)
+		}
+		rec, found, err := p.s.Get(ctx, l.Key())
+		if err != nil || !found || rec.State != idem.StateCompleted || string(rec.Result) != "in tx" ||
+			rec.Fence != l.Fence() || rec.Remaining < 50*time.Minute {
+			t.Fatalf("record = %+v, %v, %v; want completed in tx, with the Keeper's retention (1 h)", rec, found, err)
+		}
+		a, err := p.k.Begin(ctx, scope, key, fpA)
+		if err != nil || !a.Replayed() || string(a.Result) != "in tx" {
+			t.Fatalf("retry = %+v, %v; want the in-tx result replayed", a, err)
+		}
+		if n := p.charged(l.Key()); n != 1 {
+			t.Fatalf("%d charges, want 1", n)
+		}
+	})
+
+	// Without MarkCompleted the Keeper's Complete reaches the store, which
+	// refuses it and leaves the in-tx result alone: the mark is needed.
+	t.Run("CommitWithoutMark", func(t *testing.T) {
+		t.Parallel()
+		p := newPayments(t, time.Minute)
+		l := begin(t, p.k)
+		if err := inTx(t, p.s, p.charges, l, "in tx", nil); err != nil {
+			t.Fatalf("transaction: %v", err)
+		}
+		if err := l.Complete(ctx, []byte("after")); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("Lease.Complete without MarkCompleted = %v, want ErrLeaseLost", err)
+		}
+		if rec, _, err := p.s.Get(ctx, l.Key()); err != nil || string(rec.Result) != "in tx" {
+			t.Fatalf("record = %+v, %v; want the in-tx result", rec, err)
+		}
+	})
+
+	t.Run("Rollback", func(t *testing.T) {
+		t.Parallel()
+		p := newPayments(t, time.Minute)
+		l := begin(t, p.k)
+		if err := inTx(t, p.s, p.charges, l, "in tx", errRollback); !errors.Is(err, errRollback) {
+			t.Fatalf("transaction = %v, want the handler's error", err)
+		}
+		// No MarkCompleted: the lease is released as usual.
+		if err := l.Release(ctx); err != nil {
+			t.Fatalf("Lease.Release after rollback = %v, want nil", err)
+		}
+		if _, found, err := p.s.Get(ctx, l.Key()); err != nil || found {
+			t.Fatalf("record after rollback and release: found %v, %v; want none", found, err)
+		}
+		if n := p.charged(l.Key()); n != 0 {
+			t.Fatalf("%d charges after rollback, want 0", n)
+		}
+		l2 := begin(t, p.k) // the retry executes
+		if l2.Fence() <= l.Fence() {
+			t.Fatalf("retry fence %d, want > %d", l2.Fence(), l.Fence())
+		}
+		if err := inTx(t, p.s, p.charges, l2, "in tx", nil); err != nil {
+			t.Fatalf("retry transaction: %v", err)
+		}
+		l2.MarkCompleted()
+		if err := l2.Complete(ctx, nil); err != nil {
+			t.Fatalf("retry Lease.Complete = %v, want nil", err)
+		}
+		if a, err := p.k.Begin(ctx, scope, key, fpA); err != nil || !a.Replayed() || string(a.Result) != `in tx` {
+			t.Fatalf("after the retry = %+v, %v; want a replay", a, err)
+		}
+		if n := p.charged(l.Key()); n != 1 {
+			t.Fatalf("%d charges, want 1", n)
+		}
+	})
+
+	// idem.Do puts the lease in fn's context; fn completes in its
+	// transaction and marks the lease, and Do's own Complete is a no-op.
+	t.Run("Do", func(t *testing.T) {
+		t.Parallel()
+		p := newPayments(t, time.Minute)
+		runs := 0
+		fn := func(ctx context.Context) (string, error) {
+			runs++
+			l, ok := idem.LeaseFromContext(ctx)
+			if !ok {
+				return "", errors.New("no lease in context")
+			}
+			if err := inTx(t, p.s, p.charges, l, `"in tx"`, nil); err != nil { // JSON, Do's codec
+				return "", err
+			}
+			l.MarkCompleted()
+			return "after", nil // Do's Complete does nothing after the mark
+		}
+		for i, want := range []string{"after", "in tx"} {
+			v, replayed, err := idem.Do(ctx, p.k, scope, key, fn)
+			if err != nil || replayed != (i > 0) || v != want {
+				t.Fatalf("Do #%d = %q, replayed %v, %v; want %q", i, v, replayed, err, want)
+			}
+		}
+		if n := p.charged(idem.RecordKey(scope, key)); runs != 1 || n != 1 {
+			t.Fatalf("%d runs, %d charges; want 1, 1", runs, n)
+		}
+	})
 }
