@@ -226,33 +226,106 @@ func (l *Lease) MarkCompleted() {
 // (wrapped) when the lease was taken over; the record is then untouched.
 // Complete stops renewal first. Calling Complete or Release again returns an
 // error and does nothing; after MarkCompleted it returns nil.
+//
+// A transient store failure (ErrStoreUnavailable, or a timeout of one
+// attempt) is retried with capped backoff until ctx is done, or for one
+// lease period when ctx has no deadline: giving up would leave the record in
+// progress, and a retry would execute again once the lease ran out. When an
+// attempt's outcome is unknown and the next is refused, a store that is an
+// Inspector is asked whether the record was completed under this fence. If
+// every attempt fails, the error is returned and Complete or Release may be
+// called again.
 func (l *Lease) Complete(ctx context.Context, result []byte) error {
-	if err := l.finish(); err != nil {
-		return l.ignoreIfMarked(err)
-	}
-	start := time.Now()
-	err := l.k.Store.Complete(ctx, l.key, l.fence, result, l.k.retention())
-	l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: "complete", Duration: time.Since(l.start)})
-	if err != nil {
-		return l.k.storeErr(ctx, "complete", l.key, l.fence, time.Since(start), err)
-	}
-	return nil
+	return l.end(ctx, "complete", func(ctx context.Context) error {
+		return l.k.Store.Complete(ctx, l.key, l.fence, result, l.k.retention())
+	})
 }
 
 // Release removes the record so that the next Begin executes, and ends the
 // lease. It returns ErrLeaseLost (wrapped) when the lease was taken over.
-// After MarkCompleted it does nothing and returns nil.
+// After MarkCompleted it does nothing and returns nil. Transient store
+// failures are retried as for Complete.
 func (l *Lease) Release(ctx context.Context) error {
+	return l.end(ctx, "release", func(ctx context.Context) error {
+		return l.k.Store.Release(ctx, l.key, l.fence)
+	})
+}
+
+// end runs the final store step op of the lease, retrying transient
+// failures, and reports the execution once the step's outcome is known.
+func (l *Lease) end(ctx context.Context, op string, call func(context.Context) error) error {
 	if err := l.finish(); err != nil {
 		return l.ignoreIfMarked(err)
 	}
-	start := time.Now()
-	err := l.k.Store.Release(ctx, l.key, l.fence)
-	l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: "release", Duration: time.Since(l.start)})
-	if err != nil {
-		return l.k.storeErr(ctx, "release", l.key, l.fence, time.Since(start), err)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, l.k.lease())
+		defer cancel()
 	}
-	return nil
+	start := time.Now()
+	backoff := 10 * time.Millisecond
+	unknown := false // an earlier attempt may have applied
+	for {
+		err := call(ctx)
+		if err != nil && unknown && errors.Is(err, ErrLeaseLost) && l.appliedEarlier(ctx, op) {
+			err = nil
+		}
+		if err == nil || errors.Is(err, ErrLeaseLost) || !l.transient(ctx, err) {
+			l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: op, Duration: time.Since(l.start)})
+			if err != nil {
+				if !errors.Is(err, ErrLeaseLost) {
+					l.unfinish() // the caller may try again
+				}
+				return l.k.storeErr(ctx, op, l.key, l.fence, time.Since(start), err)
+			}
+			return nil
+		}
+		unknown = true
+		l.k.observe(ctx, Event{Kind: EventStoreError, Key: l.key, Fence: l.fence, Op: op, Duration: time.Since(start), Err: err})
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			l.unfinish()
+			return l.k.storeErr(ctx, op, l.key, l.fence, time.Since(start), errors.Join(err, ctx.Err()))
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 500*time.Millisecond)
+	}
+}
+
+// transient reports whether a failed final step is worth another attempt:
+// the store was unreachable or one attempt timed out, and ctx is still live.
+func (l *Lease) transient(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	return errors.Is(err, ErrStoreUnavailable) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// appliedEarlier reports whether an earlier attempt of op, whose answer was
+// lost, did apply: the record is completed under this fence (complete), or
+// is no longer held by this fence (release). Without an Inspector it reports
+// false for complete, and true for release, whose only aim (the record is no
+// longer ours) holds whenever the store refuses our fence.
+func (l *Lease) appliedEarlier(ctx context.Context, op string) bool {
+	if op == "release" {
+		return true
+	}
+	in, ok := l.k.Store.(Inspector)
+	if !ok {
+		return false
+	}
+	rec, found, err := in.Get(ctx, l.key)
+	return err == nil && found && rec.State == StateCompleted && rec.Fence == l.fence
+}
+
+// unfinish lets Complete or Release be called again after every attempt
+// failed.
+func (l *Lease) unfinish() {
+	l.mu.Lock()
+	l.finished = false
+	l.mu.Unlock()
 }
 
 // errFinished is returned by a second Complete or Release.

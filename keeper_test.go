@@ -201,20 +201,85 @@ func TestKeeperStoreErrors(t *testing.T) {
 	if _, err := k.Begin(ctx, "", "k", nil); !errors.Is(err, idem.ErrStoreUnavailable) {
 		t.Fatalf("Begin with store down = %v, want ErrStoreUnavailable", err)
 	}
+	if obs.count(idem.EventStoreError) != 1 {
+		t.Fatalf("store error events = %d, want 1", obs.count(idem.EventStoreError))
+	}
 	st.down.Store(false)
 	a, err := k.Begin(ctx, "", "k", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// Complete retries a store that stays down until its context ends, then
+	// lets the caller try again.
 	st.down.Store(true)
-	if err := a.Lease.Complete(ctx, nil); !errors.Is(err, idem.ErrStoreUnavailable) {
-		t.Fatalf("Complete with store down = %v", err)
+	cctx, cancel := context.WithTimeout(ctx, 80*time.Millisecond)
+	err = a.Lease.Complete(cctx, []byte("r"))
+	cancel()
+	if !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Fatalf("Complete with store down = %v, want ErrStoreUnavailable", err)
 	}
-	if obs.count(idem.EventStoreError) != 2 {
-		t.Fatalf("store error events = %d, want 2", obs.count(idem.EventStoreError))
+	if obs.count(idem.EventStoreError) < 3 {
+		t.Fatalf("store error events = %d, want retries reported", obs.count(idem.EventStoreError))
+	}
+	if obs.count(idem.EventExecuted) != 0 {
+		t.Fatal("executed reported although the record is still in progress")
+	}
+	st.down.Store(false)
+	if err := a.Lease.Complete(ctx, []byte("r")); err != nil {
+		t.Fatalf("Complete after the store came back = %v", err)
+	}
+	if r, err := k.Begin(ctx, "", "k", nil); err != nil || string(r.Result) != "r" {
+		t.Fatalf("replay = %q, %v", r.Result, err)
+	}
+
+	// A store that is down briefly: Complete succeeds by itself.
+	b, err := k.Begin(ctx, "", "k2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.down.Store(true)
+	time.AfterFunc(50*time.Millisecond, func() { st.down.Store(false) })
+	if err := b.Lease.Complete(ctx, []byte("r2")); err != nil {
+		t.Fatalf("Complete across a short outage = %v", err)
 	}
 	if _, err := k.Begin(ctx, "", "", nil); !errors.Is(err, idem.ErrInvalidKey) {
 		t.Fatalf("empty key = %v, want ErrInvalidKey", err)
+	}
+}
+
+// lostReply applies Complete but reports a timeout the first time, as when
+// the store's answer is lost on the network.
+type lostReply struct {
+	*memstore.Store
+	once sync.Once
+}
+
+func (s *lostReply) Complete(ctx context.Context, key string, fence uint64, res []byte, ret time.Duration) error {
+	err := s.Store.Complete(ctx, key, fence, res, ret)
+	lost := false
+	s.once.Do(func() { lost = true })
+	if lost {
+		return fmt.Errorf("read tcp: i/o timeout: %w", idem.ErrStoreUnavailable)
+	}
+	return err
+}
+
+// A Complete whose answer was lost is retried, refused (the record is
+// completed), and recognised as applied through the Inspector.
+func TestCompleteLostReply(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	k := &idem.Keeper{Store: &lostReply{Store: memstore.New(memstore.Options{})}}
+	a, err := k.Begin(ctx, "", "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Lease.Complete(ctx, []byte("done")); err != nil {
+		t.Fatalf("Complete with a lost reply = %v, want nil", err)
+	}
+	if r, err := k.Begin(ctx, "", "k", nil); err != nil || string(r.Result) != "done" {
+		t.Fatalf("replay = %q, %v", r.Result, err)
 	}
 }
 

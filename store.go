@@ -62,10 +62,22 @@ type Begun struct {
 // the process clock for embedded stores), so callers on different hosts need
 // not agree on time.
 //
-// Fences: a fresh record (no record, or one past retention, or one released)
-// gets a fence greater than any fence the key had before; implementations in
-// this module use max(previous+1, store clock in microseconds) so that fences
-// keep growing even after a record was deleted. A takeover uses previous+1.
+// Fences: a fresh record (no record, one past retention, or one released)
+// gets a fence greater than every fence the key had before, even when the
+// previous record is gone and the clock has not moved; a takeover uses
+// previous+1. Stores in this module take max(clock in microseconds, highest
+// fence issued so far + 1), keeping the "highest issued" per shard (memstore,
+// filestore), in a tombstone (redisstore) or in the row (pgxstore), so fences
+// keep growing across deletions and downstream writes can be made
+// conditional on them.
+//
+// The fence alone decides Complete, Release and Extend: an executor whose
+// lease ran out but was not taken over may still complete, release or
+// extend. An in-progress record whose lease ran out is therefore kept (it
+// still fences and still answers Mismatch to other fingerprints) until it is
+// taken over or at least a long abandonment period has passed (24 h by
+// default in this module's stores). Fingerprints are compared byte for
+// byte; nil and empty are equal.
 //
 // A Store returns ctx.Err() (possibly wrapped) and changes nothing when ctx is
 // already done, and wraps transport failures with ErrStoreUnavailable.
