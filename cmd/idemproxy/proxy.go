@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/internal/proxyconfig"
+)
+
+// HeaderFence is the request header that carries the lease's fence to the
+// upstream on executed requests. A client-sent value is always removed.
+const HeaderFence = "Idempotency-Fence"
+
+// Problem codes of the proxy's own answers (the middleware's are in
+// idemhttp).
+const (
+	codeUpstreamUnavailable = "upstream-unavailable" // 502
+	codeUpstreamTimeout     = "upstream-timeout"     // 504
+)
+
+// proxy routes each request to the handler of its route: the idemhttp
+// middleware (configured from the route's policy) around a reverse proxy.
+type proxy struct {
+	cfg      *proxyconfig.Config
+	routes   []proxyconfig.Route
+	handlers []http.Handler
+}
+
+func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.handlers[p.cfg.Match(r.Method, r.URL.Path)].ServeHTTP(w, r)
+}
+
+// newProxy builds the handler for cfg in front of upstream on store (already
+// instrumented).
+func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *metrics, log *slog.Logger) *proxy {
+	p := &proxy{cfg: cfg, routes: cfg.AllRoutes()}
+	transport := &http.Transport{
+		Proxy: nil, // the upstream is reached directly, never via HTTP_PROXY
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	for _, rt := range p.routes {
+		route := rt.Name
+		rp := &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(upstream)
+				pr.Out.Host = pr.In.Host // a sidecar keeps the client's Host
+				pr.SetXForwarded()
+				pr.Out.Header.Del(HeaderFence)
+				if f, ok := idem.FenceFromContext(pr.In.Context()); ok {
+					pr.Out.Header[HeaderFence] = []string{strconv.FormatUint(f, 10)}
+				}
+			},
+			Transport:     transport,
+			FlushInterval: -1, // stream: every write reaches the client at once
+			ErrorLog:      errLog,
+			ErrorHandler:  upstreamError(log, route),
+		}
+		var h http.Handler = withTimeout(rp, rt.UpstreamTimeout)
+		h = m.track(h, route)
+		if rt.Key != proxyconfig.KeyOff { // key: off passes everything through
+			mw := &idemhttp.Middleware{
+				Keeper: &idem.Keeper{
+					Store:     store,
+					Lease:     rt.Lease,
+					Retention: rt.TTL,
+					Observer:  m.observer(route, logEvent(log, route)),
+				},
+				Methods:       rt.Methods,
+				Optional:      rt.Key == proxyconfig.KeyOptional,
+				Scope:         scopeFunc(rt.ScopeHeaders),
+				CanonicalJSON: rt.Fingerprint == proxyconfig.FingerprintCanonicalJSON,
+				MaxBody:       rt.MaxBody,
+				Stored:        rt.Stored.Contains,
+				MaxResult:     int(rt.MaxResult),
+				NeverReplay:   append(idemhttp.DefaultNeverReplay(), rt.NeverReplay...),
+				Wait:          rt.Wait,
+				FailOpen:      rt.FailOpen,
+				OnOutcome:     onOutcome(m, log, route, rt.ScopeHeaders),
+			}
+			h = mw.Handler(h)
+		}
+		p.handlers = append(p.handlers, h)
+	}
+	return p
+}
+
+// withTimeout bounds the upstream request by d.
+func withTimeout(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeoutCause(r.Context(), d, errUpstreamTimeout)
+		defer cancel()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+var errUpstreamTimeout = errors.New("idemproxy: upstream timeout")
+
+// track records executions under a lease in the in-flight gauge and the
+// upstream latency histogram.
+func (m *metrics) track(h http.Handler, route string) http.Handler {
+	hist := m.upstreamT.WithLabelValues(route)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := idem.FenceFromContext(r.Context()); !ok {
+			h.ServeHTTP(w, r)
+			return
+		}
+		start := time.Now()
+		id := m.inflight.add(start)
+		defer func() {
+			m.inflight.done(id)
+			hist.Observe(time.Since(start).Seconds())
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// upstreamError answers a failed upstream round trip: 504 when the route's
+// upstream timeout passed, else 502. Both are 5xx, so the middleware
+// releases the record and a retry executes.
+func upstreamError(log *slog.Logger, route string) func(http.ResponseWriter, *http.Request, error) {
+	return func(w http.ResponseWriter, r *http.Request, err error) {
+		code, status := codeUpstreamUnavailable, http.StatusBadGateway
+		detail := "The upstream could not be reached; the request was not processed and may be retried with the same key."
+		if errors.Is(context.Cause(r.Context()), errUpstreamTimeout) {
+			code, status = codeUpstreamTimeout, http.StatusGatewayTimeout
+			detail = "The upstream did not answer in time; the key was released and the request may be retried with the same key."
+		}
+		lvl := slog.LevelWarn
+		if errors.Is(err, context.Canceled) && r.Context().Err() != nil && status == http.StatusBadGateway {
+			lvl = slog.LevelInfo // the client went away
+		}
+		log.Log(r.Context(), lvl, "upstream error", "route", route, "method", r.Method, "path", r.URL.Path,
+			"status", status, "err", err.Error())
+		writeProblem(w, status, code, http.StatusText(status), detail)
+	}
+}
+
+// writeProblem writes an RFC 9457 problem with the members idemhttp uses.
+func writeProblem(w http.ResponseWriter, status int, code, title, detail string) {
+	b, _ := json.Marshal(struct {
+		Type   string `json:"type"`
+		Title  string `json:"title"`
+		Status int    `json:"status"`
+		Detail string `json:"detail"`
+		Code   string `json:"code"`
+	}{idemhttp.ProblemTypePrefix + code, title, status, detail, code})
+	b = append(b, '\n')
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// scopeFunc returns the scope of a request: the hex SHA-256 of the named
+// headers' values (length-prefixed, in order), so the raw credentials are
+// never stored. With no headers every request has the empty scope.
+func scopeFunc(headers []string) func(*http.Request) (string, error) {
+	if len(headers) == 0 {
+		return func(*http.Request) (string, error) { return "", nil }
+	}
+	return func(r *http.Request) (string, error) { return scopeOf(headers, r.Header), nil }
+}
+
+func scopeOf(headers []string, h http.Header) string {
+	if len(headers) == 0 {
+		return ""
+	}
+	parts := make([][]byte, 0, 2*len(headers))
+	for _, name := range headers {
+		parts = append(parts, []byte(name))
+		vs := h[name]
+		n := make([]byte, 0, 8)
+		n = strconv.AppendInt(n, int64(len(vs)), 10)
+		parts = append(parts, n)
+		for _, v := range vs {
+			parts = append(parts, []byte(v))
+		}
+	}
+	return hex.EncodeToString(idem.Fingerprint(parts...))
+}
+
+// onOutcome counts every outcome and logs the non-trivial ones: everything
+// but passthroughs and plain successful executions (those are logged at
+// debug level).
+func onOutcome(m *metrics, log *slog.Logger, route string, scopeHeaders []string) func(*http.Request, idemhttp.Outcome) {
+	counters := map[idemhttp.OutcomeKind]interface{ Inc() }{}
+	for k := idemhttp.OutcomeExecuted; k.String() != "unknown"; k++ {
+		counters[k] = m.requests.WithLabelValues(route, k.String())
+	}
+	return func(r *http.Request, o idemhttp.Outcome) {
+		if c := counters[o.Kind]; c != nil {
+			c.Inc()
+		} else {
+			m.requests.WithLabelValues(route, o.Kind.String()).Inc()
+		}
+		lvl := slog.LevelInfo
+		switch o.Kind {
+		case idemhttp.OutcomePassthrough:
+			return
+		case idemhttp.OutcomeExecuted:
+			lvl = slog.LevelDebug
+			if o.Err != nil || o.Takeover {
+				lvl = slog.LevelWarn
+			}
+		case idemhttp.OutcomeStoreUnavailable, idemhttp.OutcomeReplayInvalid, idemhttp.OutcomePanic:
+			lvl = slog.LevelError
+		case idemhttp.OutcomeFailOpen:
+			lvl = slog.LevelWarn
+		}
+		if !log.Enabled(r.Context(), lvl) {
+			return
+		}
+		key, _ := idemhttp.ParseKey(r.Header, "")
+		attrs := []slog.Attr{
+			slog.String("route", route),
+			slog.String("outcome", o.Kind.String()),
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.String("key", key),
+			slog.String("scope", scopeOf(scopeHeaders, r.Header)),
+			slog.Int("status", o.Status),
+		}
+		if o.Fence != 0 {
+			attrs = append(attrs, slog.Uint64("fence", o.Fence))
+		}
+		if o.Kind == idemhttp.OutcomeExecuted {
+			attrs = append(attrs, slog.Bool("stored", o.Stored))
+		}
+		if o.Takeover {
+			attrs = append(attrs, slog.Bool("takeover", true))
+		}
+		if o.Omitted {
+			attrs = append(attrs, slog.Bool("body_omitted", true))
+		}
+		if o.Err != nil {
+			attrs = append(attrs, slog.String("err", o.Err.Error()))
+		}
+		log.LogAttrs(r.Context(), lvl, "request", attrs...)
+	}
+}
+
+// logEvent logs the store events that no request outcome reports: failed
+// or refused lease renewals, which happen while the upstream runs.
+func logEvent(log *slog.Logger, route string) func(context.Context, idem.Event) {
+	return func(ctx context.Context, e idem.Event) {
+		if e.Op != "extend" || (e.Kind != idem.EventLeaseLost && e.Kind != idem.EventStoreError) {
+			return
+		}
+		msg := "lease renewal failed"
+		if e.Kind == idem.EventLeaseLost {
+			msg = "lease lost: another request took the key over"
+		}
+		log.LogAttrs(ctx, slog.LevelWarn, msg, slog.String("route", route), slog.Uint64("fence", e.Fence),
+			slog.String("err", errString(e.Err)))
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
