@@ -10,21 +10,22 @@
 // # The shape
 //
 // idemhttp claims the key (Begin, on the pool, autocommit: other replicas
-// see the lease at once) and runs the handler with the lease's fence in its
-// context. The handler then, in ONE transaction:
+// see the lease at once) and runs the handler with the lease in its context
+// (idem.LeaseFromContext). The handler then, in ONE transaction:
 //
-//  1. inserts the charge row;
+//  1. inserts the charge row, tagged with the lease's fence;
 //  2. encodes the response it is about to send as an idemhttp.Response and
-//     completes the idempotency record with it (pgxstore Store.CompleteTx,
-//     fenced by the lease's fence);
-//  3. commits, and only then writes that response.
+//     completes the idempotency record with it (pgxstore Store.CompleteTx
+//     with the lease's Key, Fence and Retention);
+//  3. commits; only then it calls lease.MarkCompleted and writes that
+//     response.
 //
 // Both rows commit or neither does:
 //
 //   - the transaction rolls back or its connection dies before the commit:
 //     no charge, and the record is still in progress; the handler answers
-//     503, so the middleware releases the record and the client's retry
-//     charges (once);
+//     503 without marking the lease, so the middleware releases the record
+//     and the client's retry charges (once);
 //   - the commit succeeded but its acknowledgement was lost: the handler
 //     answers 503, the middleware's release is refused (the record is
 //     completed), and the retry replays the 201;
@@ -33,15 +34,11 @@
 //     handler answers 503 (a status the middleware never stores); the retry
 //     gets the newer executor's answer.
 //
-// After the handler returns 201, the middleware calls Complete itself. The
-// store is built with pgxstore.Options.TxCompletion, so that call finds the
-// record already completed under the same fence and succeeds without
-// changing it: the response the handler stored in its transaction is the one
-// replayed. The handler writes exactly the Response it stored, so the first
-// answer and every replay are the same bytes.
-//
-// The handler needs the record key (scope + key) to complete the record. It
-// derives it the way the middleware does (idemhttp.DefaultScope and
-// idemhttp.ParseKey); see the report of issue 4 for a proposed core hook
-// that would hand the lease to the handler instead.
+// After the handler returns 201, the middleware would complete the record
+// itself; the store refuses to complete a completed record (SPEC §2), so
+// the handler marks the lease completed after its commit, and the
+// middleware's Complete then does nothing and reports the response as
+// stored. The response the handler stored in its transaction is the one
+// replayed; the handler writes exactly that Response, so the first answer
+// and every replay are the same bytes.
 package main

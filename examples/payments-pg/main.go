@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	store := pgxstore.New(pool, pgxstore.Options{Schema: *schema, TxCompletion: true})
+	store := pgxstore.New(pool, pgxstore.Options{Schema: *schema})
 	if err := setup(ctx, pool, store); err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
+	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/internal/testenv"
 	"github.com/idemkit/idem/pgxstore"
 )
@@ -73,7 +74,7 @@ func newInstance(t *testing.T, dsn, schema string) *instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := pgxstore.New(pool, pgxstore.Options{Schema: schema, TxCompletion: true})
+	store := pgxstore.New(pool, pgxstore.Options{Schema: schema})
 	if err := setup(ctx, pool, store); err != nil {
 		pool.Close()
 		t.Fatal(err)
@@ -133,9 +134,16 @@ const eur42 = `{"amount_cents":4200,"currency":"EUR"}`
 func TestPayOnce(t *testing.T) {
 	dsn, schema := testDSN(t)
 	in := newInstance(t, dsn, schema)
+	outcomes := make(chan idemhttp.Outcome, 16)
+	in.svc.outcome = func(_ *http.Request, o idemhttp.Outcome) { outcomes <- o }
 	first := post(t, in.srv.URL, "order-1", eur42)
 	if first.status != http.StatusCreated || first.replay || !strings.Contains(first.body, `"amount_cents":4200`) {
 		t.Fatalf("first = %d %q (replay %v), want a fresh 201", first.status, first.body, first.replay)
+	}
+	// The handler completed the record in its transaction and marked the
+	// lease, so the middleware's own completion did nothing and succeeded.
+	if o := <-outcomes; o.Kind != idemhttp.OutcomeExecuted || !o.Stored || o.Err != nil {
+		t.Fatalf("first outcome = %+v, want executed and stored without error", o)
 	}
 	for range 3 {
 		again := post(t, in.srv.URL, "order-1", eur42)
@@ -233,9 +241,15 @@ func TestKilledCommit(t *testing.T) {
 		_, err := in.pool.Exec(ctx, `SELECT pg_terminate_backend($1, 5000)`, pid)
 		return err
 	}
+	outcomes := make(chan idemhttp.Outcome, 16)
+	in.svc.outcome = func(_ *http.Request, o idemhttp.Outcome) { outcomes <- o }
 	got := post(t, in.srv.URL, "order-k", eur42)
 	if got.status != http.StatusServiceUnavailable {
 		t.Fatalf("killed commit = %d %q, want 503", got.status, got.body)
+	}
+	// Not committed, so not marked: the middleware released the record.
+	if o := <-outcomes; o.Kind != idemhttp.OutcomeExecuted || o.Stored || o.Err != nil {
+		t.Fatalf("killed commit outcome = %+v, want executed, released without error", o)
 	}
 	if n := in.charges(t); n != 0 {
 		t.Fatalf("%d charges after the killed commit, want 0", n)
@@ -243,6 +257,9 @@ func TestKilledCommit(t *testing.T) {
 	retry := post(t, in.srv.URL, "order-k", eur42)
 	if retry.status != http.StatusCreated || retry.replay {
 		t.Fatalf("retry = %d %q (replay %v), want a fresh 201", retry.status, retry.body, retry.replay)
+	}
+	if o := <-outcomes; o.Kind != idemhttp.OutcomeExecuted || !o.Stored || o.Err != nil {
+		t.Fatalf("retry outcome = %+v, want executed and stored without error", o)
 	}
 	again := post(t, in.srv.URL, "order-k", eur42)
 	if again.status != http.StatusCreated || !again.replay || again.body != retry.body {

@@ -28,26 +28,26 @@ const schemaSQL = `CREATE TABLE IF NOT EXISTS charges (
 
 // service is the payments API.
 type service struct {
-	pool      *pgxpool.Pool
-	store     *pgxstore.Store
-	keeper    *idem.Keeper
-	retention time.Duration
+	pool   *pgxpool.Pool
+	store  *pgxstore.Store
+	keeper *idem.Keeper
 
 	// beforeCommit, if set, runs in the transaction after the charge and
 	// the completion, before the commit (tests inject failures here).
 	beforeCommit func(ctx context.Context, tx pgx.Tx) error
 	// executed, if set, is called once per charge attempt that got a lease.
 	executed func()
+	// outcome, if set, receives the middleware's outcome of every request.
+	outcome func(r *http.Request, o idemhttp.Outcome)
 }
 
-// newService returns the service on pool. The store must have been built
-// with Options.TxCompletion (see the package documentation).
+// newService returns the service on pool, keeping its idempotency records
+// in store.
 func newService(pool *pgxpool.Pool, store *pgxstore.Store) *service {
 	return &service{
-		pool:      pool,
-		store:     store,
-		keeper:    &idem.Keeper{Store: store, Lease: 10 * time.Second, Retention: idem.DefaultRetention},
-		retention: idem.DefaultRetention,
+		pool:   pool,
+		store:  store,
+		keeper: &idem.Keeper{Store: store, Lease: 10 * time.Second, Retention: idem.DefaultRetention},
 	}
 }
 
@@ -65,7 +65,11 @@ func setup(ctx context.Context, pool *pgxpool.Pool, store *pgxstore.Store) error
 func (s *service) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /payments", s.pay)
-	mw := &idemhttp.Middleware{Keeper: s.keeper}
+	mw := &idemhttp.Middleware{Keeper: s.keeper, OnOutcome: func(r *http.Request, o idemhttp.Outcome) {
+		if s.outcome != nil {
+			s.outcome(r, o)
+		}
+	}}
 	return mw.Handler(mux)
 }
 
@@ -81,7 +85,8 @@ type charge struct {
 }
 
 // pay charges once: the charge row and the idempotency record's completion
-// commit in one transaction.
+// commit in one transaction, and the lease is then marked completed so that
+// the middleware does not complete the record again.
 func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 	var p payment
 	if err := json.NewDecoder(r.Body).Decode(&p); err != nil || p.AmountCents <= 0 || len(p.Currency) != 3 {
@@ -89,23 +94,11 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want {\"amount_cents\": > 0, \"currency\": \"XYZ\"}", http.StatusBadRequest)
 		return
 	}
-	fence, ok := idem.FenceFromContext(r.Context())
+	// The lease the middleware executes this request under: its record key,
+	// fence and retention are what the completion needs.
+	lease, ok := idem.LeaseFromContext(r.Context())
 	if !ok {
 		http.Error(w, "not behind the idempotency middleware", http.StatusInternalServerError)
-		return
-	}
-	key, err := idemhttp.ParseKey(r.Header, "")
-	if err != nil { // the middleware validated it already
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	// The record key is RecordKey(scope, key) with the scope the middleware
-	// used: DefaultScope here, because handler() sets no Middleware.Scope.
-	// Keep the two in step; a wrong key fails the completion (ErrLeaseLost,
-	// 503) and charges nothing.
-	scope, err := idemhttp.DefaultScope(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	if s.executed != nil {
@@ -116,11 +109,11 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 
 	var resp idemhttp.Response
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		c := charge{AmountCents: p.AmountCents, Currency: p.Currency}
 		if err := tx.QueryRow(ctx,
 			`INSERT INTO charges (amount_cents, currency, fence) VALUES ($1, $2, $3) RETURNING id`,
-			p.AmountCents, p.Currency, int64(fence)).Scan(&c.ID); err != nil {
+			p.AmountCents, p.Currency, int64(lease.Fence())).Scan(&c.ID); err != nil {
 			return err
 		}
 		body, err := json.Marshal(c)
@@ -139,7 +132,7 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		if err := s.store.CompleteTx(ctx, tx, idem.RecordKey(scope, key), fence, result, s.retention); err != nil {
+		if err := s.store.CompleteTx(ctx, tx, lease.Key(), lease.Fence(), result, lease.Retention()); err != nil {
 			return err // ErrLeaseLost: a newer executor holds the key
 		}
 		if s.beforeCommit != nil {
@@ -149,20 +142,24 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 	})
 	switch {
 	case errors.Is(err, idem.ErrLeaseLost):
-		// A newer attempt holds the key (or the record key is wrong). Answer
-		// a status the middleware does not store: its release is refused
-		// when a newer attempt holds the key, and the retry replays that
+		// A newer attempt holds the key. Answer a status the middleware does
+		// not store: its release is refused, and the retry replays the newer
 		// attempt's answer.
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "a newer attempt with this key is running", http.StatusServiceUnavailable)
 		return
 	case err != nil:
-		// 5xx: the middleware releases the record (or, if the commit did
-		// land, its release is refused and the retry replays the charge).
+		// No MarkCompleted: the commit may not have happened. On this 5xx
+		// the middleware releases the record (or, if the commit did land,
+		// its release is refused and the retry replays the charge).
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, fmt.Sprintf("charge not recorded: %v", err), http.StatusServiceUnavailable)
 		return
 	}
+	// Committed: the record holds resp. The middleware's own Complete (or
+	// Release) is now a no-op that reports success; without this mark the
+	// store would refuse it, having completed the record already.
+	lease.MarkCompleted()
 	writeResponse(w, resp)
 }
 
