@@ -215,8 +215,10 @@ func (d *Deduper) parallelism() int {
 
 // each calls f(i) for i in [0, n), at most parallelism at a time.
 func (d *Deduper) each(n int, f func(i int)) {
-	if n == 1 {
-		f(0)
+	if n == 1 || d.parallelism() == 1 {
+		for i := range n {
+			f(i)
+		}
 		return
 	}
 	var next atomic.Int64
@@ -272,7 +274,10 @@ func (d *Deduper) finishAll(ctx context.Context, held []heldKey, ferrs []error, 
 	d.each(len(held), func(c int) {
 		h := held[c]
 		op := "complete"
-		t := time.Now()
+		var t time.Time
+		if d.Observer != nil {
+			t = time.Now()
+		}
 		var err error
 		if release || ferrs[c] != nil {
 			op = "release"
@@ -280,7 +285,9 @@ func (d *Deduper) finishAll(ctx context.Context, held []heldKey, ferrs []error, 
 		} else {
 			err = d.Store.Complete(sctx, h.key, h.fence, result, d.retention())
 		}
-		d.observe(ctx, idem.Event{Kind: idem.EventExecuted, Key: h.key, Fence: h.fence, Op: op, Duration: ran})
+		if d.Observer != nil {
+			d.observe(ctx, idem.Event{Kind: idem.EventExecuted, Key: h.key, Fence: h.fence, Op: op, Duration: ran})
+		}
 		if err != nil {
 			kind := idem.EventStoreError
 			if errors.Is(err, idem.ErrLeaseLost) {

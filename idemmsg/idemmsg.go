@@ -85,7 +85,9 @@ type Deduper struct {
 	// Observer, if set, receives every outcome (see idem.Observer).
 	Observer idem.Observer
 	// Parallelism bounds the concurrent store calls Batch makes when the
-	// store does not implement BatchBeginner. If zero, 32 is used.
+	// store does not implement BatchBeginner, and when it completes and
+	// releases claims. If zero, 32 is used. Set it to 1 for an in-process
+	// store (memstore), where concurrent calls only add scheduling cost.
 	Parallelism int
 
 	once sync.Once
