@@ -659,9 +659,9 @@ func TestTimeBudget(t *testing.T) {
 			name: "context deadline bounds retries",
 			tr:   Transport{MaxElapsed: -1},
 			ctx: func() (context.Context, context.CancelFunc) {
-				return context.WithTimeout(context.Background(), 3*time.Second)
+				return context.WithTimeout(context.Background(), time.Minute)
 			},
-			replies:      []reply{{status: 503, header: retryAfter("4")}, {status: 200}},
+			replies:      []reply{{status: 503, header: retryAfter("61")}, {status: 200}},
 			wantAttempts: 1, wantStatus: 503, wantStop: ErrBudgetExhausted,
 		},
 	}
