@@ -1142,7 +1142,7 @@ func TestBaseTimeoutRetried(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	base := &http.Transport{ResponseHeaderTimeout: 50 * time.Millisecond}
+	base := &http.Transport{ResponseHeaderTimeout: 300 * time.Millisecond}
 	defer base.CloseIdleConnections()
 	var errs []error
 	tr := &Transport{Base: base, BaseDelay: time.Millisecond, OnAttempt: func(a Attempt) {
@@ -1157,9 +1157,15 @@ func TestBaseTimeoutRetried(t *testing.T) {
 	resp.Body.Close()
 	count := 0
 	keys.Range(func(any, any) bool { count++; return true })
-	var ne net.Error
-	if resp.StatusCode != 201 || n.Load() != 2 || count != 1 || len(errs) != 1 || !errors.As(errs[0], &ne) || !ne.Timeout() {
+	// Normally 2 attempts; a starved machine may time out a later one too.
+	if resp.StatusCode != 201 || n.Load() < 2 || count != 1 || len(errs) != int(n.Load())-1 {
 		t.Fatalf("status %d after %d server hits with %d keys; attempt errors %v", resp.StatusCode, n.Load(), count, errs)
+	}
+	for _, err := range errs {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("attempt error %v is not a timeout", err)
+		}
 	}
 }
 
