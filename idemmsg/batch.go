@@ -279,11 +279,19 @@ func (d *Deduper) finishAll(ctx context.Context, held []heldKey, ferrs []error, 
 			t = time.Now()
 		}
 		var err error
-		if release || ferrs[c] != nil {
-			op = "release"
-			err = d.Store.Release(sctx, h.key, h.fence)
-		} else {
-			err = d.Store.Complete(sctx, h.key, h.fence, result, d.retention())
+		// Transient store failures are retried a few times (10, 20, 40 ms),
+		// as idem.Lease does for Once.
+		for attempt, backoff := 0, 10*time.Millisecond; ; attempt, backoff = attempt+1, backoff*2 {
+			if release || ferrs[c] != nil {
+				op = "release"
+				err = d.Store.Release(sctx, h.key, h.fence)
+			} else {
+				err = d.Store.Complete(sctx, h.key, h.fence, result, d.retention())
+			}
+			if err == nil || attempt == 3 || !errors.Is(err, idem.ErrStoreUnavailable) {
+				break
+			}
+			time.Sleep(backoff)
 		}
 		if d.Observer != nil {
 			d.observe(ctx, idem.Event{Kind: idem.EventExecuted, Key: h.key, Fence: h.fence, Op: op, Duration: ran})

@@ -92,7 +92,7 @@ func TestBatchStoreErrors(t *testing.T) {
 	if out[0].Status != idemmsg.NotRun || !errors.Is(out[0].Err, idem.ErrStoreUnavailable) || ran != 0 {
 		t.Fatalf("%+v ran %d", out, ran)
 	}
-	fs.FailNext("complete", errors.New("down"))
+	fs.FailN("complete", 100, errors.New("down"))
 	out = d.Batch(ctx, "s", []string{"x"}, func(context.Context, int) error { ran++; return nil })
 	if out[0].Status != idemmsg.Executed || !errors.Is(out[0].Err, idemmsg.ErrNotRecorded) || !out[0].Status.Ack() {
 		t.Fatalf("%+v", out)
@@ -306,4 +306,20 @@ func countExecuted(out []idemmsg.Outcome) int {
 		}
 	}
 	return n
+}
+
+func TestBatchRetriesTransientCompleteFailures(t *testing.T) {
+	t.Parallel()
+	fs := fakestore.New(nil)
+	d := &idemmsg.Deduper{Store: fs}
+	fs.FailN("complete", 2, errors.New("blip"))
+	out := d.Batch(context.Background(), "s", []string{"a"}, func(context.Context, int) error { return nil })
+	if out[0].Status != idemmsg.Executed || out[0].Err != nil {
+		t.Fatalf("%+v", out[0])
+	}
+	fs.FailN("complete", 100, errors.New("down"))
+	out = d.Batch(context.Background(), "s", []string{"b"}, func(context.Context, int) error { return nil })
+	if out[0].Status != idemmsg.Executed || !errors.Is(out[0].Err, idemmsg.ErrNotRecorded) {
+		t.Fatalf("%+v", out[0])
+	}
 }

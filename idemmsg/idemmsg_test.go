@@ -75,7 +75,8 @@ func TestOnceSequences(t *testing.T) {
 		id      string
 		fnErr   error
 		advance time.Duration // before the step
-		fail    string        // store op to fail once during the step
+		fail    string        // store op to fail during the step
+		failN   int           // how many times (default 1)
 		want    idemmsg.Status
 		wantErr error
 		wantRun bool
@@ -83,44 +84,56 @@ func TestOnceSequences(t *testing.T) {
 	day := 24 * time.Hour
 	for _, tc := range []struct {
 		name  string
+		lease time.Duration
 		steps []step
 	}{
-		{"first executes, redelivery is a duplicate", []step{
+		{"first executes, redelivery is a duplicate", 0, []step{
 			{id: "m1", want: idemmsg.Executed, wantRun: true},
 			{id: "m1", want: idemmsg.Duplicate},
 			{id: "m2", want: idemmsg.Executed, wantRun: true},
 		}},
-		{"handler error releases, redelivery executes", []step{
+		{"handler error releases, redelivery executes", 0, []step{
 			{id: "m1", fnErr: errBoom, want: idemmsg.Failed, wantErr: errBoom, wantRun: true},
 			{id: "m1", want: idemmsg.Executed, wantRun: true},
 			{id: "m1", want: idemmsg.Duplicate},
 		}},
-		{"store down at begin: not run, then executes", []step{
+		{"store down at begin: not run, then executes", 0, []step{
 			{id: "m1", fail: "begin", want: idemmsg.NotRun, wantErr: idem.ErrStoreUnavailable},
 			{id: "m1", want: idemmsg.Executed, wantRun: true},
 		}},
-		{"store down at complete: executed but not recorded", []step{
-			{id: "m1", fail: "complete", want: idemmsg.Executed, wantErr: idemmsg.ErrNotRecorded, wantRun: true},
-			{id: "m1", want: idemmsg.InFlight, wantErr: idem.ErrInFlight},
-			{id: "m1", advance: 31 * time.Second, want: idemmsg.Executed, wantRun: true}, // lease expired: at-least-once
+		{"store blip at complete: retried by the lease", 0, []step{
+			{id: "m1", fail: "complete", want: idemmsg.Executed, wantRun: true},
+			{id: "m1", want: idemmsg.Duplicate},
 		}},
-		{"duplicate within retention skipped, after retention processed again", []step{
+		{"store down at complete: executed but not recorded", 30 * time.Millisecond, []step{
+			{id: "m1", fail: "complete", failN: 1 << 30, want: idemmsg.Executed, wantErr: idemmsg.ErrNotRecorded, wantRun: true},
+			{id: "m1", want: idemmsg.InFlight, wantErr: idem.ErrInFlight},
+			// The lease expired: the redelivery runs again (at-least-once).
+			// (FailN resets the store's failures to one blip.)
+			{id: "m1", advance: time.Second, fail: "complete", want: idemmsg.Executed, wantRun: true},
+		}},
+		{"duplicate within retention skipped, after retention processed again", 0, []step{
 			{id: "m1", want: idemmsg.Executed, wantRun: true},
 			{id: "m1", advance: 29 * day, want: idemmsg.Duplicate},
 			{id: "m1", advance: 1*day + time.Second, want: idemmsg.Executed, wantRun: true},
 		}},
-		{"empty id", []step{
+		{"empty id", 0, []step{
 			{id: "", want: idemmsg.NotRun, wantErr: idem.ErrInvalidKey},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			d, s, c := newDeduper(t)
+			d.Lease = tc.lease
 			ctx := context.Background()
 			for n, st := range tc.steps {
 				c.Advance(st.advance)
 				if st.fail != "" {
-					s.FailNext(st.fail, errors.New("connection refused"))
+					n := st.failN
+					if n == 0 {
+						n = 1
+					}
+					s.FailN(st.fail, n, errors.New("connection refused"))
 				}
 				ran := false
 				got, err := d.Once(ctx, "orders", st.id, func(context.Context) error {

@@ -28,7 +28,8 @@ type Store struct {
 	recs  map[string]*rec
 	fence uint64
 	calls map[string]int
-	fail  map[string]error // op → error returned once by the next call of op
+	fail  map[string]error // op → error returned by the next calls of op
+	failN map[string]int   // op → how many more calls fail
 
 	// BeforeComplete, if set, is called (without the lock) at the start of
 	// every Complete. Tests use it to block or crash between side effect
@@ -47,15 +48,18 @@ func New(now func() time.Time) *Store {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{now: now, recs: map[string]*rec{}, calls: map[string]int{}, fail: map[string]error{}}
+	return &Store{now: now, recs: map[string]*rec{}, calls: map[string]int{}, fail: map[string]error{}, failN: map[string]int{}}
 }
 
 // FailNext makes the next call of op ("begin", "complete", "release",
 // "extend") return err wrapped with idem.ErrStoreUnavailable, changing nothing.
-func (s *Store) FailNext(op string, err error) {
+func (s *Store) FailNext(op string, err error) { s.FailN(op, 1, err) }
+
+// FailN makes the next n calls of op fail as FailNext does.
+func (s *Store) FailN(op string, n int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.fail[op] = err
+	s.fail[op], s.failN[op] = err, n
 }
 
 // Calls returns how many times op was called.
@@ -77,8 +81,8 @@ func (s *Store) enter(ctx context.Context, op string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err, ok := s.fail[op]; ok {
-		delete(s.fail, op)
+	if err, ok := s.fail[op]; ok && s.failN[op] > 0 {
+		s.failN[op]--
 		return fmt.Errorf("fakestore %s: %w: %w", op, idem.ErrStoreUnavailable, err)
 	}
 	return nil
