@@ -187,9 +187,15 @@ func (w *wtx) get(k []byte) (*record, error) {
 	return &r, nil
 }
 
-// put stores r under k; isNew counts a record that did not exist.
+// put stores r under k; isNew counts a record that did not exist. A record
+// too large to store is refused before anything changes, as the op's own
+// error.
 func (w *wtx) put(k []byte, r *record, isNew bool) error {
-	if err := w.b.Put(k, encodeRecord(r)); err != nil {
+	v := encodeRecord(r)
+	if len(v) > bolt.MaxValueSize {
+		return fmt.Errorf("filestore: record of %d bytes is larger than %d", len(v), bolt.MaxValueSize)
+	}
+	if err := w.b.Put(k, v); err != nil {
 		return &fatalError{err}
 	}
 	if isNew {

@@ -42,9 +42,12 @@ var (
 
 // Defaults applied by Open to zero Options fields.
 const (
-	DefaultLockTimeout  = time.Second
+	// DefaultLockTimeout is how long Open waits for the file's lock.
+	DefaultLockTimeout = time.Second
+	// DefaultMaxBatchSize is the most writes one commit carries.
 	DefaultMaxBatchSize = 256
-	DefaultSweepBatch   = 1000
+	// DefaultSweepBatch is the most records one Sweep step removes.
+	DefaultSweepBatch = 1000
 )
 
 // Options configures a Store. The zero value is ready for production use:
@@ -365,8 +368,8 @@ func checkKey(key string) error {
 	return nil
 }
 
-// maxValue is the largest result or fingerprint accepted; the encoded record
-// must fit bbolt's value limit.
+// maxValue is the largest result or fingerprint accepted on its own; put
+// also refuses an encoded record over bbolt's value limit.
 const maxValue = bolt.MaxValueSize - 64
 
 // readRecord returns the record stored under key in a read transaction, or
