@@ -59,7 +59,7 @@ const drainLimit = 64 << 10
 // changed, or one the Transport adds because its method is in Methods) or
 // when its method is idempotent by definition (GET, HEAD, OPTIONS, TRACE,
 // PUT, DELETE: retried without a key). Any other request is passed to Base
-// unchanged, exactly once.
+// unchanged, exactly once, and Base's response or error is returned as is.
 //
 // A key lives for one RoundTrip call: a redirect that http.Client follows is
 // a new request to another resource and gets a new key, and so does the same
@@ -88,7 +88,7 @@ const drainLimit = 64 << 10
 //   - 408, 429 and 503, after Retry-After when the server sends one.
 //   - Other 5xx (except 501 and 505) when RetryServerErrors is set.
 //
-// (http.Transport also retries, by itself and once, a request carrying an
+// (http.Transport also retries, by itself, a request carrying an
 // Idempotency-Key whose reused keep-alive connection broke; the Transport
 // does not see those retries, which are safe for the same reason.)
 //
