@@ -46,6 +46,8 @@ func TestTakeoverAndStaleFence(t *testing.T) {
 			{"Release", st.Release(ctx, "k", old.Fence)},
 			{"Extend", st.Extend(ctx, "k", old.Fence, time.Hour)},
 			{"Complete(fence+2)", st.Complete(ctx, "k", cur.Fence+1, []byte("future"), time.Minute)},
+			{"Complete(2^60)", st.Complete(ctx, "k", 1<<60, []byte("huge"), time.Minute)},
+			{"Extend(0)", st.Extend(ctx, "k", 0, time.Hour)},
 		} {
 			if !errors.Is(tc.err, idem.ErrLeaseLost) {
 				t.Errorf("%s with a stale fence: %v, want ErrLeaseLost", tc.name, tc.err)
@@ -132,13 +134,19 @@ func TestReleaseTombstone(t *testing.T) {
 		// release/acquire cycles within one microsecond would produce.
 		future := uint64(now.Add(200 * time.Millisecond).UnixMicro())
 		f := strconv.FormatUint(future, 10)
-		if err := c.HSet(ctx, k, "s", "p", "f", "fp", "n", f, "l", f, "a", f).Err(); err != nil {
+		// Write the record in the store's format (see scripts.go).
+		if err := c.Eval(ctx, `return redis.call('SET', KEYS[1],
+			struct.pack('>c1dddI4', 'p', tonumber(ARGV[1]), tonumber(ARGV[1]), tonumber(ARGV[1]), 2) .. 'fp')`,
+			[]string{k}, f).Err(); err != nil {
 			t.Fatal(err)
+		}
+		if rec, ok, err := st.Get(ctx, "k"); err != nil || !ok || rec.Fence != future || string(rec.Fingerprint) != "fp" {
+			t.Fatalf("Get of the written record = %+v, %v, %v", rec, ok, err)
 		}
 		if err := st.Release(ctx, "k", future); err != nil {
 			t.Fatal(err)
 		}
-		if s := c.HGet(ctx, k, "s").Val(); s != "r" {
+		if s := c.GetRange(ctx, k, 0, 0).Val(); s != "r" {
 			t.Fatalf("after the release: state %q, want a tombstone", s)
 		}
 		if _, ok, err := st.Get(ctx, "k"); ok || err != nil {

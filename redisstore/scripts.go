@@ -8,38 +8,41 @@ import "github.com/redis/go-redis/v9"
 // channels and keys are separate namespaces), so all of them hash to one
 // Redis Cluster slot.
 //
-// A record is a hash with the fields:
+// A record is one string value, so that a step is a GET and a SET … PX (the
+// expiry travels with the write) and nothing more:
 //
-//	s  state: "p" in progress, "c" completed, "r" released tombstone
-//	f  fingerprint (bytes)
-//	n  fence, decimal
-//	l  lease end, server clock in µs since the Unix epoch (meaningful while
-//	   in progress only)
-//	a  when the current fence acquired the record, µs since the Unix epoch
-//	r  result (completed only)
+//	offset  size  field
+//	0       1     state: "p" in progress, "c" completed, "r" released tombstone
+//	1       8     fence                    (big-endian IEEE 754 double)
+//	9       8     lease end, µs            (in progress; 0 otherwise)
+//	17      8     acquired at, µs          (when the current fence took it)
+//	25      4     fingerprint length n     (big-endian uint32)
+//	29      n     fingerprint
+//	29+n    …     result                   (completed only)
 //
-// Times come from the server's TIME, never from the client. Numbers stay
-// below 2^53 (µs timestamps until the year 2255), so Lua's doubles hold them
-// exactly; they are formatted with %.0f, which never uses an exponent. Fences
-// are compared as the decimal strings the scripts wrote, so the comparison is
-// exact.
+// written and read with the struct library built into Redis's Lua. Times
+// are the server's TIME in µs since the Unix epoch, never the client's
+// clock. Every number stays below 2^53 (µs timestamps until the year 2255),
+// so doubles hold it exactly; num() formats one without exponent for the
+// replies. Go refuses fences of 2^53 and above before asking Redis.
 //
 // Redis replicates the effects of scripts (always since 7.0, by default
 // since 5.0), so calling TIME before writing is allowed and replicas store
 // the deadlines the primary computed.
 
-// luaClock defines now(), the server clock in µs, and num(), which formats
-// an integer without exponent.
-const luaClock = `
+// luaCommon defines now(), the server clock in µs; num(), which formats an
+// integer without exponent; and head(), which packs a record header.
+const luaCommon = `
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function num(x) return string.format('%.0f', x) end
+local function head(s, n, l, a, fl) return struct.pack('>c1dddI4', s, n, l, a, fl) end
 `
 
-// luaPublish wakes waiters (ARGV[mode] is "p" for PUBLISH, "s" for the
-// sharded SPUBLISH of Redis Cluster 7, anything else for no notification).
+// luaPublish wakes waiters (mode "p": PUBLISH; "s": the sharded SPUBLISH of
+// Redis Cluster 7; anything else: no notification).
 const luaPublish = `
 local function notify(mode)
   if mode == 'p' then redis.call('PUBLISH', KEYS[1], 'x')
@@ -47,42 +50,51 @@ local function notify(mode)
 end
 `
 
+// luaHeld loads the record and returns (record, fence, acquired at,
+// fingerprint length) when it is in progress with the fence in ARGV[1], and
+// nil otherwise.
+const luaHeld = `
+local function held()
+  local v = redis.call('GET', KEYS[1])
+  if not v or string.byte(v, 1) ~= 112 then return nil end -- 'p'
+  local _, n, _, a, fl = struct.unpack('>c1dddI4', v)
+  if n ~= tonumber(ARGV[1]) then return nil end
+  return v, n, a, fl
+end
+`
+
 // beginScript: ARGV = fingerprint, lease µs, in-progress key TTL ms.
 // Returns {1, fence, takeover 0|1} acquired, {2, fence, lease left µs}
 // in flight, {3, "", 0, result} replay, {4} mismatch.
-var beginScript = redis.NewScript(luaClock + `
-local h = redis.call('HMGET', KEYS[1], 's', 'f', 'n', 'l', 'r')
-local s = h[1]
+var beginScript = redis.NewScript(luaCommon + `
+local v = redis.call('GET', KEYS[1])
 local prev = 0
-if s == 'p' or s == 'c' then
-  if h[2] ~= ARGV[1] then return {4} end
-  if s == 'c' then return {3, '', 0, h[5] or ''} end
-  local t = now()
-  local left = tonumber(h[4]) - t
-  if left > 0 then return {2, h[3], left} end
-  local fence = num(tonumber(h[3]) + 1)
-  redis.call('HSET', KEYS[1], 'n', fence, 'l', num(t + tonumber(ARGV[2])), 'a', num(t))
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {1, fence, 1}
-end
-if s then
-  prev = tonumber(h[3]) or 0
-  redis.call('DEL', KEYS[1])
+if v then
+  local s, n, l, _, fl = struct.unpack('>c1dddI4', v)
+  if s == 'r' then
+    prev = n
+  else
+    if string.sub(v, 30, 29 + fl) ~= ARGV[1] then return {4} end
+    if s == 'c' then return {3, '', 0, string.sub(v, 30 + fl)} end
+    local t = now()
+    if l > t then return {2, num(n), l - t} end
+    n = n + 1
+    redis.call('SET', KEYS[1], head('p', n, t + tonumber(ARGV[2]), t, fl) .. ARGV[1], 'PX', ARGV[3])
+    return {1, num(n), 1}
+  end
 end
 local t = now()
-local fence = num(math.max(prev + 1, t))
-redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[1], 'n', fence, 'l', num(t + tonumber(ARGV[2])), 'a', num(t))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, fence, 0}
+local n = math.max(prev + 1, t)
+redis.call('SET', KEYS[1], head('p', n, t + tonumber(ARGV[2]), t, #ARGV[1]) .. ARGV[1], 'PX', ARGV[3])
+return {1, num(n), 0}
 `)
 
 // completeScript: ARGV = fence, result, retention ms, notify mode.
 // Returns 1 done, 0 lease lost (nothing changed).
-var completeScript = redis.NewScript(luaPublish + `
-local h = redis.call('HMGET', KEYS[1], 's', 'n')
-if h[1] ~= 'p' or h[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+var completeScript = redis.NewScript(luaCommon + luaHeld + luaPublish + `
+local v, n, a, fl = held()
+if not v then return 0 end
+redis.call('SET', KEYS[1], head('c', n, 0, a, fl) .. string.sub(v, 30, 29 + fl) .. ARGV[2], 'PX', ARGV[3])
 notify(ARGV[4])
 return 1
 `)
@@ -92,15 +104,14 @@ return 1
 // The record is deleted, except when the server clock (µs) has not yet passed
 // the fence: then a tombstone keeps the fence until it has, so that the next
 // fresh fence, max(previous+1, now), is still larger than this one.
-var releaseScript = redis.NewScript(luaClock + luaPublish + `
-local h = redis.call('HMGET', KEYS[1], 's', 'n')
-if h[1] ~= 'p' or h[2] ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-local fence = tonumber(ARGV[1])
+var releaseScript = redis.NewScript(luaCommon + luaHeld + luaPublish + `
+local v, n = held()
+if not v then return 0 end
 local t = now()
-if fence >= t then
-  redis.call('HSET', KEYS[1], 's', 'r', 'n', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], math.floor((fence - t) / 1000) + 2)
+if n >= t then
+  redis.call('SET', KEYS[1], head('r', n, 0, 0, 0), 'PX', math.floor((n - t) / 1000) + 2)
+else
+  redis.call('DEL', KEYS[1])
 end
 notify(ARGV[2])
 return 1
@@ -108,18 +119,20 @@ return 1
 
 // extendScript: ARGV = fence, lease µs, in-progress key TTL ms.
 // Returns 1 done, 0 lease lost.
-var extendScript = redis.NewScript(luaClock + `
-local h = redis.call('HMGET', KEYS[1], 's', 'n')
-if h[1] ~= 'p' or h[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'l', num(now() + tonumber(ARGV[2])))
+var extendScript = redis.NewScript(luaCommon + luaHeld + `
+local v = held()
+if not v then return 0 end
+redis.call('SETRANGE', KEYS[1], 9, struct.pack('>d', now() + tonumber(ARGV[2])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `)
 
 // getScript: no ARGV. Returns {0} for no record, else
 // {state, fp, fence, lease end µs, acquired µs, result, now µs, pttl ms}.
-var getScript = redis.NewScript(luaClock + `
-local h = redis.call('HMGET', KEYS[1], 's', 'f', 'n', 'l', 'a', 'r')
-if h[1] ~= 'p' and h[1] ~= 'c' then return {0} end
-return {h[1], h[2] or '', h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '', num(now()), redis.call('PTTL', KEYS[1])}
+var getScript = redis.NewScript(luaCommon + `
+local v = redis.call('GET', KEYS[1])
+if not v then return {0} end
+local s, n, l, a, fl = struct.unpack('>c1dddI4', v)
+if s ~= 'p' and s ~= 'c' then return {0} end
+return {s, string.sub(v, 30, 29 + fl), num(n), num(l), num(a), string.sub(v, 30 + fl), num(now()), redis.call('PTTL', KEYS[1])}
 `)

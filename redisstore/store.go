@@ -71,6 +71,15 @@ type Options struct {
 	// sharded pub/sub.
 	DisableNotify bool
 
+	// Scripter, if set, runs the scripts of Begin (without WaitReplicas),
+	// Release, Extend and Get, and of Complete without WaitReplicas, instead
+	// of the client: for instance a go-redis AutoPipeliner made from the same
+	// client, which sends the scripts of concurrent requests in shared
+	// writes. Each request still waits for its own reply (one round trip).
+	// It must talk to the same servers as the client, which keeps serving
+	// WAIT pipelines and subscriptions. If nil, the client is used.
+	Scripter redis.Scripter
+
 	// PollInterval is how long one Wait sleeps when notifications are
 	// disabled or the subscription cannot be established. If zero,
 	// DefaultPollInterval (200 ms) is used.
@@ -86,6 +95,7 @@ type Options struct {
 // Wait; Close stops them.
 type Store struct {
 	c       redis.UniversalClient
+	sc      redis.Scripter       // runs the scripts: Options.Scripter or c
 	cluster *redis.ClusterClient // non-nil when c is a Redis Cluster client
 	prefix  string
 	replica int
@@ -105,12 +115,16 @@ type Store struct {
 func New(c redis.UniversalClient, o Options) *Store {
 	s := &Store{
 		c:       c,
+		sc:      o.Scripter,
 		prefix:  o.Prefix,
 		replica: o.WaitReplicas,
 		waitTO:  o.WaitTimeout,
 		abandon: o.Abandon,
 		poll:    o.PollInterval,
 		notify:  "p",
+	}
+	if s.sc == nil {
+		s.sc = c
 	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
@@ -163,6 +177,11 @@ func (s *Store) Key(key string) string {
 	return b.String()
 }
 
+// maxFence is the largest fence the store issues: fences are server times in
+// µs (plus takeovers), held exactly by Lua's doubles up to 2^53. A larger
+// fence cannot hold any record.
+const maxFence = 1<<53 - 1
+
 // micros returns d in whole microseconds, at least 1.
 func micros(d time.Duration) int64 { return max(int64((d+time.Microsecond-1)/time.Microsecond), 1) }
 
@@ -212,7 +231,7 @@ func isNoScript(err error) bool {
 func (s *Store) run(ctx context.Context, sc *redis.Script, k string, durable bool, args ...any) (v any, acked bool, err error) {
 	keys := []string{k}
 	if !durable || s.replica <= 0 {
-		v, err = sc.Run(ctx, s.c, keys, args...).Result()
+		v, err = sc.Run(ctx, s.sc, keys, args...).Result()
 		return v, true, err
 	}
 	// WAIT counts the writes of the connection it runs on, so it must follow
@@ -326,6 +345,9 @@ func (s *Store) Complete(ctx context.Context, key string, fence uint64, result [
 	if err := check(ctx, "complete", key); err != nil {
 		return err
 	}
+	if fence > maxFence {
+		return fmt.Errorf("redisstore: complete: %w", idem.ErrLeaseLost)
+	}
 	if retention <= 0 {
 		return fmt.Errorf("redisstore: complete: retention %v is not positive", retention)
 	}
@@ -343,6 +365,9 @@ func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
 	if err := check(ctx, "release", key); err != nil {
 		return err
 	}
+	if fence > maxFence {
+		return fmt.Errorf("redisstore: release: %w", idem.ErrLeaseLost)
+	}
 	v, acked, err := s.run(ctx, releaseScript, s.Key(key), false, strconv.FormatUint(fence, 10), s.notify)
 	return s.done(ctx, "release", v, acked, err)
 }
@@ -353,6 +378,9 @@ func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
 func (s *Store) Extend(ctx context.Context, key string, fence uint64, lease time.Duration) error {
 	if err := check(ctx, "extend", key); err != nil {
 		return err
+	}
+	if fence > maxFence {
+		return fmt.Errorf("redisstore: extend: %w", idem.ErrLeaseLost)
 	}
 	if lease <= 0 {
 		return fmt.Errorf("redisstore: extend: lease %v is not positive", lease)

@@ -77,6 +77,20 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestConformanceScripter runs the suite with the scripts sent through a
+// go-redis AutoPipeliner (Options.Scripter).
+func TestConformanceScripter(t *testing.T) {
+	c := standalone(t)
+	ap, err := c.AutoPipeline()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ap.Close() })
+	storetest.Run(t, func(t testing.TB) idem.Store {
+		return newStore(t, c, redisstore.Options{Scripter: ap})
+	}, storetest.Features{Extend: true, Wait: true, Inspect: true, MinLease: 25 * time.Millisecond})
+}
+
 // counter is a go-redis hook that counts round trips: one per command sent
 // alone, one per pipeline.
 type counter struct{ n atomic.Int64 }

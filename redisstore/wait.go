@@ -53,7 +53,7 @@ func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	st, err := s.c.HGet(ctx, k, "s").Result()
+	st, err := s.c.GetRange(ctx, k, 0, 0).Result() // the state byte
 	if err != nil && !errors.Is(err, redis.Nil) {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -61,6 +61,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&cfg.n, "n", 200000, "requests per measurement")
 	fs.IntVar(&cfg.rounds, "rounds", 3, "interleaved rounds; medians are reported")
 	fs.StringVar(&cfg.bin, "redis-benchmark", "redis-benchmark", "redis-benchmark executable")
+	autopipeline := fs.Bool("autopipeline", false, "run the scripts through a go-redis AutoPipeliner (Options.Scripter)")
+	protocol := fs.Int("protocol", 3, "RESP version go-redis speaks (2 or 3)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the redisstore measurements to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -82,13 +84,24 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 
 	hook := &counter{}
-	c := redis.NewClient(&redis.Options{Addr: cfg.addr, PoolSize: cfg.conc, MinIdleConns: cfg.conc})
+	c := redis.NewClient(&redis.Options{Addr: cfg.addr, Protocol: *protocol, PoolSize: cfg.conc, MinIdleConns: cfg.conc})
 	defer c.Close()
 	c.AddHook(hook)
 	if err := c.Ping(ctx).Err(); err != nil {
 		return err
 	}
-	st := redisstore.New(c, redisstore.Options{Prefix: fmt.Sprintf("bench:%d:", time.Now().UnixNano())})
+	o := redisstore.Options{Prefix: fmt.Sprintf("bench:%d:", time.Now().UnixNano())}
+	if *autopipeline {
+		ap, err := c.AutoPipeline()
+		if err != nil {
+			return err
+		}
+		defer ap.Close()
+		// Count requests, not the AutoPipeliner's batches.
+		hook.off.Store(true)
+		o.Scripter = &countingScripter{Scripter: ap, n: &hook.n}
+	}
+	st := redisstore.New(c, o)
 	defer st.Close()
 
 	// Completed keys to replay, and a warm script cache.
@@ -105,13 +118,23 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 
 	var setnx, first, replay []float64
+	var cpuSet, cpuFirst, cpuReplay []float64 // server CPU µs per request
 	var rtFirst, rtReplay float64
 	for r := range cfg.rounds {
+		cpu0, err := serverCPU(ctx, c)
+		if err != nil {
+			return err
+		}
 		v, err := redisBenchmark(ctx, cfg, host, port)
 		if err != nil {
 			return err
 		}
 		setnx = append(setnx, v)
+		cpu1, err := serverCPU(ctx, c)
+		if err != nil {
+			return err
+		}
+		cpuSet = append(cpuSet, (cpu1-cpu0)/float64(cfg.n))
 		before := hook.n.Load()
 		v, err = measure(cfg, func(w, i int) error {
 			k := fmt.Sprintf("new/%d/%d/%d", r, w, i)
@@ -129,6 +152,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		first = append(first, v)
 		rtFirst = float64(hook.n.Load()-before) / float64(cfg.n)
+		cpu2, err := serverCPU(ctx, c)
+		if err != nil {
+			return err
+		}
+		cpuFirst = append(cpuFirst, (cpu2-cpu1)/float64(cfg.n))
 		before = hook.n.Load()
 		v, err = measure(cfg, func(w, i int) error {
 			b, err := st.Begin(ctx, "hot/"+strconv.Itoa((w*7919+i)%hot), fp, time.Hour)
@@ -142,6 +170,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		replay = append(replay, v)
 		rtReplay = float64(hook.n.Load()-before) / float64(cfg.n)
+		cpu3, err := serverCPU(ctx, c)
+		if err != nil {
+			return err
+		}
+		cpuReplay = append(cpuReplay, (cpu3-cpu2)/float64(cfg.n))
 		fmt.Fprintf(out, "round %d: SET NX PX %.0f/s, first executions %.0f pairs/s, replays %.0f/s\n",
 			r+1, setnx[r], first[r], replay[r])
 	}
@@ -151,9 +184,19 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	ms, mf, mr := median(setnx), median(first), median(replay)
 	fmt.Fprintf(out, "\nmedians over %d rounds, %d requests each, concurrency %d, server %s:\n", cfg.rounds, cfg.n, cfg.conc, cfg.addr)
-	fmt.Fprintf(out, "  redis-benchmark SET __rand_int__ v NX PX 60000   %9.0f req/s   1 round trip\n", ms)
-	fmt.Fprintf(out, "  redisstore first execution (Begin+Complete)     %9.0f pairs/s %.2f round trips  %3.0f%% of SET NX (goal >= 35%%)\n", mf, rtFirst, 100*mf/ms)
-	fmt.Fprintf(out, "  redisstore replay (Begin)                       %9.0f req/s   %.2f round trips  %3.0f%% of SET NX (goal >= 70%%)\n", mr, rtReplay, 100*mr/ms)
+	fmt.Fprintf(out, "  %-48s %9s %7s %6s %s\n", "", "per s", "RTs", "ratio", "server CPU/req")
+	fmt.Fprintf(out, "  %-48s %9.0f %7.2f %5.0f%% %6.1f µs\n", "redis-benchmark SET __rand_int__ v NX PX 60000", ms, 1.0, 100.0, median(cpuSet))
+	fmt.Fprintf(out, "  %-48s %9.0f %7.2f %5.0f%% %6.1f µs  (goal >= 35%%)\n", "redisstore first execution (Begin+Complete)", mf, rtFirst, 100*mf/ms, median(cpuFirst))
+	fmt.Fprintf(out, "  %-48s %9.0f %7.2f %5.0f%% %6.1f µs  (goal >= 70%%)\n", "redisstore replay (Begin)", mr, rtReplay, 100*mr/ms, median(cpuReplay))
+	ratios := func(a, b []float64) []float64 {
+		r := make([]float64, len(a))
+		for i := range a {
+			r[i] = a[i] / b[i]
+		}
+		return r
+	}
+	fmt.Fprintf(out, "  median of per-round ratios: first %.0f%%, replay %.0f%%\n",
+		100*median(ratios(first, setnx)), 100*median(ratios(replay, setnx)))
 	return nil
 }
 
@@ -210,6 +253,26 @@ func redisBenchmark(ctx context.Context, cfg config, host, port string) (float64
 	return strconv.ParseFloat(recs[1][1], 64)
 }
 
+// serverCPU returns the server's CPU time (user+sys) in µs, from INFO cpu.
+func serverCPU(ctx context.Context, c *redis.Client) (float64, error) {
+	info, err := c.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0, err
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, err
+			}
+			total += f
+		}
+	}
+	return total * 1e6, nil
+}
+
 // cleanup deletes the keys under prefix (redis-benchmark's keys expire by
 // themselves after 60 s).
 func cleanup(ctx context.Context, c *redis.Client, prefix string) error {
@@ -243,19 +306,45 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-// counter counts round trips: one per command sent alone, one per pipeline.
-type counter struct{ n atomic.Int64 }
+// counter counts round trips: one per command sent alone, one per pipeline,
+// unless off is set.
+type counter struct {
+	n   atomic.Int64
+	off atomic.Bool
+}
 
 func (h *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
+		if !h.off.Load() {
+			h.n.Add(1)
+		}
 		return next(ctx, cmd)
 	}
 }
 func (h *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(1)
+		if !h.off.Load() {
+			h.n.Add(1)
+		}
 		return next(ctx, cmds)
 	}
+}
+
+// countingScripter counts the scripts sent through an AutoPipeliner, whose
+// hooks see batches, not requests: each script is one request awaiting its
+// own reply, that is one round trip.
+type countingScripter struct {
+	redis.Scripter
+	n *atomic.Int64
+}
+
+func (s *countingScripter) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+	s.n.Add(1)
+	return s.Scripter.EvalSha(ctx, sha1, keys, args...)
+}
+
+func (s *countingScripter) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
+	s.n.Add(1)
+	return s.Scripter.Eval(ctx, script, keys, args...)
 }
