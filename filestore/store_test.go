@@ -440,3 +440,39 @@ func TestCommitPanic(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWaitLeavesNothing checks that every way a Wait ends removes its
+// registration: woken, timed out, canceled, or on a key with no record.
+func TestWaitLeavesNothing(t *testing.T) {
+	s := open(t, Options{NoSync: true})
+	ctx := context.Background()
+	b := mustBegin(t, s, "k", fp1, time.Hour, idem.Acquired)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if err := s.Wait(ctx, "k", 10*time.Second); err != nil {
+				t.Errorf("Wait: %v", err)
+			}
+		})
+	}
+	for range 4 {
+		wg.Go(func() { s.Wait(ctx, "k", time.Millisecond) })
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Millisecond)
+			defer cancel()
+			s.Wait(cctx, "k", time.Hour)
+		})
+		wg.Go(func() { s.Wait(ctx, "missing", time.Hour) })
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := s.Complete(ctx, "k", b.Fence, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	s.wmu.Lock()
+	n := len(s.waits)
+	s.wmu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d wait registrations left after every Wait returned", n)
+	}
+}
