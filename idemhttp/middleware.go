@@ -476,7 +476,7 @@ func (h *handler) replay(w http.ResponseWriter, r *http.Request, result []byte) 
 	}
 	hdr := w.Header()
 	d.eachHeader(func(name string, vs []string) {
-		if !h.deny[name] {
+		if !h.denied(name) {
 			hdr[name] = vs
 		}
 	})
@@ -633,8 +633,14 @@ func (h *handler) retention() time.Duration {
 
 // denied reports whether a header is never stored: the deny set, and
 // trailers announced with http.TrailerPrefix (trailers are not stored).
+// Names set by direct map assignment may be non-canonical ("set-cookie");
+// they are looked up canonically too.
 func (h *handler) denied(name string) bool {
-	return h.deny[name] || strings.HasPrefix(name, http.TrailerPrefix)
+	if h.deny[name] || strings.HasPrefix(name, http.TrailerPrefix) {
+		return true
+	}
+	c := textproto.CanonicalMIMEHeaderKey(name)
+	return c != name && (h.deny[c] || strings.HasPrefix(c, http.TrailerPrefix))
 }
 
 // connectionListed reports whether name is listed in the Connection header
@@ -642,7 +648,7 @@ func (h *handler) denied(name string) bool {
 func connectionListed(conn []string, name string) bool {
 	for _, v := range conn {
 		for tok := range strings.SplitSeq(v, ",") {
-			if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(tok)) == name {
+			if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(tok)) == textproto.CanonicalMIMEHeaderKey(name) {
 				return true
 			}
 		}
