@@ -25,9 +25,11 @@
 //
 // # Records, expiry and fences
 //
-// A record is a small hash (state, fingerprint, fence, lease end, acquire
-// time, result) under the key returned by Store.Key. A completed record
-// expires after its retention (PEXPIRE), after which the key is new again.
+// A record is one string value (a 29-byte header with state, fence, lease
+// end and acquire time, then the fingerprint and the result) under the key
+// returned by Store.Key, so each step is a GET and one SET with PX. A
+// completed record expires after its retention (PX), after which the key is
+// new again.
 // An in-progress record expires Options.Abandon after its lease ended; until
 // then an expired lease is taken over (fence+1, reported as a takeover) and
 // the old holder's Complete still succeeds if nobody took over.
