@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -144,7 +145,7 @@ func TestServerKilledAndRestarted(t *testing.T) {
 	fp := []byte("fp")
 
 	var ran atomic.Int64
-	mw := &idemhttp.Middleware{Keeper: k}
+	mw := &idemhttp.Middleware{Keeper: k, CompleteTimeout: 300 * time.Millisecond}
 	ts := httptest.NewServer(mw.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ran.Add(1)
 		w.WriteHeader(http.StatusCreated)
@@ -172,7 +173,51 @@ func TestServerKilledAndRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Kill the server while requests run: every request either executed
+	// (201) or was refused without running the handler (503).
+	var (
+		wg      sync.WaitGroup
+		stop    atomic.Bool
+		created atomic.Int64
+		refused atomic.Int64
+		other   atomic.Int64
+	)
+	ran.Store(0)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				req, _ := http.NewRequest(http.MethodPost, ts.URL, strings.NewReader("{}"))
+				req.Header.Set("Idempotency-Key", fmt.Sprintf("load-%d-%d", w, i))
+				resp, err := ts.Client().Do(req)
+				if err != nil {
+					other.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch resp.StatusCode {
+				case http.StatusCreated:
+					created.Add(1)
+				case http.StatusServiceUnavailable:
+					refused.Add(1)
+				default:
+					other.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
 	srv.kill()
+	time.Sleep(300 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	if ran.Load() != created.Load() || refused.Load() == 0 || created.Load() == 0 || other.Load() != 0 {
+		t.Errorf("under load: handler ran %d times, %d answers 201, %d answers 503, %d others; want runs = 201s, some of each, no others",
+			ran.Load(), created.Load(), refused.Load(), other.Load())
+	}
+
 	ran.Store(0)
 	start := time.Now()
 	for _, tc := range []struct {

@@ -184,3 +184,16 @@ func TestRoundTrips(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkStore runs storetest.Benchmark against IDEM_REDIS_ADDR:
+//
+//	go test -run '^$' -bench . -cpu 32 ./redisstore
+//
+// (-cpu 32 gives b.RunParallel 32 goroutines.) bench/redis compares the same
+// paths with redis-benchmark; see docs/bench/redis.md.
+func BenchmarkStore(b *testing.B) {
+	c := standalone(b)
+	storetest.Benchmark(b, func(tb testing.TB) idem.Store {
+		return newStore(tb, c, redisstore.Options{})
+	})
+}
