@@ -25,7 +25,7 @@ func TestConformance(t *testing.T) {
 // configuration), with leases of a few tens of milliseconds.
 func TestConformanceRealClock(t *testing.T) {
 	f := allFeatures
-	f.MinLease = 25 * time.Millisecond
+	f.MinLease = 50 * time.Millisecond
 	storetest.Run(t, func(t testing.TB) idem.Store {
 		return open(t, Options{})
 	}, f)
