@@ -68,7 +68,11 @@ type Consumer struct {
 	beforeCommit func() error
 }
 
-const insertOutbox = `INSERT INTO notification_outbox (event_id, recipient, template) VALUES ($1, $2, $3)`
+const (
+	insertOutbox      = `INSERT INTO notification_outbox (event_id, recipient, template) VALUES ($1, $2, $3)`
+	insertOutboxBatch = `INSERT INTO notification_outbox (event_id, recipient, template)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`
+)
 
 // Handle processes one event in its own transaction (steps 1–4) and returns
 // the idemmsg status. Acknowledge the event when st.Ack() (step 5).
@@ -95,8 +99,8 @@ func (c *Consumer) Handle(ctx context.Context, ev Event) (st idemmsg.Status, err
 }
 
 // HandleBatch processes a batch of events (for example one broker poll) in
-// one transaction: one ClaimBatch statement, one multi-row insert for the new
-// events, one commit. Acknowledge all of them when err is nil; none
+// one transaction: one ClaimBatch statement, one multi-row insert (unnest)
+// for the new events, one commit. Acknowledge all of them when err is nil; none
 // otherwise.
 func (c *Consumer) HandleBatch(ctx context.Context, evs []Event) ([]idemmsg.Outcome, error) {
 	tx, err := c.Pool.Begin(ctx)
@@ -112,11 +116,11 @@ func (c *Consumer) HandleBatch(ctx context.Context, evs []Event) ([]idemmsg.Outc
 		return c.Store.ClaimBatch(ctx, tx, scope, ids)
 	})
 	out, err := idemmsg.BatchTx(ctx, claim, c.Scope, ids, func(ctx context.Context, fresh []int) error {
-		rows := make([][]any, len(fresh))
+		ids, tos, tpls := make([]string, len(fresh)), make([]string, len(fresh)), make([]string, len(fresh))
 		for j, i := range fresh {
-			rows[j] = []any{evs[i].ID, evs[i].To, evs[i].Template}
+			ids[j], tos[j], tpls[j] = evs[i].ID, evs[i].To, evs[i].Template
 		}
-		_, err := tx.CopyFrom(ctx, pgx.Identifier{"notification_outbox"}, []string{"event_id", "recipient", "template"}, pgx.CopyFromRows(rows))
+		_, err := tx.Exec(ctx, insertOutboxBatch, ids, tos, tpls)
 		return err
 	})
 	if err != nil {
