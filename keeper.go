@@ -359,12 +359,19 @@ func (l *Lease) finish() error {
 }
 
 // Extend pushes the lease out by the Keeper's lease duration from now. It
-// returns ErrLeaseLost (wrapped) when the lease was taken over, and nil
-// without doing anything when the store cannot extend leases.
+// returns ErrLeaseLost (wrapped) when the lease was taken over, nil without
+// doing anything when the store cannot extend leases, and an error without
+// calling the store once the lease was completed or released.
 func (l *Lease) Extend(ctx context.Context) error {
 	x, ok := l.k.Store.(Extender)
 	if !ok {
 		return nil
+	}
+	l.mu.Lock()
+	finished := l.finished
+	l.mu.Unlock()
+	if finished {
+		return errFinished
 	}
 	start := time.Now()
 	if err := x.Extend(ctx, l.key, l.fence, l.k.lease()); err != nil {
@@ -392,7 +399,7 @@ func (l *Lease) StartRenewal() {
 	if l.finished || l.timer != nil {
 		return
 	}
-	l.every = l.k.lease() / 3
+	l.every = max(l.k.lease()/3, time.Millisecond)
 	l.timer = time.AfterFunc(l.every, l.tick)
 }
 

@@ -79,6 +79,9 @@ type Begun struct {
 // default in this module's stores). Fingerprints are compared byte for
 // byte; nil and empty are equal.
 //
+// A Store must not retain the fp or result slices it is given, nor expect
+// callers to keep the slices it returns unchanged: it copies as needed.
+//
 // A Store returns ctx.Err() (possibly wrapped) and changes nothing when ctx is
 // already done, and wraps transport failures with ErrStoreUnavailable.
 type Store interface {
