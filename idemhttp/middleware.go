@@ -506,7 +506,7 @@ func (h *handler) replay(w http.ResponseWriter, r *http.Request, result []byte) 
 
 // execute runs the handler under lease and completes or releases the record.
 func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, lease *idem.Lease) {
-	rn := startRenewal(lease, h.keeper)
+	lease.StartRenewal()
 	r2 := r.WithContext(lease.Context(r.Context()))
 	setBody(r2, bytes.Clone(body))
 	c := newCapture(w, h)
@@ -517,15 +517,13 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		}
 		// The handler panicked (or called runtime.Goexit): release the
 		// record so a retry executes, and let the panic continue.
-		rn.stop()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
-		err := h.finish(ctx, lease, nil, false)
+		err := lease.Release(ctx)
 		cancel()
 		h.report(r, Outcome{Kind: OutcomePanic, Fence: lease.Fence(), Takeover: lease.Takeover(), Err: err})
 	}()
 	h.next.ServeHTTP(c, r2)
 	finished = true
-	rn.stop()
 
 	// A handler that wrote nothing and returned after its client went away
 	// abandoned the request: release, so that a retry executes. (Had the
@@ -546,10 +544,10 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		if c.omit {
 			result[1] |= flagOmitted
 		}
-		o.Err = h.finish(ctx, lease, result, true)
+		o.Err = lease.Complete(ctx, result)
 		o.Stored = o.Err == nil
 	} else {
-		o.Err = h.finish(ctx, lease, nil, false)
+		o.Err = lease.Release(ctx)
 		if abandoned && o.Err == nil {
 			if c.hijacked {
 				o.Err = errHijacked
@@ -561,74 +559,6 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 	cancel()
 	c.free()
 	h.report(r, o)
-}
-
-// finish completes the record with result (complete) or releases it. A
-// store failure (idem.ErrStoreUnavailable: a transport error, after which
-// the step may or may not have been applied) is retried with backoff until
-// ctx (CompleteTimeout) ends: a completion lost to a brief store outage
-// would otherwise leave the record in progress until its lease expires, and
-// the next retry would execute the handler a second time. Retrying is safe
-// because the store step is fenced. A retry refused with idem.ErrLeaseLost
-// may mean the failed attempt was in fact applied; when the store is an
-// idem.Inspector the record is read to tell.
-func (h *handler) finish(ctx context.Context, lease *idem.Lease, result []byte, complete bool) error {
-	var err error
-	if complete {
-		err = lease.Complete(ctx, result)
-	} else {
-		err = lease.Release(ctx)
-	}
-	first := err
-	st := h.keeper.Store
-	backoff := 5 * time.Millisecond
-	for err != nil && errors.Is(err, idem.ErrStoreUnavailable) {
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return first
-		case <-t.C:
-		}
-		backoff = min(2*backoff, 250*time.Millisecond)
-		if complete {
-			err = st.Complete(ctx, lease.Key(), lease.Fence(), result, h.retention())
-		} else {
-			err = st.Release(ctx, lease.Key(), lease.Fence())
-		}
-		if errors.Is(err, idem.ErrLeaseLost) {
-			if h.applied(ctx, lease, complete) {
-				return nil
-			}
-			return first
-		}
-	}
-	return err
-}
-
-// applied reports whether the store shows lease's step as done: the record
-// completed under lease's fence, or gone after a release.
-func (h *handler) applied(ctx context.Context, lease *idem.Lease, complete bool) bool {
-	in, ok := h.keeper.Store.(idem.Inspector)
-	if !ok {
-		return false
-	}
-	rec, found, err := in.Get(ctx, lease.Key())
-	if err != nil {
-		return false
-	}
-	if complete {
-		return found && rec.State == idem.StateCompleted && rec.Fence == lease.Fence()
-	}
-	return !found || rec.Fence != lease.Fence()
-}
-
-// retention is the Keeper's retention (idem.Keeper applies the same default).
-func (h *handler) retention() time.Duration {
-	if h.keeper.Retention > 0 {
-		return h.keeper.Retention
-	}
-	return idem.DefaultRetention
 }
 
 // denied reports whether a header is never stored: the deny set, and
@@ -748,61 +678,3 @@ func newBodyReader(b []byte) *bodyReader {
 
 // Close does nothing and returns nil.
 func (*bodyReader) Close() error { return nil }
-
-// renewal starts renewing a lease only once the handler has run for a third
-// of the lease period, so the common short request pays for one timer
-// instead of a goroutine and a ticker. It then extends the lease at once and
-// hands over to Lease.StartRenewal, which extends it every third of the
-// period until Complete or Release: a handler that runs longer than a third
-// of the lease is renewed (SPEC §3).
-type renewal struct {
-	lease *idem.Lease
-	every time.Duration
-	timer *time.Timer
-
-	mu      sync.Mutex
-	stopped bool
-}
-
-func startRenewal(l *idem.Lease, k *idem.Keeper) *renewal {
-	if _, ok := k.Store.(idem.Extender); !ok {
-		return nil // nothing to renew with (Lease.StartRenewal agrees)
-	}
-	lease := k.Lease
-	if lease <= 0 {
-		lease = idem.DefaultLease
-	}
-	if lease/3 <= 0 {
-		return nil // a lease of under 3 ns cannot be renewed (and would panic time.NewTicker)
-	}
-	rn := &renewal{lease: l, every: lease / 3}
-	rn.timer = time.AfterFunc(rn.every, rn.fire)
-	return rn
-}
-
-func (rn *renewal) fire() {
-	rn.mu.Lock()
-	defer rn.mu.Unlock()
-	if rn.stopped {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), rn.every)
-	err := rn.lease.Extend(ctx)
-	cancel()
-	if errors.Is(err, idem.ErrLeaseLost) {
-		return // reported by the Keeper's observer; the completion will be refused
-	}
-	rn.lease.StartRenewal()
-}
-
-// stop prevents any further start of renewal; once it returns, a renewal
-// that started is stopped by the lease's Complete or Release.
-func (rn *renewal) stop() {
-	if rn == nil {
-		return
-	}
-	rn.timer.Stop()
-	rn.mu.Lock()
-	rn.stopped = true
-	rn.mu.Unlock()
-}
