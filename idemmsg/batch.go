@@ -69,6 +69,12 @@ func (d *Deduper) batch(ctx context.Context, scope string, ids []string, fn func
 	if len(ids) == 0 {
 		return out
 	}
+	if d.Store == nil {
+		for i := range out {
+			out[i] = Outcome{NotRun, ErrNoStore}
+		}
+		return out
+	}
 	// Unique, valid ids, in order of first occurrence.
 	first := make(map[string]int, len(ids))
 	var uniq []int // indexes into ids

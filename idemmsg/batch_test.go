@@ -323,3 +323,14 @@ func TestBatchRetriesTransientCompleteFailures(t *testing.T) {
 		t.Fatalf("%+v", out[0])
 	}
 }
+
+func TestNoStore(t *testing.T) {
+	t.Parallel()
+	var d idemmsg.Deduper
+	if st, err := d.Once(context.Background(), "s", "m", nil); st != idemmsg.NotRun || !errors.Is(err, idemmsg.ErrNoStore) {
+		t.Fatal(st, err)
+	}
+	if out := d.Batch(context.Background(), "s", []string{"m"}, nil); out[0].Status != idemmsg.NotRun || !errors.Is(out[0].Err, idemmsg.ErrNoStore) {
+		t.Fatal(out)
+	}
+}

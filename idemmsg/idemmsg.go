@@ -21,6 +21,9 @@ const DefaultRetention = 30 * 24 * time.Hour
 // the handler again, which is why Status.Ack is true for it.
 var ErrNotRecorded = errors.New("idemmsg: processed but not recorded")
 
+// ErrNoStore is returned (with NotRun) by a Deduper whose Store is nil.
+var ErrNoStore = errors.New("idemmsg: Deduper.Store is nil")
+
 // Status is what Once, Batch, OnceTx and BatchTx did with one message.
 type Status uint8
 
@@ -142,6 +145,9 @@ func (d *Deduper) retention() time.Duration {
 // The completion and release do not depend on ctx staying alive: a handler
 // that finished is recorded even if ctx is canceled meanwhile.
 func (d *Deduper) Once(ctx context.Context, scope, id string, fn func(context.Context) error) (Status, error) {
+	if d.Store == nil {
+		return NotRun, ErrNoStore
+	}
 	a, err := d.keeper().Begin(ctx, scope, id, fingerprint)
 	if err != nil {
 		if errors.Is(err, idem.ErrInFlight) {
