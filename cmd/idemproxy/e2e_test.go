@@ -60,7 +60,7 @@ func newUpstream(t *testing.T) *upstream {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Write(bytes.Repeat([]byte("0123456789abcdef"), (3<<20)/32)) // 1.5 MiB
 	})
-	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+	slow := func(w http.ResponseWriter, r *http.Request) {
 		readAll(r)
 		n := u.count(r)
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
@@ -71,7 +71,9 @@ func newUpstream(t *testing.T) *upstream {
 		}
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprintf(w, "slow execution %d fence %s", n, r.Header.Get(HeaderFence))
-	})
+	}
+	mux.HandleFunc("/slow", slow)
+	mux.HandleFunc("/slow/", slow)
 	mux.HandleFunc("/off/", func(w http.ResponseWriter, r *http.Request) { u.count(r) })
 	mux.HandleFunc("/opt", func(w http.ResponseWriter, r *http.Request) {
 		u.count(r)
@@ -165,7 +167,7 @@ func storeCases() []storeCase {
 const specConfig = `
 routes:
   - name: timeout
-    prefix: /slow
+    prefix: /slow/timeout
     upstream_timeout: 300ms
   - name: canonical
     prefix: /canon
@@ -189,6 +191,7 @@ routes:
 func TestSpecRows(t *testing.T) {
 	for _, sc := range storeCases() {
 		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
 			u := newUpstream(t)
 			cfg := writeFile(t, "idemproxy.yaml", specConfig)
 			p := startProxy(t, "-upstream", u.srv.URL, "-store", sc.url(t), "-config", cfg, "-lease", "2s")
@@ -448,11 +451,11 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 	t.Run("upstream timeout: 504, released", func(t *testing.T) {
 		k := newKey()
 		for i := 1; i <= 2; i++ {
-			r := do(t, c, "POST", p.addr+"/slow?ms=2000", with("Idempotency-Key", k), "{}")
+			r := do(t, c, "POST", p.addr+"/slow/timeout?ms=2000", with("Idempotency-Key", k), "{}")
 			if r.status != 504 || problemCode(t, r) != "upstream-timeout" {
 				t.Fatalf("attempt %d: %d %s", i, r.status, r.body)
 			}
-			if n := u.n("/slow", k); n != i {
+			if n := u.n("/slow/timeout", k); n != i {
 				t.Fatalf("upstream ran %d times after attempt %d", n, i)
 			}
 		}
@@ -511,7 +514,7 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 		}
 		wg.Wait()
 		if n := u.n("/slow", k); n != 1 {
-			t.Fatalf("upstream ran %d times", n)
+			t.Fatalf("upstream ran %d times; fences %v; log:\n%s", n, u.fence("/slow", k), grepLines(p.log.String(), k))
 		}
 		if ok.Load() < 1 || other.Load() != 0 || ok.Load()+conflict.Load() != 200 {
 			t.Fatalf("201: %d, 409: %d, other: %d", ok.Load(), conflict.Load(), other.Load())
@@ -553,7 +556,7 @@ func TestStoreUnavailable(t *testing.T) {
 	ln.Close()
 	u := newUpstream(t)
 	cfg := writeFile(t, "c.yaml", "routes: [{prefix: /status/201, fail: open}]\n")
-	p := startProxy(t, "-upstream", u.srv.URL, "-store", "redis://"+dead+"/0?dial_timeout=200ms", "-config", cfg,
+	p := startProxy(t, "-upstream", u.srv.URL, "-store", "redis://"+dead+"/0?dial_timeout=200ms&max_retries=-1", "-config", cfg,
 		"-admin", "127.0.0.1:0")
 	c := client(t)
 	k := newKey()
@@ -580,6 +583,7 @@ func TestStoreUnavailable(t *testing.T) {
 func TestSlowUpstreamRenewsLease(t *testing.T) {
 	for _, sc := range storeCases()[:2] {
 		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
 			u := newUpstream(t)
 			p := startProxy(t, "-upstream", u.srv.URL, "-store", sc.url(t), "-lease", "300ms", "-admin", "127.0.0.1:0")
 			c := client(t)
