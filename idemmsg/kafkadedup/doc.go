@@ -13,7 +13,8 @@
 //   - commits the offset after the last record that was processed or found
 //     duplicate (auto-commit is disabled, so nothing is committed before it
 //     is processed), and rewinds the partition to the first record that was
-//     not, so that it is fetched again after a backoff.
+//     not, so that it is fetched again after a backoff (RetryBackoff,
+//     doubling; for an in-flight record never past the holder's lease).
 //
 // Rebalances: the client must be built with ClientOpts (DisableAutoCommit and
 // BlockRebalanceOnPoll). A revocation then waits until the polled records

@@ -51,13 +51,13 @@ type Consumer struct {
 	ID func(r *kgo.Record) string
 	// MaxPollRecords bounds the records of one Poll. If zero, 1000.
 	MaxPollRecords int
-	// RetryBackoff is the wait before a failed record is fetched again; it
-	// doubles at each consecutive failure of the same record up to
-	// MaxRetryBackoff. If zero, 100 ms.
+	// RetryBackoff is the wait before a record that failed, or was in flight
+	// on another consumer, is fetched again; it doubles at each consecutive
+	// attempt at the same record up to MaxRetryBackoff, and an in-flight
+	// record's wait never exceeds the holder's lease time left. If zero,
+	// 100 ms.
 	RetryBackoff time.Duration
-	// MaxRetryBackoff bounds RetryBackoff's growth and the wait for a record
-	// in flight elsewhere (otherwise the holder's lease time left). If zero,
-	// 5 s.
+	// MaxRetryBackoff bounds RetryBackoff's growth. If zero, 5 s.
 	MaxRetryBackoff time.Duration
 	// OnError, if set, is called for every record not acknowledged (with the
 	// idemmsg status and error) and for every commit error (with a nil
@@ -243,10 +243,6 @@ func (c *Consumer) partition(ctx context.Context, scope string, recs []*kgo.Reco
 	if limit <= 0 {
 		limit = 5 * time.Second
 	}
-	var ife *idem.InFlightError
-	if errors.As(o.Err, &ife) {
-		return n, stuck, min(ife.LeaseLeft, limit)
-	}
 	base := c.RetryBackoff
 	if base <= 0 {
 		base = 100 * time.Millisecond
@@ -265,6 +261,13 @@ func (c *Consumer) partition(ctx context.Context, scope string, recs []*kgo.Reco
 	w := base
 	for i := 1; i < f.n && w < limit; i++ {
 		w *= 2
+	}
+	// A record in flight elsewhere is usually finished soon (often by
+	// another partition of this very poll): back off as for a failure, but
+	// never past the holder's lease, when a takeover becomes possible.
+	var ife *idem.InFlightError
+	if errors.As(o.Err, &ife) {
+		w = min(w, max(ife.LeaseLeft, time.Millisecond))
 	}
 	return n, stuck, min(w, limit)
 }
