@@ -128,9 +128,9 @@ func TestBatchPanicReleasesAll(t *testing.T) {
 func TestBatchRenews(t *testing.T) {
 	t.Parallel()
 	fs := fakestore.New(nil)
-	d := &idemmsg.Deduper{Store: fs, Lease: 30 * time.Millisecond}
+	d := &idemmsg.Deduper{Store: fs, Lease: 120 * time.Millisecond}
 	out := d.Batch(context.Background(), "s", []string{"a", "b"}, func(_ context.Context, i int) error {
-		time.Sleep(50 * time.Millisecond) // longer than the lease: survives only if renewed
+		time.Sleep(200 * time.Millisecond) // longer than the lease: survives only if renewed
 		return nil
 	})
 	for i, o := range out {

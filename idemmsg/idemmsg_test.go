@@ -334,7 +334,7 @@ func TestOnceConcurrentDuplicatesOneExecutes(t *testing.T) {
 func TestOnceRenewsLongHandlers(t *testing.T) {
 	t.Parallel()
 	s := fakestore.New(nil) // real clock: renewal runs on a real ticker
-	d := &idemmsg.Deduper{Store: s, Lease: 30 * time.Millisecond}
+	d := &idemmsg.Deduper{Store: s, Lease: 150 * time.Millisecond}
 	started, release := make(chan struct{}), make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -346,8 +346,8 @@ func TestOnceRenewsLongHandlers(t *testing.T) {
 		})
 	}()
 	<-started
-	for range 5 { // 5 × 25 ms = 4 leases
-		time.Sleep(25 * time.Millisecond)
+	for range 4 { // 4 × 100 ms > 2 leases
+		time.Sleep(100 * time.Millisecond)
 		if st, _ := d.Once(context.Background(), "s", "m", func(context.Context) error { return nil }); st != idemmsg.InFlight {
 			close(release)
 			<-done

@@ -270,7 +270,7 @@ func TestCrashBeforeEffect(t *testing.T) {
 	addrs := cluster(t, 1)
 	produce(t, addrs, rec{"a", 0}, rec{"b", 0})
 	fs := fakestore.New(nil)
-	const lease = 300 * time.Millisecond
+	const lease = 1500 * time.Millisecond // long enough to be seen in flight on a loaded machine
 	// The dead consumer claimed "a" and died before its side effect.
 	if _, err := fs.Begin(context.Background(), idem.RecordKey("mailer", "a"), []byte{}, lease); err != nil {
 		t.Fatal(err)

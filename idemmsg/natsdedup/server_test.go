@@ -122,7 +122,7 @@ func TestServerCrashBeforeEffect(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	fs := fakestore.New(nil)
-	const lease = 400 * time.Millisecond
+	const lease = 1500 * time.Millisecond // long enough to be seen in flight on a loaded machine
 	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fs, Lease: lease}}
 	var fx effects
 	e.publish(t, "Nats-Msg-Id", "evt-1")
@@ -133,7 +133,7 @@ func TestServerCrashBeforeEffect(t *testing.T) {
 	if _, err := fs.Begin(ctx, idem.RecordKey(md.Stream+"/"+md.Consumer, "evt-1"), []byte{}, lease); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(8 * time.Second)
 	var seen []idemmsg.Status
 	for time.Now().Before(deadline) && fx.n.Load() == 0 {
 		m := e.next(t, time.Second)

@@ -226,7 +226,7 @@ func TestCrashBeforeEffect(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.add(t, "a")
-	const lease = 300 * time.Millisecond
+	const lease = 1500 * time.Millisecond // long enough to be seen in flight on a loaded machine
 	d := e.deduper()
 	d.Lease = lease
 	ctx := context.Background()
