@@ -16,6 +16,9 @@
 // exactly two round trips (Begin, Complete); a replay, a conflict and a
 // mismatch cost one.
 //
+// BeginBatch (idemmsg.BatchBeginner) pipelines the begin script for many
+// keys: one round trip on a single server, one per primary on a Cluster.
+//
 // # Clock
 //
 // Lease and retention deadlines are judged by the Redis server's clock: the

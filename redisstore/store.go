@@ -182,6 +182,10 @@ func (s *Store) Key(key string) string {
 // fence cannot hold any record.
 const maxFence = 1<<53 - 1
 
+// giveBackTimeout is the least time allowed to the best-effort release of a
+// key acquired by a Begin that then failed closed.
+const giveBackTimeout = time.Second
+
 // micros returns d in whole microseconds, at least 1.
 func micros(d time.Duration) int64 { return max(int64((d+time.Microsecond-1)/time.Microsecond), 1) }
 
@@ -290,7 +294,7 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 	if b.Outcome == idem.Acquired && (err != nil || !acked) {
 		// The write may be lost in a failover: give the key back so that a
 		// retry executes, and fail closed.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.waitTO)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(s.waitTO, giveBackTimeout))
 		_, _, _ = s.run(rctx, releaseScript, k, false, strconv.FormatUint(b.Fence, 10), s.notify)
 		cancel()
 		if err == nil {
