@@ -845,3 +845,47 @@ func TestDefaultStoreIsFile(t *testing.T) {
 		t.Fatalf("default store file: %v", err)
 	}
 }
+
+// TestDemo runs -demo: it prints the curl commands, and the demo API shows
+// a replay, a 409 and a 422 through the proxy.
+func TestDemo(t *testing.T) {
+	p := startProxy(t, "-demo")
+	waitFor(t, 5*time.Second, "the curl commands", func() bool { return strings.Contains(p.log.String(), "curl -si -X POST "+p.addr) })
+	c := client(t)
+	h := map[string]string{"Idempotency-Key": newKey(), "Content-Type": "application/json"}
+	r1 := do(t, c, "POST", p.addr+"/v1/charges", h, `{"amount":1000}`)
+	r2 := do(t, c, "POST", p.addr+"/v1/charges", h, `{"amount":1000}`)
+	if r1.status != 201 || r2.status != 201 || r2.header.Get("Idempotency-Replayed") != "true" || !bytes.Equal(r1.body, r2.body) {
+		t.Fatalf("replay: %d %s / %d %s", r1.status, r1.body, r2.status, r2.body)
+	}
+	if r := do(t, c, "POST", p.addr+"/v1/charges", h, `{"amount":2000}`); r.status != 422 {
+		t.Fatalf("mismatch: %d", r.status)
+	}
+	if r := do(t, c, "GET", p.addr+"/v1/stats", nil, ""); string(r.body) != "{\"charges_made\":1}\n" {
+		t.Fatalf("stats: %s", r.body)
+	}
+	slow := map[string]string{"Idempotency-Key": newKey(), "Content-Type": "application/json"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequestWithContext(ctx, "POST", p.addr+"/v1/slow-charges", strings.NewReader(`{"amount":5}`))
+		for k, v := range slow {
+			req.Header.Set(k, v)
+		}
+		if res, err := c.Do(req); err == nil {
+			res.Body.Close()
+		}
+	}()
+	var r resp
+	waitFor(t, 5*time.Second, "the 409", func() bool {
+		r = do(t, c, "POST", p.addr+"/v1/slow-charges", slow, `{"amount":5}`)
+		return r.status == 409
+	})
+	if r.header.Get("Retry-After") == "" {
+		t.Fatalf("409 without Retry-After: %v", r.header)
+	}
+	cancel() // the client gives up: the record is released
+	<-done
+}

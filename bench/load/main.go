@@ -1,0 +1,501 @@
+// Command load measures idemproxy's throughput against a direct upstream and
+// a plain net/http/httputil.ReverseProxy, on loopback only, in one bounded
+// run, and prints a Markdown table with the ratios (docs/bench/idemproxy.md).
+//
+//	go run ./bench/load                       # memory and file stores
+//	IDEM_REDIS_ADDR=127.0.0.1:6379 go run ./bench/load   # adds Redis
+//	go run ./bench/load -duration 5s -runs 5 -concurrency 32
+//
+// Every server runs as its own process (the upstream and the plain proxy
+// are this program re-executed with -role; idemproxy is built from
+// ./cmd/idemproxy unless -proxy-bin is given), so that the three set-ups pay
+// the same process and loopback costs. The load generator keeps
+// -concurrency requests in flight over keep-alive connections for
+// -duration per scenario, after a warm-up, and repeats each scenario -runs
+// times; the table reports the median.
+//
+// Scenarios: "unique" sends a new Idempotency-Key on every request (every
+// request is a first execution that reaches the upstream and completes a
+// record); "replay" first executes -keys keys and then sends only retries of
+// them (every request is answered from the store).
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	role        string
+	listen      string
+	upstream    string
+	proxyBin    string
+	stores      string
+	redisAddr   string
+	duration    time.Duration
+	warmup      time.Duration
+	runs        int
+	concurrency int
+	keys        int
+}
+
+func run(args []string, stdout io.Writer) error {
+	var c config
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	fs.StringVar(&c.role, "role", "", "internal: run as `upstream` or `plain` (a server for the benchmark)")
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "internal: listen address for -role")
+	fs.StringVar(&c.upstream, "upstream", "", "internal: upstream URL for -role plain")
+	fs.StringVar(&c.proxyBin, "proxy-bin", "", "idemproxy binary (default: go build ./cmd/idemproxy into a temp dir)")
+	fs.StringVar(&c.stores, "stores", "memory,file,redis", "idemproxy stores to measure (redis needs IDEM_REDIS_ADDR or -redis)")
+	fs.StringVar(&c.redisAddr, "redis", os.Getenv("IDEM_REDIS_ADDR"), "Redis host:port for the redis store (loopback)")
+	fs.DurationVar(&c.duration, "duration", 3*time.Second, "measured time per scenario run")
+	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured load before each scenario run")
+	fs.IntVar(&c.runs, "runs", 3, "runs per scenario; the median is reported")
+	fs.IntVar(&c.concurrency, "concurrency", 32, "requests in flight")
+	fs.IntVar(&c.keys, "keys", 1000, "keys executed before a replay scenario")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch c.role {
+	case "upstream":
+		return serveRole(c.listen, upstreamHandler())
+	case "plain":
+		u, err := url.Parse(c.upstream)
+		if err != nil {
+			return err
+		}
+		return serveRole(c.listen, plainProxy(u))
+	case "":
+	default:
+		return fmt.Errorf("unknown -role %q", c.role)
+	}
+	if c.duration <= 0 || c.duration > time.Minute || c.runs < 1 || c.runs > 10 || c.concurrency < 1 || c.concurrency > 1024 {
+		return errors.New("bounds: 0 < -duration <= 1m, 1 <= -runs <= 10, 1 <= -concurrency <= 1024")
+	}
+	return bench(c, stdout)
+}
+
+// upstreamHandler answers every request 201 with a small JSON body, like a
+// fast payments API.
+func upstreamHandler() http.Handler {
+	var n atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		id := n.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"id":"ch_%012d","object":"charge","amount":1000,"currency":"eur","status":"succeeded"}`, id)
+	})
+}
+
+// plainProxy is the baseline: httputil.ReverseProxy with the same transport
+// settings and flush behaviour as idemproxy.
+func plainProxy(u *url.URL) http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(u)
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+		},
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:   true,
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 1024,
+			IdleConnTimeout:     90 * time.Second,
+		},
+		FlushInterval: -1,
+	}
+}
+
+// serveRole serves h, prints "ADDR host:port" on stdout, and exits on
+// SIGTERM or when stdin closes (the parent died).
+func serveRole(addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Printf("ADDR %s\n", ln.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		stop()
+	}()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// child is a server process of the benchmark.
+type child struct {
+	cmd   *exec.Cmd
+	addr  string
+	stdin io.WriteCloser
+}
+
+func (ch *child) stop() {
+	_ = ch.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = ch.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = ch.cmd.Process.Kill()
+		<-done
+	}
+	_ = ch.stdin.Close()
+}
+
+// startRole re-executes this program as a server with -role.
+func startRole(role string, extra ...string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, append([]string{"-role", role}, extra...)...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ADDR ") {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("%s did not start: %q %v", role, line, err)
+	}
+	return &child{cmd: cmd, addr: strings.TrimSpace(strings.TrimPrefix(line, "ADDR ")), stdin: stdin}, nil
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// startIdemproxy runs the idemproxy binary in front of upstream on store.
+func startIdemproxy(bin, upstream, store string) (*child, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-listen", addr, "-upstream", upstream, "-store", store, "-log-level", "warn")
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	ch := &child{cmd: cmd, addr: addr, stdin: stdin}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return ch, nil
+		}
+		if time.Now().After(deadline) {
+			ch.stop()
+			return nil, fmt.Errorf("idemproxy did not listen on %s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func buildIdemproxy() (bin string, cleanup func(), err error) {
+	dir, err := os.MkdirTemp("", "idemproxy-load-")
+	if err != nil {
+		return "", nil, err
+	}
+	bin = filepath.Join(dir, "idemproxy")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/idemproxy")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("go build ./cmd/idemproxy (run from the module root, or give -proxy-bin): %w", err)
+	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+// result is one measured scenario run.
+type result struct {
+	rps      float64
+	p50, p99 time.Duration
+	errors   int64
+}
+
+// scenario is one line of the table.
+type scenario struct {
+	name   string
+	target string
+	replay bool
+	runs   []result
+}
+
+func bench(c config, stdout io.Writer) error {
+	bin := c.proxyBin
+	if bin == "" {
+		b, cleanup, err := buildIdemproxy()
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		bin = b
+	}
+	up, err := startRole("upstream")
+	if err != nil {
+		return err
+	}
+	defer up.stop()
+	upURL := "http://" + up.addr
+	plain, err := startRole("plain", "-upstream", upURL)
+	if err != nil {
+		return err
+	}
+	defer plain.stop()
+
+	scenarios := []*scenario{
+		{name: "direct upstream", target: upURL},
+		{name: "plain ReverseProxy", target: "http://" + plain.addr},
+	}
+	tmp, err := os.MkdirTemp("", "idemproxy-load-store-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	var procs []*child
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	for _, s := range strings.Split(c.stores, ",") {
+		var store string
+		switch s {
+		case "memory":
+			store = "memory:"
+		case "file":
+			store = "file:" + filepath.Join(tmp, "idem.db")
+		case "redis":
+			if c.redisAddr == "" {
+				fmt.Fprintln(os.Stderr, "load: skipping redis (set IDEM_REDIS_ADDR or -redis)")
+				continue
+			}
+			if !isLoopback(c.redisAddr) {
+				return fmt.Errorf("-redis %s: loopback addresses only", c.redisAddr)
+			}
+			store = "redis://" + c.redisAddr + "/0"
+		default:
+			return fmt.Errorf("unknown store %q", s)
+		}
+		p, err := startIdemproxy(bin, upURL, store)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, p)
+		target := "http://" + p.addr
+		scenarios = append(scenarios,
+			&scenario{name: "idemproxy " + s + ", unique keys", target: target},
+			&scenario{name: "idemproxy " + s + ", replays", target: target, replay: true})
+	}
+
+	prefix := randHex()
+	client := &http.Client{Transport: &http.Transport{
+		Proxy: nil, MaxIdleConns: 2 * c.concurrency, MaxIdleConnsPerHost: 2 * c.concurrency, IdleConnTimeout: time.Minute,
+	}}
+	defer client.CloseIdleConnections()
+	// Runs are interleaved (run 1 of every scenario, then run 2, …) so that
+	// a slow patch of the shared machine does not hit one scenario only.
+	for r := 0; r < c.runs; r++ {
+		for i, s := range scenarios {
+			tag := fmt.Sprintf("%s-%d-%d", prefix, r, i)
+			var replayKeys []string
+			if s.replay {
+				replayKeys = make([]string, c.keys)
+				for k := range replayKeys {
+					replayKeys[k] = fmt.Sprintf("%s-r%d", tag, k)
+					if err := post(client, s.target, replayKeys[k]); err != nil {
+						return fmt.Errorf("%s: priming: %w", s.name, err)
+					}
+				}
+			}
+			load(client, s.target, tag+"-w", replayKeys, c.concurrency, c.warmup)
+			res := load(client, s.target, tag, replayKeys, c.concurrency, c.duration)
+			s.runs = append(s.runs, res)
+			fmt.Fprintf(os.Stderr, "load: run %d %-32s %9.0f req/s  p50 %v  p99 %v  errors %d\n",
+				r+1, s.name, res.rps, res.p50, res.p99, res.errors)
+		}
+	}
+	report(stdout, c, scenarios)
+	return nil
+}
+
+func isLoopback(hostport string) bool {
+	h, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+func randHex() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+const body = `{"amount":1000,"currency":"eur","customer":"cus_123","description":"load test"}`
+
+func post(c *http.Client, target, key string) error {
+	req, err := http.NewRequest(http.MethodPost, target+"/v1/charges", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set("Authorization", "Bearer sk_test_load")
+	res, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusCreated {
+		return fmt.Errorf("status %d", res.StatusCode)
+	}
+	return nil
+}
+
+// load keeps n requests in flight against target for d. With replayKeys it
+// cycles through them (every request is a replay); otherwise every request
+// has a new key.
+func load(c *http.Client, target, tag string, replayKeys []string, n int, d time.Duration) result {
+	var (
+		wg   sync.WaitGroup
+		errs atomic.Int64
+		mu   sync.Mutex
+		lats []time.Duration
+		seq  atomic.Int64
+	)
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 4096)
+			for time.Now().Before(deadline) {
+				i := seq.Add(1)
+				key := tag + "-" + strconv.FormatInt(i, 10)
+				if replayKeys != nil {
+					key = replayKeys[int(i)%len(replayKeys)]
+				}
+				t0 := time.Now()
+				if err := post(c, target, key); err != nil {
+					errs.Add(1)
+					continue
+				}
+				local = append(local, time.Since(t0))
+			}
+			mu.Lock()
+			lats = append(lats, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lats)
+	res := result{rps: float64(len(lats)) / elapsed.Seconds(), errors: errs.Load()}
+	if len(lats) > 0 {
+		res.p50 = lats[len(lats)/2]
+		res.p99 = lats[len(lats)*99/100]
+	}
+	return res
+}
+
+func median(rs []result) result {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b result) int {
+		switch {
+		case a.rps < b.rps:
+			return -1
+		case a.rps > b.rps:
+			return 1
+		}
+		return 0
+	})
+	return s[len(s)/2]
+}
+
+func report(w io.Writer, c config, scenarios []*scenario) {
+	fmt.Fprintf(w, "%d runs of %v per scenario (median shown), %d requests in flight, GOMAXPROCS %d, %d CPUs, %s\n\n",
+		c.runs, c.duration, c.concurrency, runtime.GOMAXPROCS(0), runtime.NumCPU(), runtime.Version())
+	fmt.Fprintln(w, "| scenario | req/s (median) | runs (req/s) | vs plain proxy | p50 | p99 | errors |")
+	fmt.Fprintln(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+	plain := median(scenarios[1].runs).rps
+	for _, s := range scenarios {
+		m := median(s.runs)
+		var all []string
+		var errs int64
+		for _, r := range s.runs {
+			all = append(all, fmt.Sprintf("%.0f", r.rps))
+			errs += r.errors
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %s | %.0f%% | %v | %v | %d |\n", s.name, m.rps, strings.Join(all, ", "),
+			100*m.rps/plain, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), errs)
+	}
+}
