@@ -23,6 +23,21 @@ type BatchBeginner interface {
 	BeginBatch(ctx context.Context, keys []string, fp []byte, lease time.Duration) ([]idem.Begun, error)
 }
 
+// BatchFinisher is implemented by stores that can complete and release many
+// keys in one round trip. Batch uses it, when the Deduper's store implements
+// it, to finish a batch's claims: one CompleteBatch for the messages whose
+// handler succeeded and one ReleaseBatch for the others.
+type BatchFinisher interface {
+	// CompleteBatch applies idem.Store.Complete to keys[i] with fences[i],
+	// the same result and retention, and returns one error per key (nil on
+	// success, ErrLeaseLost-wrapping when fenced out). A non-nil second
+	// result means that none of the outcomes are known.
+	CompleteBatch(ctx context.Context, keys []string, fences []uint64, result []byte, retention time.Duration) ([]error, error)
+	// ReleaseBatch applies idem.Store.Release to keys[i] with fences[i], with
+	// the same error reporting as CompleteBatch.
+	ReleaseBatch(ctx context.Context, keys []string, fences []uint64) ([]error, error)
+}
+
 // Outcome is what Batch or BatchTx did with one message of a batch.
 type Outcome struct {
 	Status Status
@@ -272,11 +287,16 @@ type heldKey struct {
 }
 
 // finishAll completes held[c] when ferrs[c] is nil (and release is false)
-// and releases it otherwise, concurrently. It returns the store errors.
+// and releases it otherwise: in two calls when the store is a BatchFinisher,
+// concurrently otherwise. It returns the store errors.
 func (d *Deduper) finishAll(ctx context.Context, held []heldKey, ferrs []error, release bool, start time.Time) []error {
 	sctx := context.WithoutCancel(ctx)
 	errs := make([]error, len(held))
 	ran := time.Since(start)
+	if bf, ok := d.Store.(BatchFinisher); ok {
+		d.finishBatched(sctx, bf, held, ferrs, release, ran, errs)
+		return errs
+	}
 	d.each(len(held), func(c int) {
 		h := held[c]
 		op := "complete"
@@ -362,4 +382,62 @@ func (d *Deduper) startRenewal(held []heldKey) *renewal {
 		}
 	}()
 	return r
+}
+
+// finishBatched is finishAll for a BatchFinisher. Whole-call failures that
+// are transient are retried as for single calls.
+func (d *Deduper) finishBatched(ctx context.Context, bf BatchFinisher, held []heldKey, ferrs []error, release bool, ran time.Duration, errs []error) {
+	var comp, rel []int
+	for c := range held {
+		if release || ferrs[c] != nil {
+			rel = append(rel, c)
+		} else {
+			comp = append(comp, c)
+		}
+	}
+	run := func(op string, idx []int, call func(keys []string, fences []uint64) ([]error, error)) {
+		if len(idx) == 0 {
+			return
+		}
+		keys, fences := make([]string, len(idx)), make([]uint64, len(idx))
+		for j, c := range idx {
+			keys[j], fences[j] = held[c].key, held[c].fence
+		}
+		var per []error
+		var err error
+		for attempt, backoff := 0, 10*time.Millisecond; ; attempt, backoff = attempt+1, backoff*2 {
+			per, err = call(keys, fences)
+			if err == nil && len(per) != len(keys) {
+				err = fmt.Errorf("idemmsg: %s batch returned %d results for %d keys", op, len(per), len(keys))
+			}
+			if err == nil || attempt == 3 || !errors.Is(err, idem.ErrStoreUnavailable) {
+				break
+			}
+			time.Sleep(backoff)
+		}
+		for j, c := range idx {
+			e := err
+			if e == nil {
+				e = per[j]
+			}
+			h := held[c]
+			if d.Observer != nil {
+				d.observe(ctx, idem.Event{Kind: idem.EventExecuted, Key: h.key, Fence: h.fence, Op: op, Duration: ran})
+			}
+			if e != nil {
+				kind := idem.EventStoreError
+				if errors.Is(e, idem.ErrLeaseLost) {
+					kind = idem.EventLeaseLost
+				}
+				d.observe(ctx, idem.Event{Kind: kind, Key: h.key, Fence: h.fence, Op: op, Err: e})
+				errs[c] = fmt.Errorf("idem: %s %q: %w", op, h.key, e)
+			}
+		}
+	}
+	run("complete", comp, func(keys []string, fences []uint64) ([]error, error) {
+		return bf.CompleteBatch(ctx, keys, fences, result, d.retention())
+	})
+	run("release", rel, func(keys []string, fences []uint64) ([]error, error) {
+		return bf.ReleaseBatch(ctx, keys, fences)
+	})
 }

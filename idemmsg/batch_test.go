@@ -69,8 +69,9 @@ func TestBatch(t *testing.T) {
 			if !errors.Is(out[5].Err, errBoom) || !errors.Is(out[7].Err, errBoom) || !errors.Is(out[3].Err, idem.ErrInFlight) || !errors.Is(out[6].Err, idem.ErrInvalidKey) {
 				t.Fatalf("errors: %+v", out)
 			}
-			if batched && fs.Calls("beginbatch") != 1 {
-				t.Fatalf("beginbatch called %d times, want 1", fs.Calls("beginbatch"))
+			if batched && (fs.Calls("beginbatch") != 1 || fs.Calls("completebatch") != 1 || fs.Calls("releasebatch") != 1) {
+				t.Fatalf("beginbatch, completebatch, releasebatch called %d, %d, %d times; want 1 each",
+					fs.Calls("beginbatch"), fs.Calls("completebatch"), fs.Calls("releasebatch"))
 			}
 			// The failed id was released: the redelivery runs it.
 			out = d.Batch(ctx, "s", []string{"bad", "a"}, func(context.Context, int) error { return nil })
@@ -332,5 +333,34 @@ func TestNoStore(t *testing.T) {
 	}
 	if out := d.Batch(context.Background(), "s", []string{"m"}, nil); out[0].Status != idemmsg.NotRun || !errors.Is(out[0].Err, idemmsg.ErrNoStore) {
 		t.Fatal(out)
+	}
+}
+
+func TestBatchFinisherLeaseLost(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := newClock()
+	fs := fakestore.New(c.Now)
+	d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fs}, Lease: time.Minute}
+	out := d.Batch(ctx, "s", []string{"slow", "ok", "bad"}, func(_ context.Context, i int) error {
+		switch i {
+		case 0: // outlives its lease and is taken over meanwhile
+			c.Advance(2 * time.Minute)
+			if b, _ := fs.Begin(ctx, idem.RecordKey("s", "slow"), []byte{}, time.Minute); b.Outcome != idem.Acquired {
+				t.Errorf("takeover: %v", b.Outcome)
+			}
+		case 2:
+			return errBoom
+		}
+		return nil
+	})
+	if out[0].Status != idemmsg.Executed || !errors.Is(out[0].Err, idemmsg.ErrNotRecorded) || !errors.Is(out[0].Err, idem.ErrLeaseLost) {
+		t.Fatalf("taken over: %+v", out[0])
+	}
+	if out[1].Status != idemmsg.Executed || out[1].Err != nil || out[2].Status != idemmsg.Failed {
+		t.Fatalf("%+v", out)
+	}
+	if fs.Calls("completebatch") != 1 || fs.Calls("releasebatch") != 1 {
+		t.Fatalf("completebatch %d, releasebatch %d", fs.Calls("completebatch"), fs.Calls("releasebatch"))
 	}
 }
