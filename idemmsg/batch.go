@@ -90,18 +90,24 @@ func (d *Deduper) batch(ctx context.Context, scope string, ids []string, fn func
 		}
 		return out
 	}
-	// Unique, valid ids, in order of first occurrence.
-	first := make(map[string]int, len(ids))
-	var uniq []int // indexes into ids
+	// Unique, valid ids, in order of first occurrence. firstOf[i] is the
+	// index of the first occurrence of ids[i] (-1 for an empty id).
+	seen := make(map[string]int, len(ids))
+	firstOf := make([]int, len(ids))
+	uniq := make([]int, 0, len(ids)) // indexes into ids
 	for i, id := range ids {
 		if id == "" {
+			firstOf[i] = -1
 			out[i] = Outcome{NotRun, fmt.Errorf("idemmsg: message %d: %w: empty", i, idem.ErrInvalidKey)}
 			continue
 		}
-		if _, ok := first[id]; !ok {
-			first[id] = i
+		f, ok := seen[id]
+		if !ok {
+			f = i
+			seen[id] = i
 			uniq = append(uniq, i)
 		}
+		firstOf[i] = f
 	}
 	keys := make([]string, len(uniq))
 	for j, i := range uniq {
@@ -113,7 +119,7 @@ func (d *Deduper) batch(ctx context.Context, scope string, ids []string, fn func
 		i, j  int // index in ids, index in keys
 		fence uint64
 	}
-	var claims []claim
+	claims := make([]claim, 0, len(uniq))
 	for j, i := range uniq {
 		if errs[j] != nil {
 			d.observe(ctx, idem.Event{Kind: idem.EventStoreError, Key: keys[j], Op: "begin", Err: errs[j]})
@@ -198,18 +204,18 @@ func (d *Deduper) batch(ctx context.Context, scope string, ids []string, fn func
 
 	// Later occurrences of an id follow the first.
 	stopped := false
-	for i, id := range ids {
+	for i, f := range firstOf {
 		if ordered && stopped {
-			if out[i].Status.Ack() || out[i].Status == 0 || first[id] != i {
+			if out[i].Status.Ack() || out[i].Status == 0 || f != i {
 				out[i] = Outcome{NotRun, ErrSkipped}
 			}
 			continue
 		}
-		if id == "" {
+		if f < 0 { // empty id
 			stopped = ordered
 			continue
 		}
-		if f := first[id]; f != i {
+		if f != i {
 			if out[f].Status.Ack() {
 				out[i] = Outcome{Status: Duplicate}
 			} else {
