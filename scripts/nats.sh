@@ -9,7 +9,9 @@
 # JetStream data in $IDEM_SVC_DIR/nats (default dir: ${TMPDIR:-/tmp}/idem-svc-$UID).
 # When nats-server is not on PATH, Debian's nats-server package is installed
 # with apt-get (after one apt-get update). Only the export line goes to
-# stdout; logs go to stderr. start is idempotent: a running server is reused.
+# stdout; logs go to stderr. start is idempotent: a running server is reused
+# (also one started by another run on the same port, which stop then leaves
+# running).
 set -euo pipefail
 
 PORT="${IDEM_NATS_PORT:-14222}"
@@ -46,8 +48,11 @@ start() {
 		log "reusing nats-server pid $(cat "$pidfile") on port $PORT"
 	else
 		if port_open; then
-			log "port $PORT is taken by another process"
-			return 1
+			# Another run's server (a parallel test session): reuse it, and
+			# leave stopping it to whoever started it.
+			log "reusing the server already listening on 127.0.0.1:$PORT (not started here; stop leaves it running)"
+			echo "export IDEM_NATS_URL=nats://127.0.0.1:$PORT"
+			return 0
 		fi
 		ensure_binary
 		mkdir -p "$dir/nats"
