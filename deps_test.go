@@ -14,6 +14,8 @@ var corePackages = []string{
 	"github.com/idemkit/idem/storetest",
 	"github.com/idemkit/idem/idemhttp",
 	"github.com/idemkit/idem/idemclient",
+	"github.com/idemkit/idem/idemmsg",
+	"github.com/idemkit/idem/idemmsg/webhook",
 }
 
 func TestCoreImportsStandardLibraryOnly(t *testing.T) {
