@@ -296,6 +296,37 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 		}
 	})
 
+	t.Run("client disconnect: the upstream finishes and the record completes", func(t *testing.T) {
+		k := newKey()
+		ctx, cancel := context.WithCancel(context.Background())
+		gone := make(chan struct{})
+		go func() {
+			defer close(gone)
+			req, _ := http.NewRequestWithContext(ctx, "POST", p.addr+"/block", strings.NewReader("{}"))
+			req.Header.Set("Idempotency-Key", k)
+			req.Header.Set("Content-Type", "application/json")
+			if res, err := c.Do(req); err == nil {
+				res.Body.Close()
+			}
+		}()
+		<-u.entered
+		cancel() // the client gives up while the upstream works
+		<-gone
+		time.Sleep(50 * time.Millisecond)
+		u.release <- struct{}{} // the upstream finishes: its answer must be stored
+		var r resp
+		waitFor(t, 5*time.Second, "the record to complete", func() bool {
+			r = do(t, c, "POST", p.addr+"/block", with("Idempotency-Key", k), "{}")
+			return r.status != 409
+		})
+		if r.status != 201 || r.header.Get("Idempotency-Replayed") != "true" || !strings.HasPrefix(string(r.body), "blocked execution 1") {
+			t.Fatalf("retry after the client left: %d %v %s", r.status, r.header, r.body)
+		}
+		if n := u.n("/block", k); n != 1 {
+			t.Fatalf("upstream ran %d times", n)
+		}
+	})
+
 	t.Run("wait mode answers the duplicate with the replay", func(t *testing.T) {
 		k := newKey()
 		first, second := make(chan resp, 1), make(chan resp, 1)
@@ -849,7 +880,7 @@ func TestDefaultStoreIsFile(t *testing.T) {
 // TestDemo runs -demo: it prints the curl commands, and the demo API shows
 // a replay, a 409 and a 422 through the proxy.
 func TestDemo(t *testing.T) {
-	p := startProxy(t, "-demo")
+	p := startProxy(t, "-demo", "-shutdown-timeout", "200ms")
 	waitFor(t, 5*time.Second, "the curl commands", func() bool { return strings.Contains(p.log.String(), "curl -si -X POST "+p.addr) })
 	c := client(t)
 	h := map[string]string{"Idempotency-Key": newKey(), "Content-Type": "application/json"}
@@ -878,14 +909,14 @@ func TestDemo(t *testing.T) {
 			res.Body.Close()
 		}
 	}()
-	var r resp
-	waitFor(t, 5*time.Second, "the 409", func() bool {
-		r = do(t, c, "POST", p.addr+"/v1/slow-charges", slow, `{"amount":5}`)
-		return r.status == 409
-	})
+	time.Sleep(300 * time.Millisecond) // the first is at the upstream
+	r := do(t, c, "POST", p.addr+"/v1/slow-charges", slow, `{"amount":5}`)
+	if r.status != 409 {
+		t.Fatalf("duplicate of the slow charge: %d %s", r.status, r.body)
+	}
 	if r.header.Get("Retry-After") == "" {
 		t.Fatalf("409 without Retry-After: %v", r.header)
 	}
-	cancel() // the client gives up: the record is released
+	cancel() // the client gives up; the proxy's shutdown (200ms bound) aborts the upstream call
 	<-done
 }

@@ -35,6 +35,9 @@ type proxy struct {
 	cfg      *proxyconfig.Config
 	routes   []proxyconfig.Route
 	handlers []http.Handler
+	stop     context.Context // canceled to abort upstream calls (shutdown past its bound)
+	// abort cancels every upstream call still running.
+	abort context.CancelFunc
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -45,6 +48,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // instrumented).
 func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *metrics, log *slog.Logger) *proxy {
 	p := &proxy{cfg: cfg, routes: cfg.AllRoutes()}
+	p.stop, p.abort = context.WithCancel(context.Background())
 	transport := &http.Transport{
 		Proxy: nil, // the upstream is reached directly, never via HTTP_PROXY
 		DialContext: (&net.Dialer{
@@ -76,7 +80,7 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 			ErrorLog:      errLog,
 			ErrorHandler:  upstreamError(log, route),
 		}
-		var h http.Handler = withTimeout(rp, rt.UpstreamTimeout)
+		var h http.Handler = withTimeout(rp, rt.UpstreamTimeout, p.stop)
 		h = m.track(h, route)
 		if rt.Key != proxyconfig.KeyOff { // key: off passes everything through
 			mw := &idemhttp.Middleware{
@@ -105,11 +109,21 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 	return p
 }
 
-// withTimeout bounds the upstream request by d.
-func withTimeout(h http.Handler, d time.Duration) http.Handler {
+// withTimeout bounds the upstream request by d. A request executed under a
+// lease is detached from the client's cancellation: the upstream call runs to
+// its end even if the client goes away, so that its response completes the
+// record and the client's retry replays it instead of executing again
+// (SPEC §3, client disconnect). Such a call still ends at d, or when stop
+// is closed (a shutdown past its bound).
+func withTimeout(h http.Handler, d time.Duration, stop context.Context) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeoutCause(r.Context(), d, errUpstreamTimeout)
+		ctx := r.Context()
+		if _, leased := idem.FenceFromContext(ctx); leased {
+			ctx = context.WithoutCancel(ctx)
+		}
+		ctx, cancel := context.WithTimeoutCause(ctx, d, errUpstreamTimeout)
 		defer cancel()
+		defer context.AfterFunc(stop, cancel)()
 		h.ServeHTTP(w, r.WithContext(ctx))
 	})
 }

@@ -65,6 +65,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 
 	m := newMetrics()
 	px := newProxy(o.cfg, upstream, m.instrumentStore(st.store), m, log)
+	defer px.abort()
 	var active sync.WaitGroup
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		active.Add(1)
@@ -129,6 +130,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	}
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("in-flight requests did not finish in time; canceling them", "err", err)
+		px.abort()
 		_ = srv.Close()
 		if adminSrv != nil {
 			_ = adminSrv.Close()
