@@ -47,7 +47,8 @@ func newUpstream(t *testing.T) *upstream {
 		w.Header().Set("X-Custom", "kept")
 		w.Header().Set("Set-Cookie", "session=secret")
 		w.WriteHeader(http.StatusCreated)
-		fmt.Fprintf(w, `{"n":%d,"body":%q,"fence":%q,"at":"%s"}`, n, body, r.Header.Get(HeaderFence), time.Now().Format(time.RFC3339Nano))
+		fmt.Fprintf(w, `{"n":%d,"body":%q,"fence":%q,"xff":%q,"host":%q,"at":"%s"}`, n, body, r.Header.Get(HeaderFence),
+			r.Header.Get("X-Forwarded-For"), r.Host, time.Now().Format(time.RFC3339Nano))
 	})
 	mux.HandleFunc("/status/", func(w http.ResponseWriter, r *http.Request) {
 		n := u.count(r)
@@ -212,9 +213,13 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 
 	t.Run("first request executes once, fence sent upstream", func(t *testing.T) {
 		k := newKey()
-		r := do(t, c, "POST", p.addr+"/ok", with("Idempotency-Key", k, HeaderFence, "999"), `{"a":1}`)
+		r := do(t, c, "POST", p.addr+"/ok", with("Idempotency-Key", k, HeaderFence, "999", "X-Forwarded-For", "192.0.2.1"), `{"a":1}`)
 		if r.status != 201 || r.header.Get("Idempotency-Replayed") != "" || r.header.Get("Set-Cookie") == "" {
 			t.Fatalf("first: %d %v %s", r.status, r.header, r.body)
+		}
+		host := strings.TrimPrefix(p.addr, "http://")
+		if !bytes.Contains(r.body, []byte(`"xff":"192.0.2.1, 127.0.0.1"`)) || !bytes.Contains(r.body, []byte(`"host":"`+host+`"`)) {
+			t.Fatalf("upstream saw forwarding headers: %s", r.body)
 		}
 		f := u.fence("/ok", k)
 		if len(f) != 1 || f[0] == "" || f[0] == "999" {

@@ -69,6 +69,11 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 			Rewrite: func(pr *httputil.ProxyRequest) {
 				pr.SetURL(upstream)
 				pr.Out.Host = pr.In.Host // a sidecar keeps the client's Host
+				// A sidecar sits behind the service's own edge: keep the
+				// X-Forwarded-For chain it received and append the peer.
+				if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
+					pr.Out.Header["X-Forwarded-For"] = xff
+				}
 				pr.SetXForwarded()
 				pr.Out.Header.Del(HeaderFence)
 				if f, ok := idem.FenceFromContext(pr.In.Context()); ok {
