@@ -209,6 +209,9 @@ func (h *hub) register(ctx context.Context, ch string) (*registration, error) {
 			err = pc.ps.Subscribe(ctx, ch)
 		}
 		if err != nil {
+			if pc.pend[ch]--; pc.pend[ch] <= 0 {
+				delete(pc.pend, ch)
+			}
 			pc.unsubscribe(ch)
 			return nil, err
 		}
