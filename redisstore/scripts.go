@@ -23,8 +23,9 @@ import "github.com/redis/go-redis/v9"
 // written and read with the struct library built into Redis's Lua. Times
 // are the server's TIME in µs since the Unix epoch, never the client's
 // clock. Every number stays below 2^53 (µs timestamps until the year 2255),
-// so doubles hold it exactly; num() formats one without exponent for the
-// replies. Go refuses fences of 2^53 and above before asking Redis.
+// so doubles hold it exactly, and a reply turns it into an exact integer
+// (num() formats one as a decimal string for Get). Go refuses fences of 2^53
+// and above before asking Redis.
 //
 // Redis replicates the effects of scripts (always since 7.0, by default
 // since 5.0), so calling TIME before writing is allowed and replicas store
@@ -77,16 +78,16 @@ if v then
     if string.sub(v, 30, 29 + fl) ~= ARGV[1] then return {4} end
     if s == 'c' then return {3, '', 0, string.sub(v, 30 + fl)} end
     local t = now()
-    if l > t then return {2, num(n), l - t} end
+    if l > t then return {2, n, l - t} end
     n = n + 1
     redis.call('SET', KEYS[1], head('p', n, t + tonumber(ARGV[2]), t, fl) .. ARGV[1], 'PX', ARGV[3])
-    return {1, num(n), 1}
+    return {1, n, 1}
   end
 end
 local t = now()
 local n = math.max(prev + 1, t)
 redis.call('SET', KEYS[1], head('p', n, t + tonumber(ARGV[2]), t, #ARGV[1]) .. ARGV[1], 'PX', ARGV[3])
-return {1, num(n), 0}
+return {1, n, 0}
 `)
 
 // completeScript: ARGV = fence, result, retention ms, notify mode.

@@ -329,14 +329,19 @@ func parseBegun(v any) (idem.Begun, error) {
 	return idem.Begun{}, fmt.Errorf("unexpected reply %#v", v)
 }
 
-// fence parses a fence the scripts return as a decimal string.
+// fence parses a fence the scripts return: an integer, or a decimal string.
 func fence(v any) (uint64, error) {
-	s, _ := v.(string)
-	f, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("bad fence %#v", v)
+	switch v := v.(type) {
+	case int64:
+		if v > 0 {
+			return uint64(v), nil
+		}
+	case string:
+		if f, err := strconv.ParseUint(v, 10, 64); err == nil && f > 0 {
+			return f, nil
+		}
 	}
-	return f, nil
+	return 0, fmt.Errorf("bad fence %#v", v)
 }
 
 // Complete stores result for the in-progress record held by fence and keeps
