@@ -80,16 +80,18 @@ func parseStoreURL(s string) (storeSpec, error) {
 	return storeSpec{}, fmt.Errorf("unknown store scheme %q (memory:, file:PATH, redis://…, redis+cluster://…, postgres://…)", scheme)
 }
 
-// redact hides the password of a URL for logs and errors.
+// redact hides the password of a URL for logs and errors. Anything before
+// an '@' that url.Parse does not see as user info is hidden too.
 func redact(s string) string {
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		if err != nil && strings.Contains(s, "@") {
-			return "(unparsable URL)"
-		}
-		return s
+	if err == nil && u.User != nil {
+		return u.Redacted()
 	}
-	return u.Redacted()
+	if at := strings.LastIndex(s, "@"); at >= 0 {
+		scheme, _, _ := strings.Cut(s, ":")
+		return scheme + ":xxxxx" + s[at:]
+	}
+	return s
 }
 
 // openedStore is an open store and how to close it.
