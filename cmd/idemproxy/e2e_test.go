@@ -76,6 +76,13 @@ func newUpstream(t *testing.T) *upstream {
 	mux.HandleFunc("/slow", slow)
 	mux.HandleFunc("/slow/", slow)
 	mux.HandleFunc("/off/", func(w http.ResponseWriter, r *http.Request) { u.count(r) })
+	mux.HandleFunc("/cut", func(w http.ResponseWriter, r *http.Request) {
+		u.count(r)
+		w.Header().Set("Content-Length", "100")
+		w.Write([]byte("0123456789"))
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // the upstream dies mid-body
+	})
 	mux.HandleFunc("/opt", func(w http.ResponseWriter, r *http.Request) {
 		u.count(r)
 		fmt.Fprint(w, "optional")
@@ -460,6 +467,26 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 		}
 		if n := u.n("/big", k); n != 1 {
 			t.Fatalf("upstream ran %d times", n)
+		}
+	})
+
+	t.Run("upstream dies mid-body: client connection aborted, record released", func(t *testing.T) {
+		k := newKey()
+		for i := 1; i <= 2; i++ {
+			r, err := doErr(c, "POST", p.addr+"/cut", with("Idempotency-Key", k), "{}")
+			if err == nil {
+				t.Fatalf("attempt %d: a cut response arrived whole: %d %q", i, r.status, r.body)
+			}
+			waitFor(t, 5*time.Second, "the release", func() bool { return u.n("/cut", k) == i })
+		}
+		// Both attempts executed: the first one's record was released.
+		var last resp
+		waitFor(t, 5*time.Second, "a third execution", func() bool {
+			last, _ = doErr(c, "POST", p.addr+"/cut", with("Idempotency-Key", k), "{}")
+			return u.n("/cut", k) == 3
+		})
+		if last.header.Get("Idempotency-Replayed") != "" {
+			t.Fatalf("a cut response was replayed: %v", last.header)
 		}
 	})
 
