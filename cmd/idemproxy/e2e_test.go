@@ -136,6 +136,28 @@ func (u *upstream) count(r *http.Request) int {
 	return u.calls[k]
 }
 
+// waitEntered waits until a request reached /block, failing the test after
+// 10 s (for instance when the store is down and nothing reaches the
+// upstream) instead of hanging.
+func (u *upstream) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-u.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request reached the upstream within 10s")
+	}
+}
+
+// unblock lets one blocked /block or /stream request finish.
+func (u *upstream) unblock(t *testing.T) {
+	t.Helper()
+	select {
+	case u.release <- struct{}{}:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no upstream request was waiting to be released")
+	}
+}
+
 func (u *upstream) n(path, key string) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -290,13 +312,13 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 			r, _ := doErr(c, "POST", p.addr+"/block", with("Idempotency-Key", k), "{}")
 			done <- r
 		}()
-		<-u.entered
+		u.waitEntered(t)
 		r := do(t, c, "POST", p.addr+"/block", with("Idempotency-Key", k), "{}")
 		ra, _ := strconv.Atoi(r.header.Get("Retry-After"))
 		if r.status != 409 || problemCode(t, r) != "request-in-progress" || ra < 1 {
 			t.Fatalf("duplicate: %d Retry-After %q %s", r.status, r.header.Get("Retry-After"), r.body)
 		}
-		u.release <- struct{}{}
+		u.unblock(t)
 		if first := <-done; first.status != 201 {
 			t.Fatalf("first: %d %s", first.status, first.body)
 		}
@@ -321,11 +343,11 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 				res.Body.Close()
 			}
 		}()
-		<-u.entered
+		u.waitEntered(t)
 		cancel() // the client gives up while the upstream works
 		<-gone
 		time.Sleep(50 * time.Millisecond)
-		u.release <- struct{}{} // the upstream finishes: its answer must be stored
+		u.unblock(t) // the upstream finishes: its answer must be stored
 		var r resp
 		waitFor(t, 5*time.Second, "the record to complete", func() bool {
 			r = do(t, c, "POST", p.addr+"/block", with("Idempotency-Key", k), "{}")
@@ -346,13 +368,13 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 			r, _ := doErr(c, "POST", p.addr+"/wait/block", with("Idempotency-Key", k), "{}")
 			first <- r
 		}()
-		<-u.entered
+		u.waitEntered(t)
 		go func() {
 			r, _ := doErr(c, "POST", p.addr+"/wait/block", with("Idempotency-Key", k), "{}")
 			second <- r
 		}()
 		time.Sleep(150 * time.Millisecond) // the duplicate is waiting
-		u.release <- struct{}{}
+		u.unblock(t)
 		r1, r2 := <-first, <-second
 		if r1.status != 201 || r2.status != 201 || r2.header.Get("Idempotency-Replayed") != "true" || !bytes.Equal(r1.body, r2.body) {
 			t.Fatalf("wait: first %d %s, second %d %v %s", r1.status, r1.body, r2.status, r2.header, r2.body)
@@ -538,7 +560,7 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 		if err != nil || line != "first\n" {
 			t.Fatalf("first chunk %q, %v", line, err)
 		}
-		u.release <- struct{}{}
+		u.unblock(t)
 		rest, _ := br.ReadString(0)
 		if rest != "second\n" {
 			t.Fatalf("rest %q", rest)
@@ -716,7 +738,7 @@ func TestKill9Restart(t *testing.T) {
 	}
 	k := newKey()
 	go doErr(c, "POST", p1.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
-	<-u.entered
+	u.waitEntered(t)
 	killedAt := time.Now()
 	p1.kill9()
 
@@ -740,8 +762,8 @@ func TestKill9Restart(t *testing.T) {
 		res <- r
 		errc <- err
 	}()
-	<-u.entered
-	u.release <- struct{}{}
+	u.waitEntered(t)
+	u.unblock(t)
 	if r := <-res; r.status != 201 {
 		t.Fatalf("retry after the lease: %d %s %v\n%s", r.status, r.body, <-errc, p2.log)
 	}
@@ -776,13 +798,13 @@ func TestGracefulShutdown(t *testing.T) {
 		r, _ := doErr(c, "POST", p.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
 		res <- r
 	}()
-	<-u.entered
+	u.waitEntered(t)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	waitFor(t, 5*time.Second, "shutdown to start", func() bool { return strings.Contains(p.log.String(), "shutting down") })
 	if _, err := doErr(c, "POST", p.addr+"/ok", nil, ""); err == nil {
 		t.Fatal("the proxy still accepts new requests while shutting down")
 	}
-	u.release <- struct{}{}
+	u.unblock(t)
 	first := <-res
 	if first.status != 201 {
 		t.Fatalf("in-flight request: %d %s", first.status, first.body)
