@@ -10,10 +10,15 @@ import (
 
 // Built-in defaults of the policy (SPEC §1 and §3).
 const (
-	DefaultTTL             = 24 * time.Hour
-	DefaultLease           = 30 * time.Second
-	DefaultMaxBody         = 1 << 20
-	DefaultMaxResult       = 1 << 20
+	// DefaultTTL is the retention of completed records.
+	DefaultTTL = 24 * time.Hour
+	// DefaultLease is the lease of an executing request.
+	DefaultLease = 30 * time.Second
+	// DefaultMaxBody is the largest request body fingerprinted, in bytes.
+	DefaultMaxBody = 1 << 20
+	// DefaultMaxResult is the largest response body stored, in bytes.
+	DefaultMaxResult = 1 << 20
+	// DefaultUpstreamTimeout bounds one upstream request.
 	DefaultUpstreamTimeout = 60 * time.Second
 )
 
