@@ -666,23 +666,23 @@ func TestStoreUnavailable(t *testing.T) {
 // TestSlowUpstreamRenewsLease: an upstream that takes 3× the lease keeps its
 // key (renewal): the duplicate gets 409, no takeover, one execution.
 func TestSlowUpstreamRenewsLease(t *testing.T) {
-	for _, sc := range storeCases()[:2] {
+	for _, sc := range storeCases() {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			u := newUpstream(t)
-			p := startProxy(t, "-upstream", u.srv.URL, "-store", sc.url(t), "-lease", "300ms", "-admin", "127.0.0.1:0")
+			p := startProxy(t, "-upstream", u.srv.URL, "-store", sc.url(t), "-lease", "600ms", "-admin", "127.0.0.1:0")
 			c := client(t)
 			k := newKey()
 			done := make(chan resp, 1)
 			go func() {
-				r, _ := doErr(c, "POST", p.addr+"/slow?ms=900", map[string]string{"Idempotency-Key": k}, "{}")
+				r, _ := doErr(c, "POST", p.addr+"/slow?ms=1800", map[string]string{"Idempotency-Key": k}, "{}")
 				done <- r
 			}()
 			waitFor(t, 5*time.Second, "the upstream to start", func() bool { return u.n("/slow", k) == 1 })
 			start := time.Now()
-			for _, at := range []time.Duration{400 * time.Millisecond, 700 * time.Millisecond} {
+			for _, at := range []time.Duration{800 * time.Millisecond, 1400 * time.Millisecond} {
 				time.Sleep(time.Until(start.Add(at)))
-				r := do(t, c, "POST", p.addr+"/slow?ms=900", map[string]string{"Idempotency-Key": k}, "{}")
+				r := do(t, c, "POST", p.addr+"/slow?ms=1800", map[string]string{"Idempotency-Key": k}, "{}")
 				if r.status != 409 {
 					t.Fatalf("duplicate after %v: %d %s (lease not renewed?)", at, r.status, r.body)
 				}
@@ -691,7 +691,7 @@ func TestSlowUpstreamRenewsLease(t *testing.T) {
 			if first.status != 201 {
 				t.Fatalf("first: %d %s", first.status, first.body)
 			}
-			r := do(t, c, "POST", p.addr+"/slow?ms=900", map[string]string{"Idempotency-Key": k}, "{}")
+			r := do(t, c, "POST", p.addr+"/slow?ms=1800", map[string]string{"Idempotency-Key": k}, "{}")
 			if r.status != 201 || !bytes.Equal(r.body, first.body) {
 				t.Fatalf("replay: %d %s", r.status, r.body)
 			}
