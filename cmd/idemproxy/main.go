@@ -71,6 +71,9 @@ type options struct {
 	// storeGiven is true when -store came from a flag, the environment or
 	// the config file (the demo uses a temporary file: store otherwise).
 	storeGiven bool
+	// listenGiven is true when -listen came from a flag, the environment or
+	// the config file (the demo falls back to a free port otherwise).
+	listenGiven bool
 }
 
 // lookupEnv is os.LookupEnv; tests replace it.
@@ -177,6 +180,7 @@ func parseArgs(args []string, stdout io.Writer) (*options, error) {
 	fromFile("store", &o.store, o.cfg.Store)
 	fromFile("admin", &o.admin, o.cfg.Admin)
 	o.storeGiven = set["store"]
+	o.listenGiven = set["listen"]
 	o.ttl, o.lease = o.cfg.Default.TTL, o.cfg.Default.Lease
 
 	if err := o.validate(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -74,6 +75,10 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	})
 
 	ln, err := net.Listen("tcp", o.listen)
+	if err != nil && demo != nil && !o.listenGiven && errors.Is(err, syscall.EADDRINUSE) {
+		log.Warn("the default address is taken; the demo uses a free port", "addr", o.listen)
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
 	}
