@@ -628,6 +628,10 @@ func TestUpstreamUnreachable(t *testing.T) {
 	if r.status != 404 {
 		t.Fatalf("record after 502: %d %s", r.status, r.body)
 	}
+	m := string(do(t, c, "GET", p.admin+"/metrics", nil, "").body)
+	if !strings.Contains(m, `idemproxy_upstream_errors_total{kind="unreachable",route="default"} 2`) {
+		t.Fatalf("upstream errors not counted:\n%s", grepLines(m, "upstream_errors"))
+	}
 }
 
 // TestStoreUnavailable: fail closed (503, upstream not called) and, on a

@@ -19,6 +19,7 @@ type metrics struct {
 	storeErrs  *prometheus.CounterVec   // op
 	storeTime  *prometheus.HistogramVec // op, result
 	upstreamT  *prometheus.HistogramVec // route
+	upstreamE  *prometheus.CounterVec   // route, kind
 	inflight   *inflight
 	inflightGa prometheus.GaugeFunc
 }
@@ -48,6 +49,10 @@ func newMetrics() *metrics {
 		Help:    "Time to the end of the upstream response for executed requests, by route.",
 		Buckets: prometheus.DefBuckets,
 	}, []string{"route"})
+	m.upstreamE = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "idemproxy_upstream_errors_total",
+		Help: "Upstream round trips that failed, by route and kind: unreachable (502), timeout (504), canceled (the client left an unprotected request).",
+	}, []string{"route", "kind"})
 	inflightG := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "idemproxy_inflight_executions",
 		Help: "Requests executing at the upstream under a lease right now.",
@@ -56,7 +61,7 @@ func newMetrics() *metrics {
 		Name: "idemproxy_oldest_inflight_seconds",
 		Help: "Age of the oldest execution still running at the upstream (0 when none).",
 	}, func() float64 { _, age := m.inflight.stats(); return age.Seconds() })
-	m.reg.MustRegister(m.requests, m.events, m.storeErrs, m.storeTime, m.upstreamT, inflightG, oldest,
+	m.reg.MustRegister(m.requests, m.events, m.storeErrs, m.storeTime, m.upstreamT, m.upstreamE, inflightG, oldest,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

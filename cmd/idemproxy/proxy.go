@@ -83,7 +83,7 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 			Transport:     transport,
 			FlushInterval: -1, // stream: every write reaches the client at once
 			ErrorLog:      errLog,
-			ErrorHandler:  upstreamError(log, route),
+			ErrorHandler:  upstreamError(log, route, m),
 		}
 		var h http.Handler = withTimeout(rp, rt.UpstreamTimeout, p.stop)
 		h = m.track(h, route)
@@ -157,7 +157,10 @@ func (m *metrics) track(h http.Handler, route string) http.Handler {
 // upstreamError answers a failed upstream round trip: 504 when the route's
 // upstream timeout passed, else 502. Both are 5xx, so the middleware
 // releases the record and a retry executes.
-func upstreamError(log *slog.Logger, route string) func(http.ResponseWriter, *http.Request, error) {
+func upstreamError(log *slog.Logger, route string, m *metrics) func(http.ResponseWriter, *http.Request, error) {
+	unreachable := m.upstreamE.WithLabelValues(route, "unreachable")
+	timeout := m.upstreamE.WithLabelValues(route, "timeout")
+	canceled := m.upstreamE.WithLabelValues(route, "canceled")
 	return func(w http.ResponseWriter, r *http.Request, err error) {
 		code, status := codeUpstreamUnavailable, http.StatusBadGateway
 		detail := "The upstream could not be reached; the request was not processed and may be retried with the same key."
@@ -165,10 +168,14 @@ func upstreamError(log *slog.Logger, route string) func(http.ResponseWriter, *ht
 			code, status = codeUpstreamTimeout, http.StatusGatewayTimeout
 			detail = "The upstream did not answer in time; the key was released and the request may be retried with the same key."
 		}
-		lvl := slog.LevelWarn
-		if errors.Is(err, context.Canceled) && r.Context().Err() != nil && status == http.StatusBadGateway {
-			lvl = slog.LevelInfo // the client went away
+		lvl, counter := slog.LevelWarn, unreachable
+		switch {
+		case status == http.StatusGatewayTimeout:
+			counter = timeout
+		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+			lvl, counter = slog.LevelInfo, canceled // the client went away
 		}
+		counter.Inc()
 		log.Log(r.Context(), lvl, "upstream error", "route", route, "method", r.Method, "path", r.URL.Path,
 			"status", status, "err", err.Error())
 		writeProblem(w, status, code, http.StatusText(status), detail)
