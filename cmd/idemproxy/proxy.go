@@ -114,19 +114,21 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 	return p
 }
 
-// withTimeout bounds the upstream request by d. A request executed under a
-// lease is detached from the client's cancellation: the upstream call runs to
-// its end even if the client goes away, so that its response completes the
-// record and the client's retry replays it instead of executing again
-// (SPEC §3, client disconnect). Such a call still ends at d, or when stop
-// is closed (a shutdown past its bound).
+// withTimeout bounds an upstream call executed under a lease by d, and
+// detaches it from the client's cancellation: it runs to its end even if the
+// client goes away, so that its response completes the record and the
+// client's retry replays it instead of executing again (SPEC §3, client
+// disconnect). Such a call still ends at d, or when stop is done (a shutdown
+// past its bound). Pass-through requests (not executed under a lease) are
+// left alone: bounded and canceled by their client, as with any reverse
+// proxy, so long polls and event streams keep working.
 func withTimeout(h http.Handler, d time.Duration, stop context.Context) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := r.Context()
-		if _, leased := idem.FenceFromContext(ctx); leased {
-			ctx = context.WithoutCancel(ctx)
+		if _, leased := idem.FenceFromContext(r.Context()); !leased {
+			h.ServeHTTP(w, r)
+			return
 		}
-		ctx, cancel := context.WithTimeoutCause(ctx, d, errUpstreamTimeout)
+		ctx, cancel := context.WithTimeoutCause(context.WithoutCancel(r.Context()), d, errUpstreamTimeout)
 		defer cancel()
 		defer context.AfterFunc(stop, cancel)()
 		h.ServeHTTP(w, r.WithContext(ctx))

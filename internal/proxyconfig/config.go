@@ -164,8 +164,9 @@ type Policy struct {
 	// FailOpen passes requests through unprotected when the store is
 	// unreachable. Default: false, answer 503 (fail closed).
 	FailOpen bool
-	// UpstreamTimeout bounds one upstream request; past it the client gets
-	// 504 and the record is released. Default: 60 s.
+	// UpstreamTimeout bounds one upstream request executed under a lease;
+	// past it the client gets 504 and the record is released. Pass-through
+	// requests are bounded by their client only. Default: 60 s.
 	UpstreamTimeout time.Duration
 }
 
