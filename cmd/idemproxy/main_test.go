@@ -109,6 +109,7 @@ func tryStartProxy(t *testing.T, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, full...)
 	cmd.Env = cleanEnv()
 	cmd.Dir = workDir
+	dieWithParent(cmd)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
