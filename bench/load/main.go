@@ -191,6 +191,7 @@ func startRole(role string, extra ...string) (*child, error) {
 	}
 	cmd := exec.Command(self, append([]string{"-role", role}, extra...)...)
 	cmd.Stderr = os.Stderr
+	dieWithParent(cmd)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -229,6 +230,7 @@ func startIdemproxy(bin, upstream, store string) (*child, error) {
 	}
 	cmd := exec.Command(bin, "-listen", addr, "-upstream", upstream, "-store", store, "-log-level", "warn")
 	cmd.Stderr = os.Stderr
+	dieWithParent(cmd)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
