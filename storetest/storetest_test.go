@@ -2,6 +2,7 @@ package storetest_test
 
 import (
 	"context"
+	"go.uber.org/goleak"
 	"os"
 	"os/exec"
 	"regexp"
@@ -194,3 +195,5 @@ func TestRunDetectsBrokenStores(t *testing.T) {
 		})
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"go.uber.org/goleak"
 	"io"
 	"log"
 	"net"
@@ -93,3 +94,5 @@ func TestRunServesAndShutsDown(t *testing.T) {
 		t.Error("bad flag accepted")
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

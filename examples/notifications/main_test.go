@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.uber.org/goleak"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -373,3 +374,5 @@ func TestHandleBatchOutcomes(t *testing.T) {
 	}
 	e.exactlyOnce(t, "old", "a", "b")
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

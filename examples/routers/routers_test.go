@@ -2,6 +2,7 @@ package routers_test
 
 import (
 	"fmt"
+	"go.uber.org/goleak"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -115,3 +116,5 @@ func TestRouters(t *testing.T) {
 		})
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
