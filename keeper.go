@@ -116,7 +116,10 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 // maxWait for the holder to finish and then answers with the replay (or
 // acquires the key if the holder released it or its lease expired). When the
 // bound passes it returns the last *InFlightError. Stores that implement
-// Waiter wake it on completion; others are polled with capped backoff.
+// Waiter wake it on completion; others (and a Waiter whose Wait fails) are
+// polled with backoff from 5 ms to 250 ms. Each Begin while waiting is
+// reported to the Observer, so a wait shows as conflicts followed by the
+// final outcome.
 func (k *Keeper) BeginWait(ctx context.Context, scope, key string, fp []byte, maxWait time.Duration) (Attempt, error) {
 	deadline := time.Now().Add(maxWait)
 	poll := 5 * time.Millisecond
@@ -132,10 +135,14 @@ func (k *Keeper) BeginWait(ctx context.Context, scope, key string, fp []byte, ma
 		}
 		d := min(left, inflight.LeaseLeft+time.Millisecond)
 		if w, ok := k.Store.(Waiter); ok {
-			if werr := w.Wait(ctx, RecordKey(scope, key), d); werr != nil && ctx.Err() != nil {
+			werr := w.Wait(ctx, RecordKey(scope, key), d)
+			if ctx.Err() != nil {
 				return Attempt{}, ctx.Err()
 			}
-			continue
+			if werr == nil {
+				continue
+			}
+			// The notification path failed: poll instead of spinning.
 		}
 		d = min(d, poll)
 		poll = min(poll*2, 250*time.Millisecond)
