@@ -76,14 +76,23 @@ func DoCall[T any](ctx context.Context, k *Keeper, c Call[T], fn func(context.Co
 	v, ferr := fn(l.Context(ctx))
 	done = true
 	if ferr != nil {
-		return v, false, errors.Join(ferr, l.Release(context.WithoutCancel(ctx)))
+		return v, false, releaseAfter(ctx, l, ferr)
 	}
 	b, err := codec.Encode(v)
 	if err != nil {
-		return v, false, errors.Join(err, l.Release(context.WithoutCancel(ctx)))
+		return v, false, releaseAfter(ctx, l, err)
 	}
 	if err := l.Complete(context.WithoutCancel(ctx), b); err != nil {
 		return v, false, err
 	}
 	return v, false, nil
+}
+
+// releaseAfter releases l after cause made the call fail. It returns cause
+// itself, or cause joined with the release's error when that failed too.
+func releaseAfter(ctx context.Context, l *Lease, cause error) error {
+	if err := l.Release(context.WithoutCancel(ctx)); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
 }
