@@ -52,6 +52,9 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 
+echo "== go mod tidy -diff" >&2
+go mod tidy -diff
+
 echo "== go vet" >&2
 go vet ./...
 
