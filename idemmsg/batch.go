@@ -362,7 +362,7 @@ func (d *Deduper) startRenewal(held []heldKey) *renewal {
 		return r
 	}
 	r.stopc, r.done = make(chan struct{}), make(chan struct{})
-	every := d.lease() / 3
+	every := max(d.lease()/3, time.Millisecond) // NewTicker panics on <= 0
 	go func() {
 		defer close(r.done)
 		t := time.NewTicker(every)
