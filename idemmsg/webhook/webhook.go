@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -18,34 +19,59 @@ import (
 // DefaultHeader is the Standard Webhooks event id header.
 const DefaultHeader = "webhook-id"
 
-// DefaultMaxBody is the largest body read to find a JSON field id: 1 MiB.
+// DefaultMaxBody is the largest body read to verify a signature or to find a
+// JSON field id: 1 MiB.
 const DefaultMaxBody = 1 << 20
 
-// Errors returned by EventID.
+// Errors returned by EventID (and given to Config.OnError).
 var (
 	// ErrNoID reports that the request carries no event id.
 	ErrNoID = errors.New("webhook: no event id")
-	// ErrBodyTooLarge reports a body longer than Config.MaxBody when the id
-	// is read from the body.
+	// ErrBodyTooLarge reports a body longer than Config.MaxBody when the
+	// body is read, to verify it or to find the id in it.
 	ErrBodyTooLarge = errors.New("webhook: body too large")
 )
 
-// Config configures Handler. The zero value reads the id from "webhook-id"
-// and needs only Deduper to be set.
+// Config configures Handler. Deduper is required, and so is a choice about
+// verification: a Verifier (Standard, Stripe or your own), or Unverified.
+// With Verifier set to Standard the other fields may stay zero; with Stripe,
+// too (the id is then read from the body's "id" field).
 type Config struct {
 	// Deduper holds the claims. Required. Its Retention must cover the
 	// sender's retry horizon (Standard Webhooks senders retry for about 3
-	// days; the default 30 days covers it).
+	// days; the default 30 days covers it), and be more than twice the
+	// Verifier's tolerance (Handler checks it for Standard and Stripe).
 	Deduper *idemmsg.Deduper
-	// Header is the request header carrying the event id. If empty and
-	// JSONField is empty, DefaultHeader ("webhook-id") is used.
+	// Verifier authenticates every request before its id is claimed:
+	// Standard{Secrets: …} for Standard Webhooks senders (Svix and others),
+	// Stripe{Secrets: …} for Stripe, or your own. A refused request is
+	// answered 401 or 400 (see the package documentation) without any store
+	// call, so it can neither claim an id nor learn whether one was
+	// processed, and OnError receives the verification error. Required
+	// unless Unverified is set.
+	Verifier Verifier
+	// Unverified runs the wrapped handler without verifying requests. It is
+	// an explicit opt-out, for tests and for requests authenticated before
+	// this handler (by a gateway, by mutual TLS, or by a wrapping handler
+	// that rejects them first). Without a Verifier or Unverified, Handler
+	// panics. Verifying inside the wrapped handler is too late: an unsigned
+	// request for a processed id would be answered as a duplicate.
+	Unverified bool
+	// Header is the request header carrying the event id. If Header and
+	// JSONField are both empty: DefaultHeader ("webhook-id"), or the JSON
+	// field "id" when Verifier is a Stripe. With a Standard Verifier it
+	// must be empty or "webhook-id", and with Stripe it must be empty: the
+	// id must be covered by the signature, or a captured delivery could be
+	// replayed under another id and run again.
 	Header string
 	// JSONField, if set, reads the id from this top-level field of a JSON
 	// object body (a string, or a number used as written) when Header is
 	// empty or absent from the request. The body is buffered (at most
 	// MaxBody) and handed on to the wrapped handler unchanged.
 	JSONField string
-	// MaxBody bounds the body read for JSONField. If zero, DefaultMaxBody.
+	// MaxBody bounds the body read for verification (every request when a
+	// Verifier is set) and for JSONField; a longer body is answered 413. If
+	// zero, DefaultMaxBody (1 MiB).
 	MaxBody int64
 	// Scope returns the scope of a request: senders or endpoints that must
 	// not share ids get different scopes. If nil, the request path is used.
@@ -56,16 +82,29 @@ type Config struct {
 	// zero, 5 s.
 	RetryAfter time.Duration
 	// OnError, if set, is called with every error the handler answers
-	// (missing id, in flight, store failure, handler status not recorded).
+	// (verification refused, missing id, in flight, store failure, handler
+	// status not recorded).
 	OnError func(r *http.Request, err error)
 }
 
-// Handler returns an http.Handler that runs next at most once per event id
-// (see the package documentation for the answers). It panics if c.Deduper is
-// nil.
+// Handler returns an http.Handler that verifies each request (Config.Verifier)
+// and then runs next at most once per event id (see the package documentation
+// for the answers). It panics on a configuration error: a nil Deduper;
+// neither a Verifier nor Unverified, or both; a Standard or Stripe Verifier
+// without a valid secret, with a tolerance not less than half the Deduper's
+// retention, or with an id header that its signature does not cover.
 func Handler(c Config, next http.Handler) http.Handler {
 	if c.Deduper == nil {
 		panic("webhook: Config.Deduper is nil")
+	}
+	switch {
+	case c.Verifier == nil && !c.Unverified:
+		panic("webhook: Config.Verifier is nil: set it (webhook.Standard, webhook.Stripe) or set Config.Unverified to run without verification")
+	case c.Verifier != nil && c.Unverified:
+		panic("webhook: Config.Verifier and Config.Unverified are both set")
+	}
+	if err := checkVerifier(&c); err != nil {
+		panic(err.Error())
 	}
 	if c.Header == "" && c.JSONField == "" {
 		c.Header = DefaultHeader
@@ -85,6 +124,77 @@ func Handler(c Config, next http.Handler) http.Handler {
 	return &handler{c: c, next: next}
 }
 
+// checkVerifier checks a built-in Verifier against c, and defaults c's id
+// source for Stripe.
+func checkVerifier(c *Config) error {
+	var (
+		tol    time.Duration
+		err    error
+		scheme string
+	)
+	switch v := c.Verifier.(type) {
+	case Standard:
+		scheme, tol, err = "Standard", v.Tolerance, checkSecrets(v.Secrets, true)
+	case *Standard:
+		if v == nil {
+			return errors.New("webhook: Config.Verifier is a nil *Standard")
+		}
+		scheme, tol, err = "Standard", v.Tolerance, checkSecrets(v.Secrets, true)
+	case Stripe:
+		scheme, tol, err = "Stripe", v.Tolerance, checkSecrets(v.Secrets, false)
+	case *Stripe:
+		if v == nil {
+			return errors.New("webhook: Config.Verifier is a nil *Stripe")
+		}
+		scheme, tol, err = "Stripe", v.Tolerance, checkSecrets(v.Secrets, false)
+	default:
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("webhook: %s verifier: %w", scheme, err)
+	}
+	tol = tolerance(tol)
+	retention := c.Deduper.Retention
+	if retention <= 0 {
+		retention = idemmsg.DefaultRetention
+	}
+	if retention <= 2*tol {
+		// A delivery signed at t is accepted from t-tol to t+tol; its
+		// record, completed at t-tol at the earliest, must outlive t+tol.
+		return fmt.Errorf("webhook: %s verifier: tolerance %v must be less than half the Deduper's retention %v, or a replay accepted by the timestamp rule could find its id forgotten", scheme, tol, retention)
+	}
+	switch scheme {
+	case "Standard":
+		if c.Header != "" && !strings.EqualFold(c.Header, DefaultHeader) {
+			return fmt.Errorf("webhook: Standard verifier: Config.Header %q is not signed; leave it empty (webhook-id is signed) or use JSONField", c.Header)
+		}
+	case "Stripe":
+		if c.Header != "" {
+			return fmt.Errorf("webhook: Stripe verifier: Config.Header %q is not signed; leave it empty (the body's \"id\" field is used)", c.Header)
+		}
+		if c.JSONField == "" {
+			c.JSONField = "id"
+		}
+	}
+	return nil
+}
+
+func checkSecrets(secrets []string, standard bool) error {
+	if standard {
+		_, err := standardKeys(secrets)
+		return err
+	}
+	if len(secrets) == 0 {
+		return fmt.Errorf("%w: no secret", ErrSecretInvalid)
+	}
+	for i, s := range secrets {
+		if s == "" {
+			return fmt.Errorf("%w: secret %d is empty", ErrSecretInvalid, i)
+		}
+	}
+	return nil
+}
+
 type handler struct {
 	c    Config
 	next http.Handler
@@ -102,14 +212,24 @@ func (h *handler) report(r *http.Request, err error) {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	id, err := EventID(r, h.c.Header, h.c.JSONField, h.c.MaxBody)
+	var body []byte
+	if h.c.Verifier != nil {
+		// Verification comes first, before any store call: a refused
+		// request claims nothing and learns nothing about processed ids.
+		var err error
+		if body, err = readBody(r, h.c.MaxBody); err == nil {
+			err = h.c.Verifier.Verify(r, body)
+		}
+		if err != nil {
+			h.report(r, err)
+			writeProblem(w, refusalCode(err, true))
+			return
+		}
+	}
+	id, err := eventID(r, h.c.Header, h.c.JSONField, h.c.MaxBody, body, h.c.Verifier != nil)
 	if err != nil {
 		h.report(r, err)
-		code := http.StatusBadRequest
-		if errors.Is(err, ErrBodyTooLarge) {
-			code = http.StatusRequestEntityTooLarge
-		}
-		http.Error(w, err.Error(), code)
+		writeProblem(w, refusalCode(err, false))
 		return
 	}
 	rec := &recorder{ResponseWriter: w}
@@ -141,11 +261,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			secs = ife.RetryAfter()
 		}
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		http.Error(w, "webhook: event "+strconv.Quote(id)+" is being processed", http.StatusConflict)
+		writeProblem(w, CodeInProgress)
 	default: // NotRun: store failure
 		h.report(r, err)
 		w.Header().Set("Retry-After", strconv.Itoa(int((h.c.RetryAfter+time.Second-1)/time.Second)))
-		http.Error(w, "webhook: deduplication store unavailable", http.StatusServiceUnavailable)
+		writeProblem(w, CodeStoreUnavailable)
 	}
 }
 
@@ -158,6 +278,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // body exceeds maxBody, and an error matching idem.ErrInvalidKey for a bad
 // one.
 func EventID(r *http.Request, header, field string, maxBody int64) (string, error) {
+	return eventID(r, header, field, maxBody, nil, false)
+}
+
+// eventID is EventID; when buffered, body is the request body already read
+// (and put back) by readBody.
+func eventID(r *http.Request, header, field string, maxBody int64, body []byte, buffered bool) (string, error) {
 	if header != "" {
 		vs := r.Header.Values(header)
 		switch {
@@ -173,19 +299,36 @@ func EventID(r *http.Request, header, field string, maxBody int64) (string, erro
 			return "", fmt.Errorf("%w: header %s missing", ErrNoID, header)
 		}
 	}
+	if !buffered {
+		if r.Body == nil {
+			return "", fmt.Errorf("%w: empty body", ErrNoID)
+		}
+		var err error
+		if body, err = readBody(r, maxBody); err != nil {
+			return "", err
+		}
+	}
+	return JSONField(body, field)
+}
+
+// readBody reads r's body, at most maxBody bytes, and puts it back for the
+// next reader. It returns ErrBodyTooLarge (wrapped) for a longer body and
+// errBodyUnreadable (wrapped) when reading fails.
+func readBody(r *http.Request, maxBody int64) ([]byte, error) {
 	if r.Body == nil {
-		return "", fmt.Errorf("%w: empty body", ErrNoID)
+		r.Body = http.NoBody
+		return []byte{}, nil
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	r.Body.Close()
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	if err != nil {
-		return "", fmt.Errorf("webhook: reading body: %w", err)
+		return nil, fmt.Errorf("%w: %w", errBodyUnreadable, err)
 	}
 	if int64(len(body)) > maxBody {
-		return "", fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, maxBody)
+		return nil, fmt.Errorf("%w: more than %d bytes", ErrBodyTooLarge, maxBody)
 	}
-	return JSONField(body, field)
+	return body, nil
 }
 
 // JSONField returns the top-level field of the JSON object in body as an

@@ -94,6 +94,7 @@ func TestHandler(t *testing.T) {
 			fs := fakestore.New(nil)
 			cfg := tc.cfg
 			cfg.Deduper = &idemmsg.Deduper{Store: fs}
+			cfg.Unverified = true // these cases test deduplication; verify_handler_test.go tests verification
 			cfg.MaxBody = 1000
 			runs := 0
 			var next int
@@ -133,7 +134,7 @@ func TestHandlerInFlight(t *testing.T) {
 	d := &idemmsg.Deduper{Store: fakestore.New(nil), Lease: 10 * time.Second}
 	started, release := make(chan struct{}), make(chan struct{})
 	var runs atomic.Int32
-	h := webhook.Handler(webhook.Config{Deduper: d}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := webhook.Handler(webhook.Config{Deduper: d, Unverified: true}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		runs.Add(1)
 		close(started)
 		<-release
@@ -157,7 +158,7 @@ func TestHandlerPanicReleases(t *testing.T) {
 	t.Parallel()
 	fs := fakestore.New(nil)
 	d := &idemmsg.Deduper{Store: fs}
-	h := webhook.Handler(webhook.Config{Deduper: d}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := webhook.Handler(webhook.Config{Deduper: d, Unverified: true}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}))
 	func() {
@@ -174,7 +175,7 @@ func TestHandlerClientGoneStillRecords(t *testing.T) {
 	fs := fakestore.New(nil)
 	d := &idemmsg.Deduper{Store: fs}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := webhook.Handler(webhook.Config{Deduper: d}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := webhook.Handler(webhook.Config{Deduper: d, Unverified: true}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cancel() // the sender hung up while we worked
 		w.WriteHeader(200)
 	}))
@@ -194,7 +195,7 @@ func TestHandlerNilDeduperPanics(t *testing.T) {
 			t.Fatal("no panic")
 		}
 	}()
-	webhook.Handler(webhook.Config{}, http.NotFoundHandler())
+	webhook.Handler(webhook.Config{Unverified: true}, http.NotFoundHandler())
 }
 
 func TestJSONField(t *testing.T) {
