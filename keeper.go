@@ -1,6 +1,7 @@
 package idem
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -85,7 +86,8 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 	}
 	rk := RecordKey(scope, key)
 	start := time.Now()
-	b, err := k.Store.Begin(ctx, rk, fp, k.lease())
+	lease := k.lease()
+	b, err := k.Store.Begin(ctx, rk, fp, lease)
 	if err != nil {
 		return Attempt{}, k.storeErr(ctx, "begin", rk, 0, time.Since(start), err)
 	}
@@ -94,7 +96,9 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 		if b.Takeover {
 			k.observe(ctx, Event{Kind: EventTakeover, Key: rk, Fence: b.Fence, Op: "begin"})
 		}
-		return Attempt{Lease: &Lease{k: k, key: rk, fence: b.Fence, takeover: b.Takeover, start: time.Now()}}, nil
+		// The store started the lease after start: it ends no earlier than
+		// start+lease on this process's clock.
+		return Attempt{Lease: &Lease{k: k, key: rk, fp: fp, fence: b.Fence, takeover: b.Takeover, start: start, deadline: start.Add(lease)}}, nil
 	case Replay:
 		k.observe(ctx, Event{Kind: EventReplayed, Key: rk, Op: "begin"})
 		res := b.Result
@@ -161,6 +165,7 @@ func (k *Keeper) BeginWait(ctx context.Context, scope, key string, fp []byte, ma
 type Lease struct {
 	k        *Keeper
 	key      string
+	fp       []byte
 	fence    uint64
 	takeover bool
 	start    time.Time
@@ -169,9 +174,13 @@ type Lease struct {
 	finished bool           // Complete, Release or MarkCompleted was called
 	external bool           // MarkCompleted: the caller completed the record
 	timer    *time.Timer    // renewal timer; nil until StartRenewal
-	every    time.Duration  // renewal period
+	every    time.Duration  // renewal period after a successful extension
+	backoff  time.Duration  // pause before the next attempt after a failed one
+	deadline time.Time      // the lease ends no earlier than this (local clock)
 	extends  sync.WaitGroup // renewal extensions in progress
-	lost     chan struct{}  // closed when renewal found the lease lost
+	lost     chan struct{}  // closed when the lease was found lost
+	isLost   bool           // lost is (or will be) closed
+	cancels  []context.CancelCauseFunc
 	lostOnce sync.Once
 }
 
@@ -192,9 +201,26 @@ func (l *Lease) Takeover() bool { return l.takeover }
 func (l *Lease) Retention() time.Duration { return l.k.retention() }
 
 // Context returns ctx carrying the lease (see LeaseFromContext) and its
-// fence (see FenceFromContext).
+// fence (see FenceFromContext). The returned context is canceled, with a
+// cause matching ErrLeaseLost, when the lease is found lost (see Lost): the
+// work it carries is then running under a newer executor's lease, and should
+// stop. Completing or releasing the lease does not cancel it.
 func (l *Lease) Context(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancelCause(ctx)
+	l.mu.Lock()
+	if l.isLost {
+		l.mu.Unlock()
+		cancel(l.lostErr())
+	} else {
+		l.cancels = append(l.cancels, cancel)
+		l.mu.Unlock()
+	}
 	return context.WithValue(WithFence(ctx, l.fence), leaseKey{}, l)
+}
+
+// lostErr is the cancellation cause of a lost lease's contexts.
+func (l *Lease) lostErr() error {
+	return fmt.Errorf("idem: lease of %q with fence %d: %w", l.key, l.fence, ErrLeaseLost)
 }
 
 // leaseKey is the context key for the executing lease.
@@ -274,13 +300,19 @@ func (l *Lease) end(ctx context.Context, op string, call func(context.Context) e
 	unknown := false // an earlier attempt may have applied
 	for {
 		err := call(ctx)
-		if err != nil && unknown && errors.Is(err, ErrLeaseLost) && l.appliedEarlier(ctx, op) {
+		// A refusal may hide an applied earlier attempt: ours, whose answer
+		// was lost, or (for complete, which is always checked) one that a
+		// client library retried by itself and whose retry was then
+		// refused. Ask the store what it holds.
+		if err != nil && errors.Is(err, ErrLeaseLost) && (unknown || op == "complete") && l.appliedEarlier(ctx, op) {
 			err = nil
 		}
 		if err == nil || errors.Is(err, ErrLeaseLost) || !l.transient(ctx, err) {
 			l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: op, Duration: time.Since(l.start)})
 			if err != nil {
-				if !errors.Is(err, ErrLeaseLost) {
+				if errors.Is(err, ErrLeaseLost) {
+					l.markLost()
+				} else {
 					l.unfinish() // the caller may try again
 				}
 				return l.k.storeErr(ctx, op, l.key, l.fence, time.Since(start), err)
@@ -314,17 +346,62 @@ func (l *Lease) transient(ctx context.Context, err error) bool {
 // lost, did apply: the record is completed under this fence (complete), or
 // is no longer held by this fence (release). Without an Inspector it reports
 // false for complete, and true for release, whose only aim (the record is no
-// longer ours) holds whenever the store refuses our fence.
+// longer ours) holds whenever the store refuses our fence. The Inspector is
+// asked again after transient failures while ctx allows.
 func (l *Lease) appliedEarlier(ctx context.Context, op string) bool {
 	if op == "release" {
 		return true
 	}
+	rec, found, err := l.inspect(ctx)
+	return err == nil && found && rec.State == StateCompleted && rec.Fence == l.fence
+}
+
+// inspect reads the lease's record through the store's Inspector, retrying
+// transient failures with backoff while ctx allows. It returns
+// errNoInspector when the store cannot be inspected.
+func (l *Lease) inspect(ctx context.Context) (Record, bool, error) {
 	in, ok := l.k.Store.(Inspector)
 	if !ok {
-		return false
+		return Record{}, false, errNoInspector
 	}
-	rec, found, err := in.Get(ctx, l.key)
-	return err == nil && found && rec.State == StateCompleted && rec.Fence == l.fence
+	backoff := 5 * time.Millisecond
+	for {
+		rec, found, err := in.Get(ctx, l.key)
+		if err == nil || !l.transient(ctx, err) {
+			return rec, found, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Record{}, false, errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
+}
+
+var errNoInspector = errors.New("idem: the store cannot be inspected")
+
+// Superseded returns the result that another executor stored for the
+// lease's record after taking it over: what an executor whose lease was
+// lost (Complete or Release returned ErrLeaseLost, or Lost is closed)
+// answers instead of its own result, so that every caller of a key sees one
+// result. ok is false when no such result exists yet (the newer executor is
+// still running, or released the key). It needs a store that is an
+// Inspector; with another store it reports ok == false and an error.
+func (l *Lease) Superseded(ctx context.Context) (result []byte, ok bool, err error) {
+	rec, found, err := l.inspect(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	if !found || rec.State != StateCompleted || rec.Fence <= l.fence || !bytes.Equal(rec.Fingerprint, l.fp) && (len(rec.Fingerprint) > 0 || len(l.fp) > 0) {
+		return nil, false, nil
+	}
+	if rec.Result == nil {
+		return []byte{}, true, nil
+	}
+	return rec.Result, true, nil
 }
 
 // unfinish lets Complete or Release be called again after every attempt
@@ -382,20 +459,35 @@ func (l *Lease) Extend(ctx context.Context) error {
 	}
 	start := time.Now()
 	if err := x.Extend(ctx, l.key, l.fence, l.k.lease()); err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			l.markLost()
+		}
 		return l.k.storeErr(ctx, "extend", l.key, l.fence, time.Since(start), err)
 	}
+	l.mu.Lock()
+	if d := start.Add(l.k.lease()); d.After(l.deadline) {
+		l.deadline = d
+	}
+	l.mu.Unlock()
 	return nil
 }
 
-// StartRenewal extends the lease every third of the lease duration until
-// Complete or Release, so an operation that runs longer than the lease is not
-// taken over. If the store refuses an extension with ErrLeaseLost, renewal
-// stops and Lost is closed. Transient store errors are retried at the next
-// tick. Calling StartRenewal more than once, or after Complete or Release, or
-// on a store that is not an Extender, does nothing.
+// StartRenewal keeps the lease alive until Complete or Release, so an
+// operation that runs longer than the lease is not taken over: it extends
+// the lease a quarter of the lease duration after the last successful
+// extension, and when an extension fails (the store is slow or
+// unreachable) it tries again at once with a short backoff (10 ms, doubling
+// up to a tenth of the lease), each attempt bounded by the time left on the
+// lease, so a store stall shorter than the remaining lease never lets the
+// lease lapse (a stall of up to three quarters of the lease always
+// survives; one that starts as an attempt is sent survives up to the whole
+// lease). If the store refuses an extension with ErrLeaseLost, renewal
+// stops, Lost is closed and the lease's contexts are canceled. Calling
+// StartRenewal more than once, or after Complete or Release, or on a store
+// that is not an Extender, does nothing.
 //
-// Renewal runs on a timer: no goroutine exists until the first third of the
-// lease has passed, so short operations pay for one timer only, and none is
+// Renewal runs on a timer: no goroutine exists until the first quarter of
+// the lease has passed, so short operations pay for one timer only, and none is
 // left running once Complete or Release returns.
 func (l *Lease) StartRenewal() {
 	if _, ok := l.k.Store.(Extender); !ok {
@@ -406,11 +498,11 @@ func (l *Lease) StartRenewal() {
 	if l.finished || l.timer != nil {
 		return
 	}
-	l.every = max(l.k.lease()/3, time.Millisecond)
-	l.timer = time.AfterFunc(l.every, l.tick)
+	l.every = max(l.k.lease()/4, time.Millisecond)
+	l.timer = time.AfterFunc(max(l.every-time.Since(l.start), time.Millisecond), l.tick)
 }
 
-// tick extends the lease once and schedules the next tick.
+// tick extends the lease once and schedules the next attempt.
 func (l *Lease) tick() {
 	l.mu.Lock()
 	if l.finished {
@@ -418,21 +510,33 @@ func (l *Lease) tick() {
 		return
 	}
 	l.extends.Add(1) // under mu, before finish can Wait
+	// Each attempt may use the time left on the lease (it is no use
+	// later), and at least one renewal period once the lease may have
+	// lapsed: the fence alone decides, so a late extension still holds
+	// the record when nobody took it over.
+	bound := max(time.Until(l.deadline), l.every)
 	l.mu.Unlock()
 	defer l.extends.Done()
 
-	ctx, cancel := context.WithTimeout(context.Background(), l.every)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	err := l.Extend(ctx)
 	cancel()
 	if errors.Is(err, ErrLeaseLost) {
-		l.markLost()
 		return
 	}
 	l.mu.Lock()
-	if !l.finished {
-		l.timer.Reset(l.every)
+	defer l.mu.Unlock()
+	if l.finished {
+		return
 	}
-	l.mu.Unlock()
+	next := l.every
+	if err != nil {
+		l.backoff = min(max(2*l.backoff, 10*time.Millisecond), max(l.k.lease()/10, time.Millisecond))
+		next = l.backoff
+	} else {
+		l.backoff = 0
+	}
+	l.timer.Reset(next)
 }
 
 func (l *Lease) lostChan() chan struct{} {
@@ -444,9 +548,32 @@ func (l *Lease) lostChan() chan struct{} {
 	return l.lost
 }
 
-func (l *Lease) markLost() { l.lostOnce.Do(func() { close(l.lostChan()) }) }
+// markLost closes Lost and cancels the lease's contexts, once.
+func (l *Lease) markLost() {
+	l.lostOnce.Do(func() {
+		ch := l.lostChan()
+		l.mu.Lock()
+		l.isLost = true
+		cancels := l.cancels
+		l.cancels = nil
+		l.mu.Unlock()
+		close(ch)
+		err := l.lostErr()
+		for _, c := range cancels {
+			c(err)
+		}
+	})
+}
 
-// Lost returns a channel closed when renewal found that the lease was taken
-// over. The operation may then be running twice; its completion will be
-// refused.
+// Lost returns a channel closed when the store refused the lease's fence (a
+// renewal, Complete or Release returned ErrLeaseLost): another executor
+// took the key over. The operation may then be running twice; its
+// completion is refused, and the lease's contexts are canceled.
 func (l *Lease) Lost() <-chan struct{} { return l.lostChan() }
+
+// IsLost reports whether Lost is closed.
+func (l *Lease) IsLost() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.isLost
+}

@@ -486,3 +486,196 @@ func TestMarkCompleted(t *testing.T) {
 		t.Fatal("second Complete without MarkCompleted returned nil")
 	}
 }
+
+// freezingStore makes every Extend made while the store is frozen wait
+// (honouring ctx) until the freeze ends, the way a SIGSTOPped Redis or a
+// locked table does.
+type freezingStore struct {
+	idem.Store
+	mu     sync.Mutex
+	until  time.Time
+	calls  atomic.Int64
+	frozen atomic.Int64 // calls that waited for the freeze
+}
+
+func (s *freezingStore) freeze(d time.Duration) {
+	s.mu.Lock()
+	s.until = time.Now().Add(d)
+	s.mu.Unlock()
+}
+
+func (s *freezingStore) Extend(ctx context.Context, key string, fence uint64, lease time.Duration) error {
+	s.calls.Add(1)
+	s.mu.Lock()
+	wait := time.Until(s.until)
+	s.mu.Unlock()
+	if wait > 0 {
+		s.frozen.Add(1)
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stalled: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return s.Store.(idem.Extender).Extend(ctx, key, fence, lease)
+}
+
+// TestRenewalSurvivesStall: a store freeze of 70% of the lease, starting
+// right after a successful renewal (the worst moment), does not let the
+// lease lapse: the next attempt may wait for all the time left on the
+// lease, where it was once bounded by a third of it, so a duplicate never
+// takes the key over.
+func TestRenewalSurvivesStall(t *testing.T) {
+	const lease = 400 * time.Millisecond
+	mem := memstore.New(memstore.Options{})
+	st := &freezingStore{Store: mem}
+	k := &idem.Keeper{Store: st, Lease: lease}
+	a, err := k.Begin(context.Background(), "s", "stall", []byte("fp"))
+	if err != nil || a.Lease == nil {
+		t.Fatal(a, err)
+	}
+	a.Lease.StartRenewal()
+	waitUntil(t, func() bool { return st.calls.Load() >= 1 })
+	st.freeze(lease * 7 / 10)
+	// Probe for a takeover until well past two leases.
+	other := &idem.Keeper{Store: mem, Lease: lease}
+	deadline := time.Now().Add(2 * lease)
+	for time.Now().Before(deadline) {
+		_, err := other.Begin(context.Background(), "s", "stall", []byte("fp"))
+		if !errors.Is(err, idem.ErrInFlight) {
+			t.Fatalf("after %d extensions a duplicate got %v: the lease lapsed", st.calls.Load(), err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st.frozen.Load() == 0 {
+		t.Fatal("no extension met the freeze: the test proved nothing")
+	}
+	if err := a.Lease.Complete(context.Background(), []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	if a.Lease.IsLost() {
+		t.Fatal("lease reported lost")
+	}
+}
+
+// waitUntil polls cond for up to 10 s.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("condition not reached")
+		}
+	}
+}
+
+// TestRenewalRetriesWithinLease: an extension that fails fast (store
+// unreachable) is retried at once with backoff rather than at the next
+// period, and renewal resumes when the store is back.
+func TestRenewalRetriesWithinLease(t *testing.T) {
+	const lease = 300 * time.Millisecond
+	mem := memstore.New(memstore.Options{})
+	st := &flakyExtend{Store: mem}
+	st.down.Store(true)
+	k := &idem.Keeper{Store: st, Lease: lease}
+	a, err := k.Begin(context.Background(), "s", "flaky", []byte("fp"))
+	if err != nil || a.Lease == nil {
+		t.Fatal(a, err)
+	}
+	a.Lease.StartRenewal()
+	// Down from the first renewal (at lease/4) for another 40% of the lease.
+	time.Sleep(lease/4 + lease*4/10)
+	st.down.Store(false)
+	n := st.calls.Load()
+	if n < 3 {
+		t.Errorf("%d extension attempts while the store was down, want retries within the lease", n)
+	}
+	time.Sleep(lease)
+	other := &idem.Keeper{Store: mem, Lease: lease}
+	if _, err := other.Begin(context.Background(), "s", "flaky", []byte("fp")); !errors.Is(err, idem.ErrInFlight) {
+		t.Fatalf("duplicate got %v: the lease lapsed", err)
+	}
+	if err := a.Lease.Complete(context.Background(), []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type flakyExtend struct {
+	idem.Store
+	down  atomic.Bool
+	calls atomic.Int64
+}
+
+func (s *flakyExtend) Extend(ctx context.Context, key string, fence uint64, lease time.Duration) error {
+	s.calls.Add(1)
+	if s.down.Load() {
+		return fmt.Errorf("refused: %w", idem.ErrStoreUnavailable)
+	}
+	return s.Store.(idem.Extender).Extend(ctx, key, fence, lease)
+}
+
+// TestLostLeaseCancelsContext: the lease's contexts are canceled with a
+// cause matching ErrLeaseLost when the store refuses the fence.
+func TestLostLeaseCancelsContext(t *testing.T) {
+	mem := memstore.New(memstore.Options{})
+	k := &idem.Keeper{Store: mem, Lease: time.Second}
+	a, err := k.Begin(context.Background(), "s", "lost", []byte("fp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := a.Lease.Context(context.Background())
+	// Another executor takes the record: release ours behind its back.
+	if err := mem.Release(context.Background(), a.Lease.Key(), a.Lease.Fence()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Lease.Extend(context.Background()); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("extend: %v", err)
+	}
+	select {
+	case <-ctx.Done():
+	default:
+		t.Fatal("context not canceled")
+	}
+	if !errors.Is(context.Cause(ctx), idem.ErrLeaseLost) || !a.Lease.IsLost() {
+		t.Errorf("cause %v", context.Cause(ctx))
+	}
+	// A context taken after the loss is canceled at once.
+	if ctx2 := a.Lease.Context(context.Background()); ctx2.Err() == nil {
+		t.Error("late context not canceled")
+	}
+}
+
+// TestCompleteRefusedButApplied: a completion applied by a client-library
+// retry whose own reply says "lease lost" is recognised through the
+// Inspector: Complete returns nil, not a false ErrLeaseLost.
+func TestCompleteRefusedButApplied(t *testing.T) {
+	mem := memstore.New(memstore.Options{})
+	st := &retryingComplete{Store: mem}
+	k := &idem.Keeper{Store: st}
+	a, err := k.Begin(context.Background(), "s", "retried", []byte("fp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Lease.Complete(context.Background(), []byte("r")); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	if a.Lease.IsLost() {
+		t.Error("lease marked lost")
+	}
+}
+
+// retryingComplete applies Complete, then answers as a client library's
+// hidden retry would: the record is no longer in progress, lease lost.
+type retryingComplete struct{ idem.Store }
+
+func (s *retryingComplete) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
+	if err := s.Store.Complete(ctx, key, fence, result, retention); err != nil {
+		return err
+	}
+	return s.Store.Complete(ctx, key, fence, result, retention)
+}
+
+func (s *retryingComplete) Get(ctx context.Context, key string) (idem.Record, bool, error) {
+	return s.Store.(idem.Inspector).Get(ctx, key)
+}

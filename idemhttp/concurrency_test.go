@@ -209,7 +209,7 @@ func TestFlushStreamsBeforeHandlerEnds(t *testing.T) {
 		<-release
 		fmt.Fprint(w, "part2")
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Stream: true}).Handler(h))
 	defer srv.Close()
 	defer srv.Client().CloseIdleConnections()
 
@@ -416,7 +416,8 @@ func TestDeadExecutorTakenOver(t *testing.T) {
 
 // TestStaleCompletionReported: when the lease is taken over while the
 // handler runs, the handler's completion is refused and reported, and the
-// client still gets the handler's response.
+// stale executor never answers with its own response: it answers the
+// winner's stored response, or 503 lease-lost while there is none.
 func TestStaleCompletionReported(t *testing.T) {
 	t.Parallel()
 	const lease = 30 * time.Millisecond
@@ -441,17 +442,28 @@ func TestStaleCompletionReported(t *testing.T) {
 	close(g.release)
 	o2 := oc.next(t)
 	f, sec := recv(t, first), recv(t, second)
-	if f.status != http.StatusAccepted || sec.status != http.StatusAccepted {
-		t.Fatalf("answers %d %d", f.status, sec.status)
-	}
 	var stale idemhttp.Outcome
+	var staleAnswer, winnerAnswer *rawResp
 	switch {
 	case o1.Takeover && !o2.Takeover:
 		stale = o2
+		staleAnswer, winnerAnswer = f, sec
+		// The winner completed first: the stale executor replays it.
+		if !staleAnswer.replayed() || staleAnswer.status != http.StatusAccepted || string(staleAnswer.body) != string(winnerAnswer.body) {
+			t.Errorf("stale answer %d %q, want the winner's replay", staleAnswer.status, staleAnswer.body)
+		}
 	case o2.Takeover && !o1.Takeover:
 		stale = o1
+		staleAnswer, winnerAnswer = f, sec
+		// The stale executor finished first, while the winner ran.
+		if staleAnswer.status != http.StatusServiceUnavailable || !strings.Contains(string(staleAnswer.body), idemhttp.CodeLeaseLost) {
+			t.Errorf("stale answer %d %q, want 503 lease-lost", staleAnswer.status, staleAnswer.body)
+		}
 	default:
 		t.Fatalf("outcomes %+v %+v", o1, o2)
+	}
+	if winnerAnswer.status != http.StatusAccepted || winnerAnswer.replayed() {
+		t.Errorf("winner answer %d replayed=%v", winnerAnswer.status, winnerAnswer.replayed())
 	}
 	if stale.Stored || !errors.Is(stale.Err, idem.ErrLeaseLost) {
 		t.Errorf("stale executor outcome %+v", stale)
@@ -475,7 +487,7 @@ func TestAbandonedRequestReleases(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusCreated)
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record, Stream: true}).Handler(h))
 	defer srv.Close()
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
@@ -626,7 +638,7 @@ func TestDisconnectMidBodyStoresWholeBody(t *testing.T) {
 			t.Errorf("io.Copy after disconnect: %d, %v", n, err)
 		}
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record, Stream: true}).Handler(h))
 	defer srv.Close()
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {

@@ -152,6 +152,23 @@ type Middleware struct {
 	// (10 s).
 	CompleteTimeout time.Duration
 
+	// Stream turns off holding the response. By default the handler's
+	// response reaches the client only after its record was completed in
+	// the store (SPEC §3, acknowledged ⇒ replayable): it is held (up to
+	// MaxResult bytes of body) and released once the store said yes; if
+	// the completion cannot be made the client gets 503 outcome-unknown
+	// instead. With Stream, every write goes to the client at once and the
+	// record is completed after the handler returns: the first byte comes
+	// sooner, but a client may hold a response whose record was never
+	// completed (the process died, or the store failed, in between), and a
+	// retry sent the instant the response was read may get 409. Set it only
+	// for routes that stream by nature (server-sent events, long polls,
+	// large downloads); such routes are outside the acknowledgement
+	// guarantee. Without Stream, an event stream (text/event-stream) that
+	// the handler flushes, and a body that grows past MaxResult, complete
+	// the record early with the body omitted and then stream.
+	Stream bool
+
 	// OnOutcome, if set, is called once per request that reaches the
 	// middleware, after the answer, with what happened. It runs on the
 	// request's goroutine and must be fast. Store-level events (takeovers,
@@ -274,6 +291,7 @@ type handler struct {
 	wait            time.Duration
 	failOpen        bool
 	completeTimeout time.Duration
+	stream          bool
 	onOutcome       func(*http.Request, Outcome)
 }
 
@@ -303,6 +321,7 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 		wait:            m.Wait,
 		failOpen:        m.FailOpen,
 		completeTimeout: m.CompleteTimeout,
+		stream:          m.Stream,
 		onOutcome:       m.OnOutcome,
 	}
 	if m.Methods != nil {
@@ -451,7 +470,7 @@ func (h *handler) refuse(w http.ResponseWriter, r *http.Request, body []byte, er
 	case h.failOpen:
 		r2 := r.WithContext(r.Context()) // shallow copy: only the body changes
 		setBody(r2, bytes.Clone(body))
-		c := newCapture(w, h)
+		c := newCapture(w, h, r, nil)
 		h.next.ServeHTTP(c, r2)
 		status := c.code
 		if status == 0 {
@@ -468,11 +487,21 @@ func (h *handler) refuse(w http.ResponseWriter, r *http.Request, body []byte, er
 
 // replay answers a stored response.
 func (h *handler) replay(w http.ResponseWriter, r *http.Request, result []byte) {
-	d, err := decodeResponse(result)
+	status, omitted, err := h.writeReplay(w, result)
 	if err != nil {
 		WriteProblem(w, CodeStoredResponseInvalid, "")
 		h.report(r, Outcome{Kind: OutcomeReplayInvalid, Status: http.StatusInternalServerError, Err: err})
 		return
+	}
+	h.report(r, Outcome{Kind: OutcomeReplayed, Status: status, Omitted: omitted})
+}
+
+// writeReplay writes the stored response result with the replay headers.
+// It writes nothing and returns an error when result cannot be decoded.
+func (h *handler) writeReplay(w http.ResponseWriter, result []byte) (status int, omitted bool, err error) {
+	d, err := decodeResponse(result)
+	if err != nil {
+		return 0, false, err
 	}
 	hdr := w.Header()
 	d.eachHeader(func(name string, vs []string) {
@@ -501,25 +530,30 @@ func (h *handler) replay(w http.ResponseWriter, r *http.Request, result []byte) 
 	if len(d.body) > 0 {
 		_, _ = w.Write(d.body)
 	}
-	h.report(r, Outcome{Kind: OutcomeReplayed, Status: d.status, Omitted: d.omitted})
+	return d.status, d.omitted, nil
 }
 
-// execute runs the handler under lease and completes or releases the record.
+// execute runs the handler under lease, completes or releases the record,
+// and only then answers the client (SPEC §3: acknowledged ⇒ replayable).
 func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, lease *idem.Lease) {
 	lease.StartRenewal()
 	r2 := r.WithContext(lease.Context(r.Context()))
 	setBody(r2, bytes.Clone(body))
-	c := newCapture(w, h)
+	c := newCapture(w, h, r, lease)
 	finished := false
 	defer func() {
 		if finished {
 			return
 		}
 		// The handler panicked (or called runtime.Goexit): release the
-		// record so a retry executes, and let the panic continue.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
-		err := lease.Release(ctx)
-		cancel()
+		// record so a retry executes, and let the panic continue. A held
+		// response was never sent; net/http breaks the connection.
+		var err error
+		if !c.early {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
+			err = lease.Release(ctx)
+			cancel()
+		}
 		h.report(r, Outcome{Kind: OutcomePanic, Fence: lease.Fence(), Takeover: lease.Takeover(), Err: err})
 	}()
 	h.next.ServeHTTP(c, r2)
@@ -533,12 +567,20 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		c.snapshot(http.StatusOK)
 	}
 	o := Outcome{Kind: OutcomeExecuted, Status: c.code, Fence: lease.Fence(), Takeover: lease.Takeover(), Omitted: c.omit}
-	stored := h.stored
-	if stored == nil {
-		stored = defaultStored
+	if c.early && !c.through {
+		// commitEarly decided the record (and the answer) already.
+		o.Stored, o.Err = !c.failed, c.earlyErr
+		if c.failed {
+			o.Status = c.answered
+		}
+		c.free()
+		h.report(r, o)
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.completeTimeout)
-	if !abandoned && stored(c.code) {
+	defer cancel()
+	store := !abandoned && h.storedStatus(c.code)
+	if store {
 		result := make([]byte, len(c.buf))
 		copy(result, c.buf)
 		if c.omit {
@@ -548,6 +590,11 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		o.Stored = o.Err == nil
 	} else {
 		o.Err = lease.Release(ctx)
+	}
+	switch {
+	case !c.holding() || abandoned:
+		// Written through already (Stream, or a streamed response that is
+		// not stored), or nobody to answer.
 		if abandoned && o.Err == nil {
 			if c.hijacked {
 				o.Err = errHijacked
@@ -555,10 +602,50 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 				o.Err = context.Cause(r.Context())
 			}
 		}
+	case o.Err == nil || !store && !errors.Is(o.Err, idem.ErrLeaseLost):
+		// Completed: the response is replayable; send it. Or released (a
+		// response that is not stored), where a failed release only delays
+		// the retry until the lease ends.
+		c.send()
+	default:
+		o.Status = h.notRecorded(ctx, c, o.Err)
 	}
-	cancel()
 	c.free()
 	h.report(r, o)
+}
+
+// storedStatus reports whether a response with status completes the record.
+func (h *handler) storedStatus(status int) bool {
+	if h.stored == nil {
+		return defaultStored(status)
+	}
+	return h.stored(status)
+}
+
+// notRecorded answers, in place of the handler's held response, a request
+// whose record could not be completed (err), and returns the status sent.
+// When another executor took the key over (ErrLeaseLost), the client gets
+// that executor's stored response if there is one, as a replay, else a 503
+// lease-lost problem: an executor whose lease was lost never answers with
+// its own result. Otherwise the outcome is unknown (the store may or may
+// not have applied the completion): 503 outcome-unknown, and a retry is
+// safe (it replays, or executes again once the lease ends).
+func (h *handler) notRecorded(ctx context.Context, c *capture, err error) int {
+	c.reset()
+	w := c.w
+	if errors.Is(err, idem.ErrLeaseLost) || c.lease.IsLost() {
+		if res, ok, _ := c.lease.Superseded(ctx); ok {
+			if status, _, derr := h.writeReplay(w, res); derr == nil {
+				return status
+			}
+		}
+		w.Header()["Retry-After"] = []string{"1"}
+		WriteProblem(w, CodeLeaseLost, "")
+		return http.StatusServiceUnavailable
+	}
+	w.Header()["Retry-After"] = []string{"1"}
+	WriteProblem(w, CodeOutcomeUnknown, "")
+	return http.StatusServiceUnavailable
 }
 
 // denied reports whether a header is never stored: the deny set, and

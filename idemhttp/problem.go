@@ -37,6 +37,17 @@ const (
 	// CodeCanceled (503): the request was canceled (the client went away)
 	// before its key was claimed. The handler did not run.
 	CodeCanceled = "request-canceled"
+	// CodeOutcomeUnknown (503): the handler ran, but its response could not
+	// be recorded in the store within the completion bound, so it was not
+	// sent (a response is sent only once it can be replayed). The store may
+	// or may not hold it: a retry with the same key is safe and either
+	// replays it or, once the lease ends, executes again.
+	CodeOutcomeUnknown = "outcome-unknown"
+	// CodeLeaseLost (503): the handler ran for longer than its lease and
+	// another request took the key over; its response was discarded, and
+	// the other request has not stored one yet. Retry with the same key to
+	// get the surviving response.
+	CodeLeaseLost = "lease-lost"
 	// CodeStoredResponseInvalid (500): the stored result for the key could
 	// not be decoded. The handler did not run (it ran once already).
 	CodeStoredResponseInvalid = "stored-response-invalid"
@@ -63,6 +74,8 @@ var problems = map[string]problemDef{
 	CodeScopeInvalid:          {400, "Idempotency scope invalid", "The scope of the idempotency key could not be determined."},
 	CodeRequestInvalid:        {400, "Request invalid", "The request could not be fingerprinted."},
 	CodeCanceled:              {503, "Request canceled", "The request was canceled before it was processed; retry it."},
+	CodeOutcomeUnknown:        {503, "Outcome unknown", "The request was processed but its response could not be recorded, so it was not sent; retrying with the same idempotency key is safe."},
+	CodeLeaseLost:             {503, "Idempotency lease lost", "The request took longer than its lease and another request with this idempotency key took over; retry with the same key to get its response."},
 	CodeStoredResponseInvalid: {500, "Stored response invalid", "The stored response for this idempotency key could not be read."},
 }
 
