@@ -269,7 +269,7 @@ func (l *Lease) MarkCompleted() {
 // every attempt fails, the error is returned and Complete or Release may be
 // called again.
 func (l *Lease) Complete(ctx context.Context, result []byte) error {
-	return l.end(ctx, "complete", func(ctx context.Context) error {
+	return l.end(ctx, "complete", result, func(ctx context.Context) error {
 		return l.k.Store.Complete(ctx, l.key, l.fence, result, l.k.retention())
 	})
 }
@@ -279,14 +279,14 @@ func (l *Lease) Complete(ctx context.Context, result []byte) error {
 // After MarkCompleted it does nothing and returns nil. Transient store
 // failures are retried as for Complete.
 func (l *Lease) Release(ctx context.Context) error {
-	return l.end(ctx, "release", func(ctx context.Context) error {
+	return l.end(ctx, "release", nil, func(ctx context.Context) error {
 		return l.k.Store.Release(ctx, l.key, l.fence)
 	})
 }
 
 // end runs the final store step op of the lease, retrying transient
 // failures, and reports the execution once the step's outcome is known.
-func (l *Lease) end(ctx context.Context, op string, call func(context.Context) error) error {
+func (l *Lease) end(ctx context.Context, op string, result []byte, call func(context.Context) error) error {
 	if err := l.finish(); err != nil {
 		return l.ignoreIfMarked(err)
 	}
@@ -304,7 +304,7 @@ func (l *Lease) end(ctx context.Context, op string, call func(context.Context) e
 		// was lost, or (for complete, which is always checked) one that a
 		// client library retried by itself and whose retry was then
 		// refused. Ask the store what it holds.
-		if err != nil && errors.Is(err, ErrLeaseLost) && (unknown || op == "complete") && l.appliedEarlier(ctx, op) {
+		if err != nil && errors.Is(err, ErrLeaseLost) && (unknown || op == "complete") && l.appliedEarlier(ctx, op, result) {
 			err = nil
 		}
 		if err == nil || errors.Is(err, ErrLeaseLost) || !l.transient(ctx, err) {
@@ -343,17 +343,20 @@ func (l *Lease) transient(ctx context.Context, err error) bool {
 }
 
 // appliedEarlier reports whether an earlier attempt of op, whose answer was
-// lost, did apply: the record is completed under this fence (complete), or
-// is no longer held by this fence (release). Without an Inspector it reports
+// lost, did apply: the record is completed under this fence with this very
+// result (complete; a record completed under this fence with another result
+// was completed by someone else, for example in a transaction without
+// MarkCompleted, and this result was not stored), or is no longer held by
+// this fence (release). Without an Inspector it reports
 // false for complete, and true for release, whose only aim (the record is no
 // longer ours) holds whenever the store refuses our fence. The Inspector is
 // asked again after transient failures while ctx allows.
-func (l *Lease) appliedEarlier(ctx context.Context, op string) bool {
+func (l *Lease) appliedEarlier(ctx context.Context, op string, result []byte) bool {
 	if op == "release" {
 		return true
 	}
 	rec, found, err := l.inspect(ctx)
-	return err == nil && found && rec.State == StateCompleted && rec.Fence == l.fence
+	return err == nil && found && rec.State == StateCompleted && rec.Fence == l.fence && bytes.Equal(rec.Result, result)
 }
 
 // inspect reads the lease's record through the store's Inspector, retrying

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,7 +21,26 @@ type op struct {
 	apply func(w *wtx) error
 	err   error
 	ch    chan bool // receives true: lead the next batch; false: done
+	state opState   // guarded by Store.qmu
 }
+
+// opState is where a write stands in the group commit. Every op receives at
+// most one message on its ch: true when it becomes opLeading through a
+// hand-over, false when the batch that took it (opTaken) has committed or
+// failed; a leader never sends to itself.
+type opState uint8
+
+const (
+	// opQueued: in Store.queue, waiting; no batch holds it yet, so it may
+	// leave the queue and change nothing.
+	opQueued opState = iota
+	// opLeading: chosen to lead the next batch (it is queue[0]) but that
+	// batch has not started; it may still pass the leadership on and leave.
+	opLeading
+	// opTaken: a leader took it into a batch; only the commit's outcome
+	// tells whether it changed anything, so its writer must wait for it.
+	opTaken
+)
 
 // fatalError is a failure of the transaction itself (a bbolt write failed);
 // the whole batch is rolled back and every op in it fails.
@@ -36,28 +56,98 @@ func (e *fatalError) Unwrap() error { return e.err }
 // queued meanwhile. No goroutine is started and no timer runs unless
 // MaxBatchDelay is set.
 //
-// A writer whose ctx is done before its batch starts changes nothing and
-// gets ctx.Err(); once its batch has started, write waits for the commit
-// (at most one sync), so the caller never loses track of a durable change.
+// A writer whose ctx ends while it is still queued (no batch has taken it,
+// however long the commits ahead of it take) leaves the queue at once,
+// changes nothing and gets ctx.Err(); a queued writer chosen to lead the
+// next batch passes the leadership on instead. Once a leader has taken the
+// write into a batch, write waits for that batch's commit: at most one
+// transaction and one sync, plus the wait for the leader's MaxBatchDelay.
+// Its result then says whether the change is durable (a write whose ctx
+// ended before the transaction applied it still changes nothing and gets
+// ctx.Err()), so the caller never loses track of a durable change.
 func (s *Store) write(ctx context.Context, apply func(w *wtx) error) error {
 	o := &op{ctx: ctx, apply: apply, ch: make(chan bool, 1)}
-	s.qmu.Lock()
-	if s.closed {
-		s.qmu.Unlock()
-		return ErrClosed
+	leader, err := s.enqueue(o)
+	if err != nil {
+		return err
 	}
-	s.queue = append(s.queue, o)
-	if s.busy {
-		s.qmu.Unlock()
-		if !<-o.ch {
+	if !leader {
+		if !s.await(o) {
 			return o.err
 		}
-	} else {
-		s.busy = true
-		s.qmu.Unlock()
 	}
 	s.lead(o)
 	return o.err
+}
+
+// enqueue appends o to the queue and reports whether o leads the next batch
+// at once (no commit is running).
+func (s *Store) enqueue(o *op) (leader bool, err error) {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if s.closed {
+		return false, ErrClosed
+	}
+	s.queue = append(s.queue, o)
+	if s.busy {
+		return false, nil
+	}
+	s.busy = true
+	o.state = opLeading
+	return true, nil
+}
+
+// await waits while queued op o is carried by a batch led by another writer,
+// and reports whether o must now lead the next batch. When it returns false,
+// o.err is o's result: the batch's, or o.ctx's error when o left the queue
+// (or passed the leadership on) because its context ended first.
+func (s *Store) await(o *op) (lead bool) {
+	select {
+	case lead = <-o.ch:
+		if !lead || o.ctx.Err() == nil || !s.dequeue(o) {
+			return lead
+		}
+	case <-o.ctx.Done():
+		if !s.dequeue(o) {
+			// Already in a batch: wait for its commit.
+			return <-o.ch
+		}
+	}
+	o.err = o.ctx.Err()
+	return false
+}
+
+// dequeue takes o out of the queue if no batch has taken it, passing the
+// leadership on when o was chosen to lead, and reports whether it did.
+func (s *Store) dequeue(o *op) bool {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	switch o.state {
+	case opQueued, opLeading:
+		i := slices.Index(s.queue, o)
+		if i < 0 {
+			panic("filestore: queued write missing from the queue")
+		}
+		s.queue = slices.Delete(s.queue, i, i+1)
+		if o.state == opLeading {
+			s.handOff()
+		}
+		return true
+	}
+	return false
+}
+
+// handOff, with qmu held and no batch running, makes the oldest queued write
+// the next leader, or records that no commit runs when the queue is empty.
+// The send cannot block: ch has room for the one message an op receives.
+func (s *Store) handOff() {
+	if len(s.queue) == 0 {
+		s.busy = false
+		return
+	}
+	next := s.queue[0]
+	next.state = opLeading
+	next.ch <- true
 }
 
 // lead runs one batch, which holds self, and passes leadership on.
@@ -76,11 +166,15 @@ func (s *Store) lead(self *op) {
 		runtime.Gosched()
 	}
 	s.qmu.Lock()
-	// self is queue[0]: the queue is empty whenever no leader runs, and a
-	// leader hands over to queue[0].
+	// self is queue[0]: the queue is empty whenever no leader runs, a
+	// leader hands over to queue[0], and only writers behind the leader
+	// (or a chosen leader that passes the leadership on) leave the queue.
 	n := min(len(s.queue), s.maxBatch)
 	batch := make([]*op, n)
 	copy(batch, s.queue)
+	for _, o := range batch {
+		o.state = opTaken
+	}
 	if n == len(s.queue) {
 		clear(s.queue)
 		s.queue = s.queue[:0]
@@ -103,13 +197,7 @@ func (s *Store) lead(self *op) {
 		}
 	}
 	s.qmu.Lock()
-	if len(s.queue) > 0 {
-		next := s.queue[0]
-		s.qmu.Unlock()
-		next.ch <- true
-		return
-	}
-	s.busy = false
+	s.handOff()
 	s.qmu.Unlock()
 }
 

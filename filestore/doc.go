@@ -18,6 +18,15 @@
 // the concurrency, so N concurrent requests cost about one sync instead of
 // N. Options.MaxBatchDelay can trade latency for larger batches.
 //
+// A call whose context ends while it is queued behind a commit (a slow
+// fsync, a large batch) returns the context's error at once and changes
+// nothing; if it was next in line to lead, it passes that on. Once a leader
+// has taken the call into a batch, the call waits for that batch's commit,
+// at most one transaction and one sync (plus Options.MaxBatchDelay), so
+// that its result always says whether its change is durable: a change
+// applied before the context ended is reported as done, one that was not
+// is reported with the context's error and is not in the file.
+//
 // Calls that change nothing pay no sync: Begin reads a snapshot first and
 // answers a replay, an in-flight conflict or a mismatch from it; Complete,
 // Release and Extend refuse a stale fence from it. Only when the snapshot

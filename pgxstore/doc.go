@@ -74,6 +74,17 @@
 // missing table, a permission) are wrapped as they are. A duplicate never
 // raises a unique violation, so it never aborts the caller's transaction.
 //
+// No statement that changes a record is ever sent twice: pgx does not
+// retry statements (it only retries acquiring or dialling a connection,
+// before anything is sent) and neither does the store. A Begin, Complete,
+// Release or Extend whose reply is lost (the connection broke after the
+// statement was sent) therefore returns ErrStoreUnavailable with an
+// unknown outcome, and the caller settles it with Get (idem.Inspector).
+// Get, which only reads, runs again on another connection when an attempt
+// fails on a broken one, so that a pool full of connections the server has
+// closed (a restart, a failover, pg_terminate_backend) does not hide the
+// answer; see Store.Get for the bound.
+//
 // Waiter is not implemented: LISTEN/NOTIFY needs a dedicated connection per
 // store, which a DBTX cannot provide; Keeper.BeginWait polls with backoff.
 package pgxstore

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -53,4 +55,23 @@ func unavailable(err error) bool {
 		return true // serialization failure, deadlock
 	}
 	return false
+}
+
+// brokenConn reports whether err means the connection the statement ran on
+// is broken (so the same statement may succeed on another connection), as
+// opposed to a fault of the statement, or a server that cannot be reached
+// at all (a new connection failed).
+func brokenConn(err error) bool {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return false // no connection could be made: the server is down
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return len(pe.Code) == 5 && pe.Code[:2] == "08" ||
+			pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.As(err, &ne) || pgconn.SafeToRetry(err)
 }

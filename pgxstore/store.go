@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/idemkit/idem"
 )
@@ -284,10 +285,58 @@ func (s *Store) Extend(ctx context.Context, key string, fence uint64, lease time
 // there is none (never created, released, swept, or completed and past
 // retention). An in-progress record whose lease expired is returned with
 // Remaining == 0 until it is taken over or swept.
+//
+// Get is how a caller learns whether a change whose reply was lost was
+// applied (idem.Inspector), which is exactly when pooled connections are
+// likely to be dead: a restarted or failed-over server, a terminated
+// backend, a dropped TCP connection. Because Get only reads, it runs its
+// statement again when an attempt fails on a broken connection (a network
+// error, a closed connection, SQLSTATE class 08, or 57P01–57P03). On a
+// *pgxpool.Pool each attempt takes another connection and the broken one is
+// discarded, so it tries at most once per pooled connection plus once; on
+// any other DBTX at most twice, and never inside a pgx.Tx (a broken
+// transaction stays broken). It stops at once when ctx ends, when a new
+// connection cannot be made (the server is down), or on any other error.
+// No statement that changes a record is ever run twice, neither by the
+// store nor by pgx: their unknown outcomes reach the caller as
+// ErrStoreUnavailable, to be settled with Get.
 func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) {
 	if err := check(ctx, key); err != nil {
 		return idem.Record{}, false, opErr("get", err)
 	}
+	retries := -1 // unknown until the first attempt fails
+	for {
+		rec, ok, err := s.get(ctx, key)
+		if err == nil {
+			return rec, ok, nil
+		}
+		if retries < 0 {
+			retries = s.getRetries()
+		}
+		if retries == 0 || ctx.Err() != nil || !brokenConn(err) {
+			return idem.Record{}, false, s.fail(ctx, "get", err)
+		}
+		retries--
+	}
+}
+
+// getRetries is how many more times Get may run its statement after a first
+// attempt failed (see Get).
+func (s *Store) getRetries() int {
+	switch db := s.db.(type) {
+	case *pgxpool.Pool:
+		// Every failed attempt discards its broken connection, so this
+		// many more attempts reach a new one even if every connection the
+		// pool holds now is broken.
+		return int(db.Stat().TotalConns()) + 1
+	case pgx.Tx:
+		return 0
+	}
+	return 1
+}
+
+// get runs the get statement once.
+func (s *Store) get(ctx context.Context, key string) (idem.Record, bool, error) {
 	var (
 		state      int16
 		fence      int64
@@ -300,7 +349,7 @@ func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) 
 		return idem.Record{}, false, nil
 	}
 	if err != nil {
-		return idem.Record{}, false, s.fail(ctx, "get", err)
+		return idem.Record{}, false, err
 	}
 	rec.State = idem.State(state)
 	rec.Fingerprint = fp

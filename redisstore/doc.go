@@ -1,7 +1,7 @@
 // Package redisstore is an idem.Store on Redis (github.com/redis/go-redis/v9),
 // for a single server, Sentinel or Redis Cluster (any redis.UniversalClient).
 //
-//	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+//	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", MaxRetries: -1})
 //	st := redisstore.New(rdb, redisstore.Options{})
 //	defer st.Close()
 //	k := &idem.Keeper{Store: st}
@@ -76,6 +76,26 @@
 // itself, so service resumes when Redis is back. A context that is already
 // done gives its error and changes nothing. Use maxmemory-policy noeviction:
 // an evicted record lets a duplicate execute.
+//
+// # Client retries: set MaxRetries to -1
+//
+// Give the store a client that does not resend commands: MaxRetries: -1 in
+// redis.Options (redis.ClusterOptions already defaults to it). go-redis
+// otherwise (MaxRetries default 3) runs a command again after a network
+// error or a read timeout, including a script that Redis ran but whose
+// reply was lost. The resent script then sees the first run's effect: a
+// resent Complete finds its own completed record and reports
+// idem.ErrLeaseLost, a resent Release finds nothing and reports
+// idem.ErrLeaseLost, a resent Begin finds its own in-progress record and
+// reports in flight (the key waits for the lease to end). Nothing runs
+// twice, but the caller is told the wrong thing; idem.Keeper corrects a
+// refused completion by asking Get, at the cost of one more round trip.
+// Without client retries such a step returns idem.ErrStoreUnavailable (the
+// outcome is unknown) and the caller settles it with Get, the
+// idem.Inspector, which runs again by itself on a broken connection since
+// it only reads. A Cluster client also resends a command after a network
+// error or timeout within its MaxRedirects budget (default 3), which it
+// needs to follow MOVED and ASK redirections; the same applies there.
 //
 // # Durability
 //

@@ -6,9 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -32,7 +35,9 @@ const (
 	DefaultPollInterval = 200 * time.Millisecond
 )
 
-// Options configures a Store. The zero value is valid.
+// Options configures a Store. The zero value is valid. The client given to
+// New should not resend commands (go-redis MaxRetries: -1): see the package
+// documentation, "Client retries".
 type Options struct {
 	// Prefix starts every Redis key (and notification channel) the store
 	// uses. If empty, DefaultPrefix ("idem:") is used. Give each application
@@ -51,9 +56,10 @@ type Options struct {
 	WaitReplicas int
 
 	// WaitTimeout bounds each WAIT. If zero, DefaultWaitTimeout (1 s) is
-	// used. It is capped at half the client's ReadTimeout (go-redis's
-	// default is 3 s), so that WAIT's answer arrives before the client gives
-	// up reading.
+	// used. It is rounded up to whole milliseconds (WAIT's unit; WAIT with 0
+	// would block until enough replicas acknowledge) and capped at half the
+	// client's ReadTimeout (go-redis's default is 5 s), so that WAIT's answer
+	// arrives before the client gives up reading.
 	WaitTimeout time.Duration
 
 	// Abandon is how long an in-progress record is kept after its lease
@@ -110,8 +116,10 @@ type Store struct {
 }
 
 // New returns a Store that keeps its records in c, which may be a single
-// server, Sentinel (failover) or Cluster client. New does no I/O. The caller
-// keeps ownership of c: closing the Store does not close c.
+// server, Sentinel (failover) or Cluster client, preferably made with
+// MaxRetries: -1 (see the package documentation, "Client retries"). New
+// does no I/O. The caller keeps ownership of c: closing the Store does not
+// close c.
 func New(c redis.UniversalClient, o Options) *Store {
 	s := &Store{
 		c:       c,
@@ -223,6 +231,25 @@ func fail(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("redisstore: %s: %w: %w", op, sentinel, err)
 }
 
+// brokenConn reports whether err means that the connection a command ran
+// on broke (so the same read may succeed on another connection): not a
+// Redis error reply, not a closed client, not a timeout (the server may be
+// stalled: trying again would double the wait) and not a failed dial (the
+// server is down; go-redis already retried the dial).
+func brokenConn(err error) bool {
+	var re redis.Error
+	if errors.As(err, &re) || errors.Is(err, redis.ErrClosed) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) {
+		return true
+	}
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op != "dial" && !oe.Timeout()
+}
+
 // isNoScript reports a NOSCRIPT reply (the server lost its script cache, e.g.
 // after a restart or a failover).
 func isNoScript(err error) bool {
@@ -252,11 +279,11 @@ func (s *Store) run(ctx context.Context, sc *redis.Script, k string, durable boo
 		pipe = s.c.Pipeline()
 	}
 	ev := sc.EvalSha(ctx, pipe, keys, args...)
-	w := pipe.Do(ctx, "wait", s.replica, s.waitTO.Milliseconds())
+	w := pipe.Do(ctx, "wait", s.replica, millis(s.waitTO))
 	_, _ = pipe.Exec(ctx)
 	if isNoScript(ev.Err()) {
 		ev = sc.Eval(ctx, pipe, keys, args...)
-		w = pipe.Do(ctx, "wait", s.replica, s.waitTO.Milliseconds())
+		w = pipe.Do(ctx, "wait", s.replica, millis(s.waitTO))
 		_, _ = pipe.Exec(ctx)
 	}
 	if err := ev.Err(); err != nil {
@@ -419,16 +446,37 @@ func (s *Store) done(ctx context.Context, op string, v any, acked bool, err erro
 	return nil
 }
 
-// Get returns the record for key without changing it, in one round trip.
-// Age and Remaining are judged by the server's clock; Remaining is the lease
-// left (zero once the lease ended) for an in-progress record and the
-// retention left for a completed one. A missing record (never created,
-// released, or expired by Redis) is reported with ok == false and no error.
+// getRetries is how many more times Get runs its script after an attempt
+// failed on a broken connection.
+const getRetries = 2
+
+// Get returns the record for key without changing it, in one round trip
+// (one read-only script: GET, TIME and PTTL). Age and Remaining are judged
+// by the server's clock; Remaining is the lease left (zero once the lease
+// ended) for an in-progress record and the retention left for a completed
+// one. A missing record (never created, released, or expired by Redis) is
+// reported with ok == false and no error.
+//
+// Get is the idem.Inspector a caller uses to learn whether a change whose
+// reply was lost was applied, which is when connections are likely to be
+// broken. Because it only reads, Get runs again, at most twice more and
+// while ctx allows, when an attempt fails on a broken connection (reset,
+// closed, end of file); a timeout, a refused dial and a Redis error reply
+// are returned at once. The client's own retries (go-redis MaxRetries) are
+// not needed for Get; see the package documentation on why the changing
+// steps should not have them.
 func (s *Store) Get(ctx context.Context, key string) (rec idem.Record, ok bool, err error) {
 	if err := check(ctx, "get", key); err != nil {
 		return idem.Record{}, false, err
 	}
-	v, _, err := s.run(ctx, getScript, s.Key(key), false)
+	k := s.Key(key)
+	var v any
+	for retries := getRetries; ; retries-- {
+		v, _, err = s.run(ctx, getScript, k, false)
+		if err == nil || retries == 0 || ctx.Err() != nil || !brokenConn(err) {
+			break
+		}
+	}
 	if err != nil {
 		return idem.Record{}, false, fail(ctx, "get", err)
 	}

@@ -101,7 +101,7 @@ func newUpstream(t *testing.T) *upstream {
 	}
 	mux.HandleFunc("/block", block)
 	mux.HandleFunc("/wait/block", block)
-	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
+	stream := func(w http.ResponseWriter, r *http.Request) {
 		u.count(r)
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintln(w, "first")
@@ -112,7 +112,9 @@ func newUpstream(t *testing.T) *upstream {
 			return
 		}
 		fmt.Fprintln(w, "second")
-	})
+	}
+	mux.HandleFunc("/stream", stream)
+	mux.HandleFunc("/held-stream", stream)
 	u.srv = httptest.NewServer(mux)
 	t.Cleanup(func() {
 		u.srv.CloseClientConnections()
@@ -214,6 +216,9 @@ routes:
   - name: wait
     prefix: /wait
     wait: 5s
+  - name: stream
+    prefix: /stream
+    response: stream
 `
 
 // TestSpecRows runs every row of SPEC §3 through a real proxy process on
@@ -494,6 +499,9 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 
 	t.Run("upstream dies mid-body: client connection aborted, record released", func(t *testing.T) {
 		k := newKey()
+		// Fresh connections: Go's client would itself resend a request
+		// with an Idempotency-Key whose reused connection closed.
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		for i := 1; i <= 2; i++ {
 			r, err := doErr(c, "POST", p.addr+"/cut", with("Idempotency-Key", k), "{}")
 			if err == nil {
@@ -546,7 +554,36 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 		}
 	})
 
-	t.Run("streaming passes through unbuffered", func(t *testing.T) {
+	t.Run("a flushed response is held until its record is stored", func(t *testing.T) {
+		k := newKey()
+		type result struct {
+			r   resp
+			err error
+		}
+		got := make(chan result, 1)
+		go func() {
+			r, err := doErr(c, "POST", p.addr+"/held-stream", map[string]string{"Idempotency-Key": k}, "")
+			got <- result{r, err}
+		}()
+		waitFor(t, 5*time.Second, "the upstream to start", func() bool { return u.n("/held-stream", k) == 1 })
+		select {
+		case res := <-got:
+			t.Fatalf("an answer arrived before the upstream finished: %d %q %v", res.r.status, res.r.body, res.err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		u.unblock(t)
+		res := <-got
+		if res.err != nil || res.r.status != 200 || string(res.r.body) != "first\nsecond\n" {
+			t.Fatalf("answer %d %q %v", res.r.status, res.r.body, res.err)
+		}
+		// Acknowledged, hence replayable at once.
+		r2 := do(t, c, "POST", p.addr+"/held-stream", map[string]string{"Idempotency-Key": k}, "")
+		if r2.status != 200 || string(r2.body) != "first\nsecond\n" || r2.header.Get("Idempotency-Replayed") != "true" {
+			t.Fatalf("replay: %d %q", r2.status, r2.body)
+		}
+	})
+
+	t.Run("streaming route (response: stream) passes through unbuffered", func(t *testing.T) {
 		k := newKey()
 		req, _ := http.NewRequest("POST", p.addr+"/stream", nil)
 		req.Header.Set("Idempotency-Key", k)

@@ -7,23 +7,45 @@ import (
 )
 
 // FuzzStoreURL checks that parseStoreURL never panics, that what it accepts
-// has a known kind, and that redact never prints a password it parsed.
+// has a known kind, and that neither its errors nor redact print a password
+// or a secret query parameter.
 func FuzzStoreURL(f *testing.F) {
 	for _, s := range []string{
 		"memory:", "file:idem.db", "file:///var/lib/idem.db", "redis://u:hunter2@127.0.0.1:6379/0",
 		"rediss://h:6380?dial_timeout=1s", "redis+cluster://h1:1,h2:2?password=x", "postgres://u:pw@h/db?sslmode=disable",
 		"postgresql://h/db", "mongodb://x", "", ":", "file:", "redis://[::1", "redis+cluster://",
+		"redis://h?wait_replicas=1&wait_timeout=50ms", "redis+cluster://h1:1?password=hunter2&wait_timeout=x",
+		"postgres://h/db?sslpassword=hunter2&sslmode=bogus", "redis://u:hun/ter2@h:1",
 	} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		// A password is a password when url.Parse sees it as one.
-		var pw string
-		if u, err := url.Parse(s); err == nil && u.User != nil {
-			pw, _ = u.User.Password()
+		// A secret is a secret when url.Parse sees it as one: the user
+		// info's password, and the value of a query parameter whose name
+		// says password, secret or token.
+		var secrets []string
+		if u, err := url.Parse(s); err == nil {
+			if pw, ok := u.User.Password(); ok {
+				secrets = append(secrets, pw)
+			}
+			if q, err := url.ParseQuery(u.RawQuery); err == nil {
+				for name, vs := range q {
+					n := strings.ToLower(name)
+					if strings.Contains(n, "password") || strings.Contains(n, "secret") || strings.Contains(n, "token") {
+						secrets = append(secrets, vs...)
+					}
+				}
+			}
 		}
+		// A secret leaks when it shows although it appears only once in s
+		// (a value that also appears elsewhere cannot be told apart).
 		leaks := func(out string) bool {
-			return len(pw) >= 4 && strings.Contains(out, pw) && !strings.Contains(strings.Replace(s, pw, "", 1), pw)
+			for _, pw := range secrets {
+				if len(pw) >= 4 && strings.Contains(out, pw) && !strings.Contains(strings.Replace(s, pw, "", 1), pw) {
+					return true
+				}
+			}
+			return false
 		}
 		spec, err := parseStoreURL(s)
 		if err != nil {

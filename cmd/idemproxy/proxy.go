@@ -5,12 +5,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -25,7 +29,8 @@ const HeaderFence = "Idempotency-Fence"
 // Problem codes of the proxy's own answers (the middleware's are in
 // idemhttp).
 const (
-	codeUpstreamUnavailable = "upstream-unavailable" // 502
+	codeUpstreamUnavailable = "upstream-unavailable" // 502: nothing was sent
+	codeUpstreamFailed      = "upstream-failed"      // 502: sent, no answer
 	codeUpstreamTimeout     = "upstream-timeout"     // 504
 )
 
@@ -78,10 +83,11 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 				pr.Out.Header.Del(HeaderFence)
 				if f, ok := idem.FenceFromContext(pr.In.Context()); ok {
 					pr.Out.Header[HeaderFence] = []string{strconv.FormatUint(f, 10)}
+					deliverOnce(pr.Out)
 				}
 			},
 			Transport:     transport,
-			FlushInterval: -1, // stream: every write reaches the client at once
+			FlushInterval: flushInterval(rt.Stream),
 			ErrorLog:      errLog,
 			ErrorHandler:  upstreamError(log, route, m),
 		}
@@ -105,6 +111,7 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 				NeverReplay:   append(idemhttp.DefaultNeverReplay(), rt.NeverReplay...),
 				Wait:          rt.Wait,
 				FailOpen:      rt.FailOpen,
+				Stream:        rt.Stream,
 				OnOutcome:     onOutcome(m, log, route, rt.ScopeHeaders),
 			}
 			h = mw.Handler(h)
@@ -114,25 +121,98 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 	return p
 }
 
+// flushInterval is the reverse proxy's flush interval for a route: a
+// streaming route sends every write at once; a held route needs no flushing
+// (the middleware holds the response until its record is stored), though
+// the reverse proxy still flushes event streams and bodies of unknown
+// length, which the middleware handles.
+func flushInterval(stream bool) time.Duration {
+	if stream {
+		return -1
+	}
+	return 0
+}
+
+// deliverOnce makes sure that http.Transport never sends an execution's
+// request to the upstream a second time (SPEC §3: one execution, one
+// delivery). The transport resends a request on its own when a reused
+// connection fails and the request is "replayable": a GET, HEAD, OPTIONS
+// or TRACE, or any request carrying an Idempotency-Key or
+// X-Idempotency-Key header, with no body or a GetBody. The upstream may
+// have read and processed the first copy, so the key headers are sent
+// under their lower-case names (HTTP field names are case-insensitive;
+// the transport looks for the canonical spelling only), which keeps
+// requests with a body retryable only when nothing at all was written (the
+// transport's nothing-written case, which is safe). Safe methods lose
+// GetBody and get a non-nil empty body instead, so they are never resent.
+func deliverOnce(out *http.Request) {
+	for _, k := range [...]string{"Idempotency-Key", "X-Idempotency-Key"} {
+		if vs, ok := out.Header[k]; ok {
+			delete(out.Header, k)
+			out.Header[strings.ToLower(k)] = vs
+		}
+	}
+	switch out.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, "":
+		out.GetBody = nil
+		if out.Body == nil || out.Body == http.NoBody {
+			out.Body = emptyBody{}
+		}
+	}
+}
+
+// emptyBody is a request body with nothing in it that the transport cannot
+// tell from a real one (as it can http.NoBody), so it never resends it.
+type emptyBody struct{}
+
+func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (emptyBody) Close() error             { return nil }
+
 // withTimeout bounds an upstream call executed under a lease by d, and
 // detaches it from the client's cancellation: it runs to its end even if the
 // client goes away, so that its response completes the record and the
 // client's retry replays it instead of executing again (SPEC §3, client
-// disconnect). Such a call still ends at d, or when stop is done (a shutdown
-// past its bound). Pass-through requests (not executed under a lease) are
-// left alone: bounded and canceled by their client, as with any reverse
-// proxy, so long polls and event streams keep working.
+// disconnect). Such a call still ends at d, when stop is done (a shutdown
+// past its bound), or when the lease is lost (another request took the key
+// over: its result, not this one's, is the key's). It also notes whether any
+// byte of the request was written to the upstream, for the error answer.
+// Pass-through requests (not executed under a lease) are left alone: bounded
+// and canceled by their client, as with any reverse proxy, so long polls and
+// event streams keep working.
 func withTimeout(h http.Handler, d time.Duration, stop context.Context) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, leased := idem.FenceFromContext(r.Context()); !leased {
 			h.ServeHTTP(w, r)
 			return
 		}
-		ctx, cancel := context.WithTimeoutCause(context.WithoutCancel(r.Context()), d, errUpstreamTimeout)
+		ctx, abort := context.WithCancelCause(context.WithoutCancel(r.Context()))
+		defer abort(nil)
+		ctx, cancel := context.WithTimeoutCause(ctx, d, errUpstreamTimeout)
 		defer cancel()
 		defer context.AfterFunc(stop, cancel)()
+		defer context.AfterFunc(r.Context(), func() {
+			if cause := context.Cause(r.Context()); errors.Is(cause, idem.ErrLeaseLost) {
+				abort(cause)
+			}
+		})()
+		sent := new(atomic.Bool)
+		ctx = context.WithValue(ctx, sentKey{}, sent)
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteHeaderField: func(string, []string) { sent.Store(true) },
+		})
 		h.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// sentKey is the context key of the flag that records whether any byte of
+// the request was written to the upstream.
+type sentKey struct{}
+
+// requestSent reports whether any part of the request may have reached the
+// upstream: true when a header field was written, or when it is unknown.
+func requestSent(ctx context.Context) bool {
+	sent, ok := ctx.Value(sentKey{}).(*atomic.Bool)
+	return !ok || sent.Load()
 }
 
 var errUpstreamTimeout = errors.New("idemproxy: upstream timeout")
@@ -165,10 +245,14 @@ func upstreamError(log *slog.Logger, route string, m *metrics) func(http.Respons
 	canceled := m.upstreamE.WithLabelValues(route, "canceled")
 	return func(w http.ResponseWriter, r *http.Request, err error) {
 		code, status := codeUpstreamUnavailable, http.StatusBadGateway
-		detail := "The upstream could not be reached; the request was not processed and may be retried with the same key."
+		detail := "The upstream could not be reached; the request was not sent to it and may be retried with the same key."
+		if requestSent(r.Context()) {
+			code = codeUpstreamFailed
+			detail = "The connection to the upstream failed after the request was sent: the request may have been processed. The key was released; a retry with the same key sends it again, with the same Idempotency-Key and a higher Idempotency-Fence."
+		}
 		if errors.Is(context.Cause(r.Context()), errUpstreamTimeout) {
 			code, status = codeUpstreamTimeout, http.StatusGatewayTimeout
-			detail = "The upstream did not answer in time; the key was released and the request may be retried with the same key."
+			detail = "The upstream did not answer in time: the request may have been processed. The key was released; a retry with the same key sends it again, with the same Idempotency-Key and a higher Idempotency-Fence."
 		}
 		lvl, counter := slog.LevelWarn, unreachable
 		switch {

@@ -214,6 +214,8 @@ func TestParseStoreURL(t *testing.T) {
 		{"redis://127.0.0.1:6379/0", storeRedis, "", nil},
 		{"rediss://u:p@h:6380", storeRedis, "", nil},
 		{"redis+cluster://h1:7000,h2:7001", storeRedisCluster, "", []string{"h1:7000", "h2:7001"}},
+		{"redis://h:1?wait_replicas=1&wait_timeout=50ms", storeRedis, "", nil},
+		{"rediss+cluster://h1:7000,h2:7001?password=pw&wait_replicas=1&wait_timeout=50ms", storeRedisCluster, "", []string{"h1:7000", "h2:7001"}},
 		{"postgres://u@127.0.0.1:5432/db?sslmode=disable", storePostgres, "", nil},
 		{"postgresql://127.0.0.1/db", storePostgres, "", nil},
 	}
@@ -223,7 +225,9 @@ func TestParseStoreURL(t *testing.T) {
 			t.Errorf("parseStoreURL(%q) = %+v, %v", tc.in, s, err)
 		}
 	}
-	if got := redact("redis://user:hunter2@h:1/0"); strings.Contains(got, "hunter2") {
-		t.Errorf("redact leaks the password: %s", got)
+	for _, u := range []string{"redis://user:hunter2@h:1/0", "redis+cluster://h1:1?password=hunter2", "postgres://h/db?sslpassword=hunter2"} {
+		if got := redact(u); strings.Contains(got, "hunter2") {
+			t.Errorf("redact leaks the password: %s", got)
+		}
 	}
 }

@@ -164,6 +164,14 @@ type Policy struct {
 	// FailOpen passes requests through unprotected when the store is
 	// unreachable. Default: false, answer 503 (fail closed).
 	FailOpen bool
+	// Stream sends the upstream's response to the client as it arrives and
+	// completes the record afterwards (config: response: stream), for
+	// routes that stream by nature (server-sent events, long polls). Such
+	// routes are outside the acknowledgement guarantee: a client may get a
+	// response whose record was never stored. Default: false (response:
+	// hold): a response to be stored reaches the client only once its
+	// record is completed.
+	Stream bool
 	// UpstreamTimeout bounds one upstream request executed under a lease;
 	// past it the client gets 504 and the record is released. Pass-through
 	// requests are bounded by their client only. Default: 60 s.

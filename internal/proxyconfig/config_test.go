@@ -77,6 +77,7 @@ routes:
     fail: open
     upstream_timeout: 90s
     lease: 10s
+    response: stream
   - prefix: /internal/
     key: "off"
   - path: /v2/**
@@ -97,7 +98,7 @@ func TestFullJSON(t *testing.T) {
 	"default":{"methods":["POST","patch","PUT"],"ttl":"48h","scope_headers":["x-api-key","X-Tenant"]},
 	"routes":[{"name":"capture","methods":["POST"],"path":"/v1/charges/*/capture","fingerprint":"canonical-json",
 	"stored_statuses":["200-299",404,"!204"],"never_replay":["X-Request-Id"],"max_body":"64KiB","max_result":"2MB",
-	"wait":"5s","fail":"open","upstream_timeout":"90s","lease":"10s"},
+	"wait":"5s","fail":"open","upstream_timeout":"90s","lease":"10s","response":"stream"},
 	{"prefix":"/internal/","key":"off"},{"path":"/v2/**","key":"optional","ttl":"1h"}]}`
 	c, err := Parse([]byte(js), FormatAuto, Overrides{})
 	if err != nil {
@@ -122,7 +123,7 @@ func checkFull(t *testing.T, c *Config) {
 	}
 	r := c.Routes[0]
 	if r.Name != "capture" || r.Fingerprint != FingerprintCanonicalJSON || r.MaxBody != 64<<10 || r.MaxResult != 2e6 ||
-		r.Wait != 5*time.Second || !r.FailOpen || r.UpstreamTimeout != 90*time.Second || r.Lease != 10*time.Second ||
+		r.Wait != 5*time.Second || !r.FailOpen || !r.Stream || r.UpstreamTimeout != 90*time.Second || r.Lease != 10*time.Second ||
 		r.TTL != 48*time.Hour || !slices.Equal(r.NeverReplay, []string{"X-Request-Id"}) {
 		t.Fatalf("route 0 = %+v", r)
 	}
@@ -189,6 +190,7 @@ func TestBadConfigs(t *testing.T) {
 		{"bad upstream", "upstream: ftp://x", "upstream: must be an http:// or https:// URL"},
 		{"bad listen", "listen: localhost", "listen: must be host:port"},
 		{"bad fail", "default: {fail: sometimes}", "default.fail: must be closed or open"},
+		{"bad response", "default: {response: later}", "default.response: must be hold or stream"},
 		{"negative wait", "default: {wait: -1s}", "default.wait: must be >= 0"},
 		{"routes not a list", "routes: {a: 1}", "routes: must be a list"},
 		{"route not a map", "routes: [x]", "routes[0]: must be a mapping"},

@@ -315,6 +315,17 @@ func (d *decoder) policyField(path, k string, v *node, p *Policy) bool {
 				d.fail(f, "must be closed or open, not %q", s)
 			}
 		}
+	case "response":
+		if s, ok := d.str(f, v); ok {
+			switch s {
+			case "hold":
+				p.Stream = false
+			case "stream":
+				p.Stream = true
+			default:
+				d.fail(f, "must be hold or stream, not %q", s)
+			}
+		}
 	case "upstream_timeout":
 		if x, ok := d.duration(f, v); ok {
 			if x <= 0 {

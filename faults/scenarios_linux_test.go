@@ -1,0 +1,461 @@
+//go:build linux
+
+package faults
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/idemkit/idem/pgxstore"
+)
+
+// soak runs the long form: more clients, a longer load and the fault
+// repeated all along (IDEM_SOAK=1, or the soak build tag that
+// scripts/test.sh sets when IDEM_SOAK=1).
+var soak = soakTag || os.Getenv("IDEM_SOAK") == "1"
+
+// lease is the proxy's -lease in every scenario: short, so that faults
+// longer than the lease take seconds.
+const lease = time.Second
+
+type storeKind int
+
+const (
+	storeFile     storeKind = iota + 1 // file:PATH (bbolt) in the scenario's temp dir
+	storeRedis                         // a dedicated redis-server, no persistence
+	storeRedisAOF                      // a dedicated redis-server, --appendonly yes --appendfsync always
+	storePostgres                      // a dedicated PostgreSQL cluster
+)
+
+func (k storeKind) String() string {
+	return [...]string{storeFile: "file:", storeRedis: "redis://", storeRedisAOF: "redis:// (AOF always)", storePostgres: "postgres://"}[k]
+}
+
+// scenario is one fault scenario.
+type scenario struct {
+	name  string
+	store storeKind
+	// fault injects the scenario's fault once: shortFaults times in the
+	// short form (default 1), again and again in the long form. nil: the
+	// load itself is the fault (slow upstream).
+	fault       func(r *run)
+	shortFaults int
+	// delay is how long the upstream takes per execution (nil: 0-30 ms).
+	delay   func(key string) time.Duration
+	clients int // in the short form (the long form doubles it)
+	twins   int // 1 in twins operations has two concurrent callers
+}
+
+// stall is how long a store stays stopped, down or locked: well beyond the
+// lease.
+const stall = 5 * lease / 2
+
+// fast is the default upstream: 0-30 ms per execution.
+func fast(key string) time.Duration { return time.Duration(hash(key)%31) * time.Millisecond }
+
+// someSlow makes 1 key in n take d (the others are fast): executions that
+// span a store stall, so that their lease renewals fail while they run.
+func someSlow(n uint32, d time.Duration) func(string) time.Duration {
+	return func(key string) time.Duration {
+		if hash(key)%n == 0 {
+			return d
+		}
+		return fast(key)
+	}
+}
+
+func scenarios() []scenario {
+	spanning := someSlow(3, stall+lease)
+	return []scenario{
+		{name: "proxy-kill9-file", store: storeFile, fault: kill9Proxy, shortFaults: 3, clients: 8, twins: 4},
+		{name: "proxy-sigterm-file", store: storeFile, fault: sigtermProxy, clients: 4, twins: 4,
+			delay: func(key string) time.Duration { return time.Duration(50+hash(key)%250) * time.Millisecond }},
+		{name: "redis-sigstop", store: storeRedis, fault: stopRedis, clients: 8, twins: 2, delay: spanning},
+		{name: "redis-kill9-aof", store: storeRedisAOF, fault: kill9Redis, clients: 8, twins: 2, delay: spanning},
+		{name: "postgres-restart-immediate", store: storePostgres, fault: restartPostgres, clients: 8, twins: 2, delay: spanning},
+		{name: "postgres-lock-table", store: storePostgres, fault: lockTable, clients: 8, twins: 2, delay: spanning},
+		{name: "slow-upstream", store: storeFile, clients: 6, twins: 2,
+			delay: func(string) time.Duration { return 3 * lease }},
+	}
+}
+
+// TestFaults runs every scenario (see docs/reliability.md), as many at once
+// as -parallel allows (GOMAXPROCS by default): each has its own proxy,
+// upstream and servers.
+func TestFaults(t *testing.T) {
+	for _, sc := range scenarios() {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			runScenario(t, sc)
+		})
+	}
+}
+
+// run is the state of one scenario run.
+type run struct {
+	t     *testing.T
+	sc    scenario
+	ctx   context.Context
+	log   *logFile
+	up    *upstream
+	to    target
+	args  []string // the proxy's flags
+	start time.Time
+	end   time.Time // no operation starts after end
+
+	mu     sync.Mutex
+	proxy  *proxyProc
+	gen    int
+	redis  *redisServer
+	pg     *pgServer
+	faults int
+	events []string // fault timeline
+	errs   []string // harness failures, reported at the end
+}
+
+// note adds an event to the fault timeline.
+func (r *run) note(format string, args ...any) {
+	msg := fmt.Sprintf("+%.2fs ", time.Since(r.start).Seconds()) + fmt.Sprintf(format, args...)
+	r.mu.Lock()
+	r.events = append(r.events, msg)
+	r.mu.Unlock()
+	r.log.printf("[harness] %s", msg)
+}
+
+// fail records a harness failure (from any goroutine).
+func (r *run) fail(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
+	r.errs = append(r.errs, msg)
+	r.mu.Unlock()
+	r.log.printf("[harness] FAIL %s", msg)
+}
+
+func (r *run) injected() {
+	r.mu.Lock()
+	r.faults++
+	r.mu.Unlock()
+}
+
+func (r *run) currentProxy() *proxyProc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.proxy
+}
+
+// startProxy starts a new generation of the proxy with the run's flags and
+// points the clients at it.
+func (r *run) startProxy() error {
+	r.mu.Lock()
+	r.gen++
+	gen := r.gen
+	r.mu.Unlock()
+	p, err := startProxy(r.t, r.log, gen, r.args...)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.proxy = p
+	r.mu.Unlock()
+	r.to.set(p.addr)
+	return nil
+}
+
+func runScenario(t *testing.T, sc scenario) {
+	clients, load, gap, injections := sc.clients, 4*time.Second, time.Second, max(sc.shortFaults, 1)
+	if soak {
+		clients, load, gap, injections = 2*sc.clients, 45*time.Second, 4*time.Second, 1<<30
+	}
+	delay := sc.delay
+	if delay == nil {
+		delay = fast
+	}
+	cfg := loadConfig{
+		name:     sc.name,
+		clients:  clients,
+		duration: load,
+		twins:    sc.twins,
+		opBound:  30 * time.Second,
+		// Longer than the slowest execution (3× the lease) plus a stall.
+		timeout: 12 * time.Second,
+		seed:    uint64(time.Now().UnixNano()),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), load+2*cfg.opBound+time.Minute)
+	defer cancel()
+
+	r := &run{t: t, sc: sc, ctx: ctx, log: newLogFile(t)}
+	// 1 key in 8 answers 500 at its first execution: the record is
+	// released and the retry executes again.
+	r.up = newUpstream(delay, func(key string, n int) bool { return n == 1 && hash(key)%8 == 3 })
+	upClosed := false
+	defer func() {
+		if !upClosed {
+			r.up.close()
+		}
+	}()
+
+	var store string
+	switch sc.store {
+	case storeFile:
+		store = "file:" + filepath.Join(t.TempDir(), "idem.db")
+	case storeRedis, storeRedisAOF:
+		r.redis = newRedis(t, r.log, sc.store == storeRedisAOF)
+		store = "redis://" + r.redis.addr() + "/0"
+	case storePostgres:
+		r.pg = newPostgres(t, r.log)
+		store = r.pg.dsn()
+	}
+	r.args = []string{"-upstream", r.up.srv.URL, "-store", store, "-lease", lease.String(), "-shutdown-timeout", "15s"}
+	if err := r.startProxy(); err != nil {
+		t.Fatalf("%v\n%s", err, strings.Join(r.log.grep("", 50), "\n"))
+	}
+
+	rec := newRecorder()
+	r.start = time.Now()
+	r.end = r.start.Add(load)
+	var faultsDone sync.WaitGroup
+	if sc.fault != nil {
+		faultsDone.Add(1)
+		go func() {
+			defer faultsDone.Done()
+			// First fault after a quarter of the load, then again a gap
+			// after the previous one is over, while the load lasts.
+			next := r.start.Add(load / 4)
+			for range injections {
+				select {
+				case <-time.After(time.Until(next)):
+				case <-ctx.Done():
+					return
+				}
+				if time.Now().After(r.end.Add(-500 * time.Millisecond)) {
+					return
+				}
+				sc.fault(r)
+				next = time.Now().Add(gap)
+			}
+		}()
+	}
+	runLoad(ctx, cfg, &r.to, rec)
+	faultsDone.Wait()
+	loadTook := time.Since(r.start)
+
+	replayStart := time.Now()
+	replayAll(ctx, cfg, &r.to, rec)
+	replayTook := time.Since(replayStart)
+
+	if p := r.currentProxy(); p != nil {
+		if err := p.terminate(20 * time.Second); err != nil {
+			r.fail("the last idemproxy did not exit cleanly on SIGTERM: %v", err)
+		}
+	}
+	r.up.close() // waits for every execution to end
+	upClosed = true
+	execs := r.up.executions()
+	if sc.fault == nil { // the slow upstream: every execution is the fault
+		r.faults = len(execs)
+		r.note("every execution took %v (%d× the lease)", delay(""), delay("")/lease)
+	}
+
+	h := rec.history(execs)
+	vs := Check(h)
+	r.report(cfg, rec, h, vs, loadTook, replayTook)
+}
+
+// report logs the scenario's numbers, appends them to $IDEM_FAULTS_REPORT
+// (a markdown table row) if set, and fails the test on any violation or
+// harness failure.
+func (r *run) report(cfg loadConfig, rec *recorder, h History, vs []Violation, loadTook, replayTook time.Duration) {
+	t := r.t
+	keys := map[string]bool{}
+	for _, a := range h.Acks {
+		keys[a.Key] = true
+	}
+	faults := fmt.Sprintf("%d", r.faults)
+	t.Logf("scenario %s: store %s, lease %v, %d clients, load %v (took %v), final replay of %d keys took %v",
+		r.sc.name, r.sc.store, lease, cfg.clients, cfg.duration, loadTook.Round(time.Millisecond), len(keys),
+		replayTook.Round(time.Millisecond))
+	t.Logf("  operations %d (%d with two concurrent callers), requests %d, 2xx acknowledged %d, upstream executions %d",
+		rec.ops.Load(), rec.twinOps.Load(), rec.attempts.Load(), len(h.Acks), len(h.Executions))
+	t.Logf("  retried answers: %s", rec.retrySummary())
+	t.Logf("  proxy answers: %s", r.log.proxyStats())
+	t.Logf("  faults injected: %s", faults)
+	for _, e := range r.events {
+		t.Logf("    %s", e)
+	}
+	t.Logf("  violations: %s", Summary(vs))
+	if path := os.Getenv("IDEM_FAULTS_REPORT"); path != "" {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err == nil {
+			form := "short"
+			if soak {
+				form = "long"
+			}
+			fmt.Fprintf(f, "| %s | %s | %s | %d (%d twin) | %d | %d | %s | %s |\n", r.sc.name, form, r.sc.store,
+				rec.ops.Load(), rec.twinOps.Load(), rec.attempts.Load(), len(h.Executions), faults, Summary(vs))
+			f.Close()
+		}
+	}
+	for _, e := range r.errs {
+		t.Errorf("harness: %s", e)
+	}
+	if len(vs) == 0 {
+		return
+	}
+	// Up to maxShown violations of each kind.
+	const maxShown = 6
+	var b strings.Builder
+	shownOf := map[Kind]int{}
+	for _, v := range vs {
+		if shownOf[v.Kind]++; shownOf[v.Kind] <= maxShown {
+			fmt.Fprintf(&b, "  %s\n", v)
+		}
+	}
+	for _, k := range Kinds {
+		if n := shownOf[k]; n > maxShown {
+			fmt.Fprintf(&b, "  … and %d more %s\n", n-maxShown, k)
+		}
+	}
+	t.Errorf("%s: %s violations:\n%s", r.sc.name, Summary(vs), b.String())
+	// The proxy's log lines of one key of each kind.
+	shown, kinds := map[string]bool{}, map[Kind]bool{}
+	for _, v := range vs {
+		if kinds[v.Kind] || shown[v.Key] {
+			continue
+		}
+		kinds[v.Kind], shown[v.Key] = true, true
+		t.Logf("log lines of key %s (%s):\n%s", v.Key, v.Kind, strings.Join(r.log.grep(v.Key, 20), "\n"))
+	}
+	t.Logf("fault timeline: %s", strings.Join(r.events, "; "))
+}
+
+// ---- faults ----
+
+// kill9Proxy kills the proxy with SIGKILL mid-load and starts a new one on
+// the same store (the same file).
+func kill9Proxy(r *run) {
+	p := r.currentProxy()
+	p.kill()
+	r.injected()
+	r.note("kill -9 of idemproxy pid %d", p.cmd.Process.Pid)
+	time.Sleep(100 * time.Millisecond)
+	if err := r.startProxy(); err != nil {
+		r.fail("restart after kill -9: %v", err)
+		return
+	}
+	r.note("idemproxy restarted on the same store at %s", r.to.get())
+}
+
+// sigtermProxy sends SIGTERM mid-load (graceful shutdown: in-flight
+// requests finish and complete their records), expects exit status 0, and
+// starts a new proxy on the same file.
+func sigtermProxy(r *run) {
+	p := r.currentProxy()
+	if err := p.signal(syscall.SIGTERM); err != nil {
+		r.fail("SIGTERM: %v", err)
+		return
+	}
+	r.injected()
+	r.note("SIGTERM to idemproxy pid %d", p.cmd.Process.Pid)
+	if err := p.wait(20 * time.Second); err != nil {
+		r.fail("idemproxy after SIGTERM: %v", err)
+	} else {
+		r.note("idemproxy exited 0")
+	}
+	if err := r.startProxy(); err != nil {
+		r.fail("restart after SIGTERM: %v", err)
+		return
+	}
+	r.note("idemproxy restarted on the same store at %s", r.to.get())
+}
+
+// stopRedis stops redis-server with SIGSTOP for longer than the lease, then
+// resumes it with SIGCONT.
+func stopRedis(r *run) {
+	if err := r.redis.proc.signal(syscall.SIGSTOP); err != nil {
+		r.fail("SIGSTOP: %v", err)
+		return
+	}
+	r.injected()
+	r.note("SIGSTOP redis-server for %v (%.1f× the lease)", stall, float64(stall)/float64(lease))
+	time.Sleep(stall)
+	if err := r.redis.proc.signal(syscall.SIGCONT); err != nil {
+		r.fail("SIGCONT: %v", err)
+	}
+	r.note("SIGCONT redis-server")
+}
+
+// kill9Redis kills redis-server (AOF, fsync always) with SIGKILL and
+// restarts it on the same port and data dir after 1.5× the lease.
+func kill9Redis(r *run) {
+	r.redis.proc.kill()
+	r.injected()
+	r.note("kill -9 of redis-server (down for %v)", 3*lease/2)
+	time.Sleep(3 * lease / 2) // leases lapse meanwhile
+	if err := r.redis.start(); err != nil {
+		r.fail("redis-server restart: %v", err)
+		return
+	}
+	r.note("redis-server restarted from its AOF")
+}
+
+// restartPostgres is pg_ctl restart -m immediate (see pgServer).
+func restartPostgres(r *run) {
+	r.injected()
+	r.note("pg_ctl stop -m immediate")
+	if err := r.pg.restartImmediate(); err != nil {
+		r.fail("PostgreSQL restart: %v\n%s", err, r.pg.serverLog())
+		return
+	}
+	r.note("PostgreSQL restarted (crash recovery done)")
+}
+
+// lockTable holds LOCK TABLE idem_records IN ACCESS EXCLUSIVE MODE for
+// longer than the lease: every statement of the store waits.
+func lockTable(r *run) {
+	table := pgx.Identifier{pgxstore.DefaultSchema, pgxstore.DefaultTable}.Sanitize()
+	ctx, cancel := context.WithTimeout(r.ctx, stall+30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, r.pg.dsn())
+	if err != nil {
+		r.fail("connect: %v", err)
+		return
+	}
+	defer c.Close(context.Background())
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		r.fail("begin: %v", err)
+		return
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '10s'"); err != nil {
+		r.fail("lock_timeout: %v", err)
+		return
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		r.fail("LOCK TABLE: %v", err)
+		return
+	}
+	r.injected()
+	r.note("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE held for %v (%.1f× the lease)", table, stall, float64(stall)/float64(lease))
+	time.Sleep(stall)
+	if err := tx.Rollback(ctx); err != nil {
+		r.fail("unlock: %v", err)
+	}
+	r.note("lock released")
+}
+
+func hash(s string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return h.Sum32()
+}
