@@ -14,6 +14,14 @@
 // -duration per scenario, after a warm-up, and repeats each scenario -runs
 // times; the table reports the median.
 //
+// With -base-bin, a second idemproxy binary (for example one built from an
+// older commit) runs the same idemproxy scenarios in the same run, each
+// scenario of the base binary next to the same scenario of the current one
+// (which of the two goes first alternates from run to run), so that the
+// noise of a shared machine hits both alike; a second table compares them:
+//
+//	go run ./bench/load -base-bin /tmp/idemproxy-before -base-label before -label after
+//
 // Scenarios: "unique" sends a new Idempotency-Key on every request (every
 // request is a first execution that reaches the upstream and completes a
 // record); "replay" first executes -keys keys and then sends only retries of
@@ -59,6 +67,9 @@ type config struct {
 	listen      string
 	upstream    string
 	proxyBin    string
+	baseBin     string
+	baseLabel   string
+	label       string
 	stores      string
 	redisAddr   string
 	duration    time.Duration
@@ -75,6 +86,9 @@ func run(args []string, stdout io.Writer) error {
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "internal: listen address for -role")
 	fs.StringVar(&c.upstream, "upstream", "", "internal: upstream URL for -role plain")
 	fs.StringVar(&c.proxyBin, "proxy-bin", "", "idemproxy binary (default: go build ./cmd/idemproxy into a temp dir)")
+	fs.StringVar(&c.baseBin, "base-bin", "", "second idemproxy `binary` (e.g. built from an older commit) measured side by side with the current one, run by run")
+	fs.StringVar(&c.baseLabel, "base-label", "before", "`label` of the -base-bin binary in the tables")
+	fs.StringVar(&c.label, "label", "after", "`label` of the current binary in the tables when -base-bin is given")
 	fs.StringVar(&c.stores, "stores", "memory,file,redis", "idemproxy stores to measure (redis needs IDEM_REDIS_ADDR or -redis)")
 	fs.StringVar(&c.redisAddr, "redis", os.Getenv("IDEM_REDIS_ADDR"), "Redis host:port for the redis store (loopback)")
 	fs.DurationVar(&c.duration, "duration", 3*time.Second, "measured time per scenario run")
@@ -100,6 +114,9 @@ func run(args []string, stdout io.Writer) error {
 	}
 	if c.duration <= 0 || c.duration > time.Minute || c.runs < 1 || c.runs > 10 || c.concurrency < 1 || c.concurrency > 1024 {
 		return errors.New("bounds: 0 < -duration <= 1m, 1 <= -runs <= 10, 1 <= -concurrency <= 1024")
+	}
+	if c.baseBin != "" && (c.baseLabel == "" || c.label == "" || c.baseLabel == c.label) {
+		return errors.New("-base-label and -label must be non-empty and differ")
 	}
 	return bench(c, stdout)
 }
@@ -282,6 +299,59 @@ type scenario struct {
 	target string
 	replay bool
 	runs   []result
+	// With -base-bin: the binary's label, and the group of scenarios (the
+	// same store and kind on each binary) that run next to each other.
+	// group 0 is not a group.
+	label string
+	group int
+}
+
+// proxyBinary is an idemproxy binary under test.
+type proxyBinary struct {
+	label, path string
+}
+
+// idemScenarios returns the scenarios of one store for the binaries and
+// the proxies serving them (targets[i] for bins[i]). With one binary they
+// are named as before -base-bin existed; with two, each is labelled and the
+// same kind of scenario on both forms one group, numbered from group.
+func idemScenarios(store string, bins []proxyBinary, targets []string, group int) []*scenario {
+	var out []*scenario
+	for _, replay := range []bool{false, true} {
+		kind := "unique keys"
+		if replay {
+			kind = "replays"
+		}
+		for i, b := range bins {
+			s := &scenario{name: "idemproxy " + store + ", " + kind, target: targets[i], replay: replay}
+			if len(bins) > 1 {
+				s.name += " (" + b.label + ")"
+				s.label, s.group = b.label, group
+			}
+			out = append(out, s)
+		}
+		group++
+	}
+	return out
+}
+
+// runOrder is the order of the scenarios in run r (from 0): as listed, but
+// in odd runs each group's scenarios run in reverse order, so that neither
+// binary always follows the other.
+func runOrder(scenarios []*scenario, r int) []*scenario {
+	out := slices.Clone(scenarios)
+	if r%2 == 0 {
+		return out
+	}
+	for i := 0; i < len(out); {
+		j := i + 1
+		for out[i].group != 0 && j < len(out) && out[j].group == out[i].group {
+			j++
+		}
+		slices.Reverse(out[i:j])
+		i = j
+	}
+	return out
 }
 
 func bench(c config, stdout io.Writer) error {
@@ -321,6 +391,11 @@ func bench(c config, stdout io.Writer) error {
 			p.stop()
 		}
 	}()
+	bins := []proxyBinary{{label: c.label, path: bin}}
+	if c.baseBin != "" {
+		bins = []proxyBinary{{label: c.baseLabel, path: c.baseBin}, {label: c.label, path: bin}}
+	}
+	group := 1
 	for _, s := range strings.Split(c.stores, ",") {
 		var store string
 		switch s {
@@ -340,15 +415,21 @@ func bench(c config, stdout io.Writer) error {
 		default:
 			return fmt.Errorf("unknown store %q", s)
 		}
-		p, err := startIdemproxy(bin, upURL, store)
-		if err != nil {
-			return err
+		var targets []string
+		for i, b := range bins {
+			st := store
+			if s == "file" && i > 0 {
+				st = "file:" + filepath.Join(tmp, fmt.Sprintf("idem-%d.db", i))
+			}
+			p, err := startIdemproxy(b.path, upURL, st)
+			if err != nil {
+				return fmt.Errorf("%s: %w", b.path, err)
+			}
+			procs = append(procs, p)
+			targets = append(targets, "http://"+p.addr)
 		}
-		procs = append(procs, p)
-		target := "http://" + p.addr
-		scenarios = append(scenarios,
-			&scenario{name: "idemproxy " + s + ", unique keys", target: target},
-			&scenario{name: "idemproxy " + s + ", replays", target: target, replay: true})
+		scenarios = append(scenarios, idemScenarios(s, bins, targets, group)...)
+		group += 2
 	}
 
 	prefix := randHex()
@@ -358,8 +439,12 @@ func bench(c config, stdout io.Writer) error {
 	defer client.CloseIdleConnections()
 	// Runs are interleaved (run 1 of every scenario, then run 2, …) so that
 	// a slow patch of the shared machine does not hit one scenario only.
+	// With -base-bin, each binary's scenario runs next to the same scenario
+	// of the other binary, first in one run and second in the next.
+	fmt.Fprintf(os.Stderr, "load: load average at start: %s\n", loadAvg())
 	for r := 0; r < c.runs; r++ {
-		for i, s := range scenarios {
+		for _, s := range runOrder(scenarios, r) {
+			i := slices.Index(scenarios, s)
 			tag := fmt.Sprintf("%s-%d-%d", prefix, r, i)
 			var replayKeys []string
 			if s.replay {
@@ -378,8 +463,18 @@ func bench(c config, stdout io.Writer) error {
 				r+1, s.name, res.rps, res.p50, res.p99, res.errors)
 		}
 	}
+	fmt.Fprintf(os.Stderr, "load: load average at end: %s\n", loadAvg())
 	report(stdout, c, scenarios)
 	return nil
+}
+
+// loadAvg is the first three fields of /proc/loadavg, or "unknown".
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
 }
 
 func isLoopback(hostport string) bool {
@@ -486,6 +581,9 @@ func median(rs []result) result {
 func report(w io.Writer, c config, scenarios []*scenario) {
 	fmt.Fprintf(w, "%d runs of %v per scenario (median shown), %d requests in flight, GOMAXPROCS %d, %d CPUs, %s\n\n",
 		c.runs, c.duration, c.concurrency, runtime.GOMAXPROCS(0), runtime.NumCPU(), runtime.Version())
+	if c.baseBin != "" {
+		fmt.Fprintf(w, "%s: %s; %s: %s\n\n", c.baseLabel, c.baseBin, c.label, orDefault(c.proxyBin, "./cmd/idemproxy"))
+	}
 	fmt.Fprintln(w, "| scenario | req/s (median) | runs (req/s) | vs plain proxy | p50 | p99 | errors |")
 	fmt.Fprintln(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: |")
 	plain := median(scenarios[1].runs).rps
@@ -499,5 +597,48 @@ func report(w io.Writer, c config, scenarios []*scenario) {
 		}
 		fmt.Fprintf(w, "| %s | %.0f | %s | %.0f%% | %v | %v | %d |\n", s.name, m.rps, strings.Join(all, ", "),
 			100*m.rps/plain, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), errs)
+	}
+	if c.baseBin != "" {
+		compare(w, c, scenarios)
+	}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// compare prints, with -base-bin, one line per store and scenario kind: the
+// medians of both binaries, the current one's ratio to the base, the
+// median of the per-run ratios (both ran next to each other in each run),
+// each one's ratio to the plain proxy, and p50 and p99 of both.
+func compare(w io.Writer, c config, scenarios []*scenario) {
+	plain := median(scenarios[1].runs).rps
+	fmt.Fprintf(w, "\n| scenario | %[1]s req/s | %[2]s req/s | %[2]s / %[1]s | per-run %[2]s / %[1]s (median) | %[1]s vs plain | %[2]s vs plain | p50 %[1]s → %[2]s | p99 %[1]s → %[2]s |\n",
+		c.baseLabel, c.label)
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for i := 0; i+1 < len(scenarios); i++ {
+		b, a := scenarios[i], scenarios[i+1]
+		if b.group == 0 || a.group != b.group || b.label != c.baseLabel || a.label != c.label {
+			continue
+		}
+		mb, ma := median(b.runs), median(a.runs)
+		var per []result
+		for r := range min(len(a.runs), len(b.runs)) {
+			if b.runs[r].rps > 0 {
+				per = append(per, result{rps: a.runs[r].rps / b.runs[r].rps})
+			}
+		}
+		perRun := "–"
+		if len(per) > 0 {
+			perRun = fmt.Sprintf("%.0f%%", 100*median(per).rps)
+		}
+		name := strings.TrimSuffix(b.name, " ("+b.label+")")
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f%% | %s | %.0f%% | %.0f%% | %v → %v | %v → %v |\n",
+			name, mb.rps, ma.rps, 100*ma.rps/mb.rps, perRun, 100*mb.rps/plain, 100*ma.rps/plain,
+			mb.p50.Round(time.Microsecond), ma.p50.Round(time.Microsecond),
+			mb.p99.Round(time.Microsecond), ma.p99.Round(time.Microsecond))
 	}
 }

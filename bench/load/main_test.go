@@ -3,6 +3,8 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -42,5 +44,56 @@ func TestLoad(t *testing.T) {
 	}
 	if err := run([]string{"-runs", "0"}, nil); err == nil {
 		t.Fatal("-runs 0 accepted")
+	}
+}
+
+// TestSideBySide checks the scenarios of two binaries: labelled names, one
+// group per store and kind, the order alternating from run to run, and the
+// comparison table.
+func TestSideBySide(t *testing.T) {
+	one := idemScenarios("file", []proxyBinary{{"after", "x"}}, []string{"http://a"}, 1)
+	if len(one) != 2 || one[0].name != "idemproxy file, unique keys" || one[1].name != "idemproxy file, replays" || one[0].group != 0 {
+		t.Fatalf("one binary: %+v %+v", one[0], one[1])
+	}
+	bins := []proxyBinary{{"before", "b"}, {"after", "a"}}
+	two := idemScenarios("memory", bins, []string{"http://b", "http://a"}, 1)
+	names := []string{}
+	for _, s := range two {
+		names = append(names, s.name)
+	}
+	want := []string{"idemproxy memory, unique keys (before)", "idemproxy memory, unique keys (after)",
+		"idemproxy memory, replays (before)", "idemproxy memory, replays (after)"}
+	if !slices.Equal(names, want) || two[0].target != "http://b" || two[1].target != "http://a" || !two[2].replay ||
+		two[0].group != 1 || two[1].group != 1 || two[2].group != 2 || two[3].group != 2 {
+		t.Fatalf("two binaries: %q %+v", names, two)
+	}
+	all := append([]*scenario{{name: "direct"}, {name: "plain"}}, two...)
+	if got := runOrder(all, 0); !slices.Equal(got, all) {
+		t.Fatalf("run 0 reordered")
+	}
+	got := runOrder(all, 1)
+	if want := []*scenario{all[0], all[1], all[3], all[2], all[5], all[4]}; !slices.Equal(got, want) {
+		t.Fatalf("run 1 order wrong")
+	}
+
+	all[0].runs = []result{{rps: 400}, {rps: 400}}
+	all[1].runs = []result{{rps: 100}, {rps: 100}}
+	for i, s := range all[2:] {
+		f := float64(10 * (i + 1))
+		s.runs = []result{{rps: f, p50: time.Millisecond}, {rps: f, p50: time.Millisecond}}
+	}
+	var sb strings.Builder
+	report(&sb, config{runs: 2, baseBin: "b", baseLabel: "before", label: "after"}, all)
+	out := sb.String()
+	for _, w := range []string{
+		"| idemproxy memory, unique keys | 10 | 20 | 200% | 200% | 10% | 20% | 1ms → 1ms |",
+		"| idemproxy memory, replays | 30 | 40 | 133% | 133% | 30% | 40% |",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("report lacks %q:\n%s", w, out)
+		}
+	}
+	if err := run([]string{"-base-bin", "x", "-base-label", "after"}, nil); err == nil {
+		t.Fatal("equal labels accepted")
 	}
 }
