@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -70,11 +71,15 @@ func probe(ctx context.Context, s idem.Store) error {
 	return nil
 }
 
+// requireToken lets through requests whose Authorization header is
+// "Bearer TOKEN" (the scheme in any case, RFC 9110 §11.1), compared in
+// constant time.
 func requireToken(token string, h http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
+	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		scheme, cred, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		got := []byte(strings.TrimLeft(cred, " "))
+		if subtle.ConstantTimeCompare(got, want) != 1 || !strings.EqualFold(scheme, "Bearer") {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="idemproxy-admin"`)
 			writeProblem(w, http.StatusUnauthorized, "admin-unauthorized", "Unauthorized", "A valid admin bearer token is required.")
 			return
@@ -195,4 +200,18 @@ func (k *keysHandler) scope(q map[string][]string) (string, error) {
 		h.Add(strings.TrimSpace(n), strings.TrimLeft(v, " "))
 	}
 	return scopeOf(rt.ScopeHeaders, h), nil
+}
+
+// readTokenFile reads a token or secret from a file, trimming surrounding
+// white space (a trailing newline). An empty result is an error.
+func readTokenFile(name string) (string, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", errors.New("the file is empty")
+	}
+	return tok, nil
 }

@@ -62,6 +62,7 @@ func (e *usageError) Unwrap() error { return e.err }
 type options struct {
 	listen, upstream, store, admin string
 	config, adminToken             string
+	adminTokenFile                 string
 	logFormat, logLevel            string
 	ttl, lease                     time.Duration
 	shutdownTimeout, sweepInterval time.Duration
@@ -88,7 +89,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.lease, "lease", proxyconfig.DefaultLease, "lease of an executing request, renewed while it runs (`duration`, < ttl)")
 	fs.StringVar(&o.admin, "admin", "", "`address` of the admin listener (/healthz, /readyz, /metrics, /keys); empty disables it")
 	fs.StringVar(&o.config, "config", "", "YAML or JSON `file` with per-route policy (see docs/idemproxy.md)")
-	fs.StringVar(&o.adminToken, "admin-token", "", "bearer `token` for the admin /keys endpoint; empty disables /keys")
+	fs.StringVar(&o.adminToken, "admin-token", "", "bearer `token` for the admin /keys endpoint; empty disables /keys (prefer -admin-token-file: a flag is visible in ps)")
+	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "`file` holding the bearer token for the admin /keys endpoint (surrounding white space trimmed)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "on SIGTERM/SIGINT, how long in-flight requests may take to finish (`duration`)")
@@ -197,6 +199,16 @@ func (o *options) validate() error {
 	if o.admin != "" {
 		if err := proxyconfig.ValidateAddr(o.admin); err != nil {
 			errs = append(errs, fmt.Errorf("-admin: %v", err))
+		}
+	}
+	if o.adminTokenFile != "" {
+		switch tok, err := readTokenFile(o.adminTokenFile); {
+		case o.adminToken != "":
+			errs = append(errs, errors.New("-admin-token-file: give either -admin-token or -admin-token-file, not both"))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("-admin-token-file: %v", err))
+		default:
+			o.adminToken = tok
 		}
 	}
 	if o.adminToken != "" && o.admin == "" {

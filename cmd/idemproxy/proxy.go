@@ -46,7 +46,61 @@ type proxy struct {
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := checkPath(r); err != nil {
+		writeProblem(w, http.StatusBadRequest, codePathInvalid, "Request path invalid",
+			"The request path must be absolute and free of dot segments (. and ..), empty segments (//), encoded slashes or backslashes, and control characters: "+err.Error()+".")
+		return
+	}
 	p.handlers[p.cfg.Match(r.Method, r.URL.Path)].ServeHTTP(w, r)
+}
+
+// codePathInvalid (400) answers a request whose path could be read in more
+// than one way (see checkPath).
+const codePathInvalid = "path-invalid"
+
+// checkPath refuses request paths that a route matcher and the upstream
+// could read differently, so that what is matched against the routes is
+// exactly what is forwarded: dot segments ("." and "..", also
+// percent-encoded), empty segments ("//"), encoded slashes and
+// backslashes (%2F, %5C) and literal backslashes, control characters
+// (also encoded, such as %00), and relative paths. An upstream that
+// resolved "/internal/../v1/charges" itself would otherwise run a route's
+// request under another route's policy. The asterisk form ("OPTIONS *") is
+// allowed. The proxy refuses rather than cleans: a client that sends such a
+// path has a bug or is probing, and a cleaned path would still be
+// forwarded as the raw one by some upstreams.
+func checkPath(r *http.Request) error {
+	if r.URL.Path == "*" && r.URL.RawPath == "" {
+		return nil
+	}
+	raw := r.URL.EscapedPath()
+	if raw == "" || raw[0] != '/' {
+		return errors.New("the path is not absolute")
+	}
+	for seg := range strings.SplitSeq(raw[1:], "/") {
+		if strings.ContainsAny(seg, "\\") {
+			return errors.New("it contains a backslash")
+		}
+		dec, err := url.PathUnescape(seg)
+		if err != nil {
+			return errors.New("it has a malformed percent-encoding")
+		}
+		switch {
+		case dec == "." || dec == "..":
+			return errors.New("it has a dot segment")
+		case strings.ContainsAny(dec, "/\\"):
+			return errors.New("it has an encoded slash or backslash")
+		}
+		for i := 0; i < len(dec); i++ {
+			if dec[i] < 0x20 || dec[i] == 0x7f {
+				return errors.New("it has a control character")
+			}
+		}
+	}
+	if strings.Contains(raw, "//") {
+		return errors.New("it has an empty segment (//)")
+	}
+	return nil
 }
 
 // newProxy builds the handler for cfg in front of upstream on store (already
