@@ -335,8 +335,10 @@ func (l *Lease) end(ctx context.Context, op string, result []byte, call func(con
 
 // transient reports whether a failed final step is worth another attempt:
 // the store was unreachable or one attempt timed out, and ctx is still live.
+// A store that is full (ErrStoreFull: a budget refused the result) is not
+// retried: the caller decides (a smaller result, or a release).
 func (l *Lease) transient(ctx context.Context, err error) bool {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || errors.Is(err, ErrStoreFull) {
 		return false
 	}
 	return errors.Is(err, ErrStoreUnavailable) || errors.Is(err, context.DeadlineExceeded)

@@ -39,6 +39,28 @@ func RecordKey(scope, key string) string {
 	return string(b)
 }
 
+// SplitRecordKey is the inverse of RecordKey: it returns the scope and key
+// that rk was made from, and ok == false when rk is not a RecordKey
+// encoding (a decimal length without leading zeros, ':', then at least that
+// many bytes). When ok, RecordKey(scope, key) == rk. Stores use it to
+// account records per scope (per-scope quotas); it allocates nothing.
+func SplitRecordKey(rk string) (scope, key string, ok bool) {
+	n := 0
+	i := 0
+	for ; i < len(rk) && rk[i] != ':'; i++ {
+		c := rk[i]
+		if c < '0' || c > '9' || i >= 10 || (i > 0 && rk[0] == '0') {
+			return "", "", false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if i == 0 || i == len(rk) || n > len(rk)-i-1 {
+		return "", "", false
+	}
+	rest := rk[i+1:]
+	return rest[:n], rest[n:], true
+}
+
 // Fingerprint returns the SHA-256 digest of parts, each length-prefixed so
 // that moving bytes from one part to the next changes the digest.
 func Fingerprint(parts ...[]byte) []byte {

@@ -75,6 +75,47 @@ func FuzzRecordKey(f *testing.F) {
 	})
 }
 
+func TestSplitRecordKey(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		rk, scope, key string
+		ok             bool
+	}{
+		{"0:k", "", "k", true},
+		{"3:abck", "abc", "k", true},
+		{"3:abc", "abc", "", true},
+		{"2:a", "", "", false},
+		{"", "", "", false},
+		{":k", "", "", false},
+		{"03:abck", "", "", false},
+		{"x:k", "", "", false},
+		{"12345678901:k", "", "", false},
+		{"5", "", "", false},
+	} {
+		scope, key, ok := idem.SplitRecordKey(tt.rk)
+		if scope != tt.scope || key != tt.key || ok != tt.ok {
+			t.Errorf("SplitRecordKey(%q) = %q, %q, %v; want %q, %q, %v", tt.rk, scope, key, ok, tt.scope, tt.key, tt.ok)
+		}
+	}
+}
+
+// FuzzSplitRecordKey checks that SplitRecordKey inverts RecordKey, and that
+// whatever it accepts re-encodes to the same bytes.
+func FuzzSplitRecordKey(f *testing.F) {
+	f.Add("scope", "key", "3:abc")
+	f.Add("", "k", "0:")
+	f.Add("1:", ":", "01:x")
+	f.Fuzz(func(t *testing.T, scope, key, raw string) {
+		s, k, ok := idem.SplitRecordKey(idem.RecordKey(scope, key))
+		if !ok || s != scope || k != key {
+			t.Fatalf("SplitRecordKey(RecordKey(%q, %q)) = %q, %q, %v", scope, key, s, k, ok)
+		}
+		if s, k, ok := idem.SplitRecordKey(raw); ok && idem.RecordKey(s, k) != raw {
+			t.Fatalf("SplitRecordKey(%q) = %q, %q, which re-encodes to %q", raw, s, k, idem.RecordKey(s, k))
+		}
+	})
+}
+
 func TestFingerprint(t *testing.T) {
 	t.Parallel()
 	a := idem.Fingerprint([]byte("ab"), []byte("c"))

@@ -216,6 +216,15 @@ func runScenario(t *testing.T, sc scenario) {
 		store = r.pg.dsn()
 	}
 	r.args = []string{"-upstream", r.up.srv.URL, "-store", store, "-lease", lease.String(), "-shutdown-timeout", "15s"}
+	if sc.store != storeFile {
+		// Shared stores need the scope secret that every instance uses (a
+		// file: store keeps a generated one beside its database).
+		secret := filepath.Join(t.TempDir(), "scope-secret")
+		if err := os.WriteFile(secret, []byte("faults-scope-secret-0123456789abcdef\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r.args = append(r.args, "-scope-secret-file", secret)
+	}
 	if err := r.startProxy(); err != nil {
 		t.Fatalf("%v\n%s", err, strings.Join(r.log.grep("", 50), "\n"))
 	}

@@ -221,7 +221,7 @@ func (s *Store) safeCommit(batch []*op) {
 func (s *Store) commit(batch []*op) {
 	var w *wtx
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		w = &wtx{s: s, b: tx.Bucket(recordsBucket), meta: tx.Bucket(metaBucket), count: s.count.Load(), fence: s.fence}
+		w = &wtx{s: s, b: tx.Bucket(recordsBucket), meta: tx.Bucket(metaBucket), count: s.count.Load(), fence: s.fence, bytes: s.bytes.Load()}
 		for _, o := range batch {
 			if err := o.ctx.Err(); err != nil {
 				o.err = err
@@ -246,6 +246,19 @@ func (s *Store) commit(batch []*op) {
 	s.commits.Add(1)
 	s.count.Store(w.count)
 	s.fence = w.fence
+	s.bytes.Store(w.bytes)
+	for scope, d := range w.scopes {
+		u := s.scopes[scope]
+		if u == nil {
+			u = new(usage)
+			s.scopes[scope] = u
+		}
+		u.n += d.n
+		u.bytes += d.bytes
+		if u.n <= 0 {
+			delete(s.scopes, scope)
+		}
+	}
 	if len(w.wake) > 0 {
 		s.notify(w.wake)
 	}
@@ -259,6 +272,57 @@ type wtx struct {
 	count uint64   // records held after this transaction
 	fence uint64   // highest fence issued after this transaction
 	wake  []string // keys whose Waits to wake after the commit
+	bytes int64    // bytes charged after this transaction (when acct)
+	// scopes holds this transaction's changes to the per-scope usage
+	// (when scoped), applied to Store.scopes once it commits.
+	scopes map[string]*usage
+}
+
+// fits reports whether adding dn records and db bytes under key (a new
+// record, or a record growing) stays within the store's limits and the
+// key's scope's quotas, counting this transaction's earlier changes.
+func (w *wtx) fits(k []byte, dn, db int64) bool {
+	s := w.s
+	if dn > 0 && s.maxRecords > 0 && w.count+uint64(dn) > s.maxRecords {
+		return false
+	}
+	if db > 0 && s.maxBytes > 0 && w.bytes+db > s.maxBytes {
+		return false
+	}
+	if !s.scoped || dn <= 0 && db <= 0 {
+		return true
+	}
+	scope := scopeOf(k)
+	var n, b int64
+	if u := s.scopes[scope]; u != nil {
+		n, b = u.n, u.bytes
+	}
+	if d := w.scopes[scope]; d != nil {
+		n, b = n+d.n, b+d.bytes
+	}
+	return !(dn > 0 && s.maxScopeRecs > 0 && n+dn > s.maxScopeRecs ||
+		db > 0 && s.maxScopeBytes > 0 && b+db > s.maxScopeBytes)
+}
+
+// account counts dn records and db bytes under key in this transaction.
+func (w *wtx) account(k []byte, dn, db int64) {
+	if w.s.acct {
+		w.bytes += db
+	}
+	if !w.s.scoped {
+		return
+	}
+	scope := scopeOf(k)
+	d := w.scopes[scope]
+	if d == nil {
+		if w.scopes == nil {
+			w.scopes = make(map[string]*usage)
+		}
+		d = new(usage)
+		w.scopes[scope] = d
+	}
+	d.n += dn
+	d.bytes += db
 }
 
 // get returns key's record, or nil when there is none. A record that does
@@ -275,10 +339,10 @@ func (w *wtx) get(k []byte) (*record, error) {
 	return &r, nil
 }
 
-// put stores r under k; isNew counts a record that did not exist. A record
-// too large to store is refused before anything changes, as the op's own
-// error.
-func (w *wtx) put(k []byte, r *record, isNew bool) error {
+// put stores r under k, replacing old (nil when k holds no record), and
+// counts the change. A record too large to store is refused before anything
+// changes, as the op's own error.
+func (w *wtx) put(k []byte, r *record, old *record) error {
 	v := encodeRecord(r)
 	if len(v) > bolt.MaxValueSize {
 		return fmt.Errorf("filestore: record of %d bytes is larger than %d", len(v), bolt.MaxValueSize)
@@ -286,21 +350,25 @@ func (w *wtx) put(k []byte, r *record, isNew bool) error {
 	if err := w.b.Put(k, v); err != nil {
 		return &fatalError{err}
 	}
-	if isNew {
+	var dn int64
+	if old == nil {
 		w.count++
+		dn = 1
 	}
+	w.account(k, dn, charge(k, r)-charge(k, old))
 	w.s.noteDeath(r)
 	return nil
 }
 
-// del removes k, which holds a record.
-func (w *wtx) del(k []byte) error {
+// del removes k, which holds old.
+func (w *wtx) del(k []byte, old *record) error {
 	if err := w.b.Delete(k); err != nil {
 		return &fatalError{err}
 	}
 	if w.count > 0 {
 		w.count--
 	}
+	w.account(k, -1, -charge(k, old))
 	return nil
 }
 

@@ -45,6 +45,18 @@
 // the owner schedules; the store starts no goroutines) or a later Begin of
 // its key removes it.
 //
+// # Budgets
+//
+// Options.MaxRecords, MaxBytes (keys plus encoded records, and
+// CompletionReserve per in-progress record) and the per-scope quotas
+// MaxRecordsPerScope / MaxBytesPerScope are enforced inside the write
+// transaction: Begin of a new key (after removing dead records) and a
+// Complete whose result does not fit return idem.ErrStoreFull and change
+// nothing; replays, in-flight answers, mismatches and takeovers are never
+// refused. The counts are rebuilt from the file at Open (key and value
+// lengths only), so they are right after any crash. The file is larger
+// than MaxBytes (page fill; it never shrinks, freed pages are reused).
+//
 // # Processes
 //
 // Open takes an exclusive lock on the file (flock), so a second store in

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,6 +79,32 @@ type Options struct {
 	// that already have a record are never refused.
 	MaxRecords int
 
+	// MaxBytes caps the bytes the records take: for each record its key and
+	// its encoded form (fingerprint, result and 30 bytes of header and
+	// checksum), plus CompletionReserve bytes while it is in progress (room
+	// for its result). 0 means no limit. The file itself is larger (bbolt
+	// pages are partly filled, and the file never shrinks: freed pages are
+	// reused), typically by up to about two times. It is enforced like
+	// MaxRecords at Begin of a new key, and at Complete: a result whose
+	// bytes beyond the reserve do not fit, even after dead records are
+	// removed, is refused with idem.ErrStoreFull and the record stays in
+	// progress, held by the caller (who may complete it with a smaller
+	// result, or release it). A result of at most CompletionReserve bytes
+	// always fits.
+	MaxBytes int64
+
+	// MaxRecordsPerScope and MaxBytesPerScope are per-scope quotas, so that
+	// one caller cannot fill the store for all: the records (and bytes, as
+	// for MaxBytes) whose keys share one scope (see idem.SplitRecordKey;
+	// keys not made by idem.RecordKey count against the empty scope) are
+	// capped, and Begin of a new key (or a Complete) beyond its scope's
+	// quota returns idem.ErrStoreFull while other scopes still insert. 0
+	// means no quota. With any byte limit or quota set, Open reads every
+	// key and value length once to rebuild the counts, so they are right
+	// after any crash.
+	MaxRecordsPerScope int
+	MaxBytesPerScope   int64
+
 	// Abandon is how long an in-progress record is kept after its lease ended
 	// without a takeover, completion or release (its executor died and
 	// nobody retried). Until then it still fences and still refuses other
@@ -110,6 +137,35 @@ var (
 	metaFence     = []byte("fence")  // highest fence issued, uint64 big-endian
 )
 
+// CompletionReserve is what an in-progress record reserves for its result
+// under a byte limit: a Complete whose result is at most this size never
+// fails for lack of room.
+const CompletionReserve = 4096
+
+// usage is what one scope holds.
+type usage struct{ n, bytes int64 }
+
+// scopeOf returns the scope of a record key, "" for keys not made by
+// idem.RecordKey.
+func scopeOf(k []byte) string {
+	scope, _, _ := idem.SplitRecordKey(string(k))
+	return scope
+}
+
+// charge is what r, stored under k, counts against the byte limits; a nil
+// record counts nothing.
+func charge(k []byte, r *record) int64 {
+	if r == nil {
+		return 0
+	}
+	c := int64(len(k) + headerLen + uvarintLen(uint64(len(r.fp))) + len(r.fp) +
+		uvarintLen(uint64(len(r.result))) + len(r.result) + trailerLen)
+	if r.state == idem.StateInProgress {
+		c += CompletionReserve
+	}
+	return c
+}
+
 // fileFormat is the layout version of the whole file (buckets and meta).
 const fileFormat = 1
 
@@ -136,6 +192,17 @@ type Store struct {
 	maxBatch   int
 	maxRecords uint64
 	abandon    int64
+
+	// Byte limits and scope quotas; acct when any byte limit is set,
+	// scoped when any quota is. bytes and scopes are owned by the commit
+	// leader like count, and rebuilt by Open.
+	maxBytes      int64
+	maxScopeRecs  int64
+	maxScopeBytes int64
+	acct, scoped  bool
+	bytes         atomic.Int64
+	scopes        map[string]*usage
+
 	sweepBatch int
 
 	// Group commit queue. busy is true while a leader runs; every queued
@@ -204,8 +271,13 @@ func Open(path string, o Options) (*Store, error) {
 		maxBatch:   o.MaxBatchSize,
 		maxRecords: uint64(max(o.MaxRecords, 0)),
 		abandon:    int64(o.Abandon),
-		sweepBatch: o.SweepBatch,
-		waits:      make(map[string]*waitq),
+
+		maxBytes:      max(o.MaxBytes, 0),
+		maxScopeRecs:  int64(max(o.MaxRecordsPerScope, 0)),
+		maxScopeBytes: max(o.MaxBytesPerScope, 0),
+		scopes:        make(map[string]*usage),
+		sweepBatch:    o.SweepBatch,
+		waits:         make(map[string]*waitq),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -255,7 +327,45 @@ func Open(path string, o Options) (*Store, error) {
 	}
 	s.count.Store(count)
 	s.fence = fence
+	s.acct = s.maxBytes > 0 || s.maxScopeBytes > 0
+	s.scoped = s.maxScopeRecs > 0 || s.maxScopeBytes > 0
+	if s.acct || s.scoped {
+		if err := s.recount(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("filestore: open %s: %w", path, err)
+		}
+	}
 	return s, nil
+}
+
+// recount rebuilds the byte and per-scope counts from the file, so that
+// they hold whatever happened before (a crash, a run without limits). Only
+// key and value lengths are read: large values are not paged in. A value
+// too short to be a record counts its length.
+func (s *Store) recount() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		var total int64
+		c := tx.Bucket(recordsBucket).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			n := int64(len(k) + len(v))
+			if len(v) > 1 && idem.State(v[1]) == idem.StateInProgress {
+				n += CompletionReserve
+			}
+			total += n
+			if s.scoped {
+				scope := scopeOf(k)
+				u := s.scopes[scope]
+				if u == nil {
+					u = new(usage)
+					s.scopes[strings.Clone(scope)] = u
+				}
+				u.n++
+				u.bytes += n
+			}
+		}
+		s.bytes.Store(total)
+		return nil
+	})
 }
 
 // syncDir fsyncs a directory so that entries created in it are durable.
@@ -484,7 +594,11 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 				return nil // decided otherwise since the snapshot
 			}
 			if d.fresh {
-				if r == nil && s.maxRecords > 0 && w.count >= s.maxRecords {
+				var dn int64
+				if r == nil {
+					dn = 1
+				}
+				if !w.fits(k, dn, charge(k, d.write)-charge(k, r)) {
 					return idem.ErrStoreFull
 				}
 				f := max(w.fence+1, uint64(max(now/1000, 0)))
@@ -497,7 +611,7 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 			if d.dead {
 				w.notify(key) // the dead record is gone
 			}
-			return w.put(k, d.write, r == nil)
+			return w.put(k, d.write, r)
 		})
 		if errors.Is(err, idem.ErrStoreFull) && !reclaimed && s.reclaim(ctx) {
 			continue
@@ -559,6 +673,8 @@ func (s *Store) change(ctx context.Context, op, key string, fence uint64, fn fun
 		return nil
 	case errors.Is(err, idem.ErrLeaseLost):
 		return idem.ErrLeaseLost
+	case errors.Is(err, idem.ErrStoreFull):
+		return fmt.Errorf("filestore: %s %q: %w", op, key, idem.ErrStoreFull)
 	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
 		return err
 	}
@@ -579,14 +695,22 @@ func (s *Store) Complete(ctx context.Context, key string, fence uint64, result [
 	if res == nil {
 		res = []byte{}
 	}
-	return s.change(ctx, "complete", key, fence, func(w *wtx, k []byte, r *record, now int64) error {
+	complete := func(w *wtx, k []byte, r *record, now int64) error {
 		c := *r
 		c.state = idem.StateCompleted
 		c.result = res
 		c.deadline = add(now, retention)
+		if !w.fits(k, 0, charge(k, &c)-charge(k, r)) {
+			return idem.ErrStoreFull
+		}
 		w.notify(key)
-		return w.put(k, &c, false)
-	})
+		return w.put(k, &c, r)
+	}
+	err := s.change(ctx, "complete", key, fence, complete)
+	if errors.Is(err, idem.ErrStoreFull) && s.reclaim(ctx) {
+		err = s.change(ctx, "complete", key, fence, complete)
+	}
+	return err
 }
 
 // Release removes the in-progress record held by fence so that the next
@@ -595,7 +719,7 @@ func (s *Store) Complete(ctx context.Context, key string, fence uint64, result [
 func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
 	return s.change(ctx, "release", key, fence, func(w *wtx, k []byte, r *record, now int64) error {
 		w.notify(key)
-		return w.del(k)
+		return w.del(k, r)
 	})
 }
 
@@ -606,7 +730,7 @@ func (s *Store) Extend(ctx context.Context, key string, fence uint64, lease time
 	return s.change(ctx, "extend", key, fence, func(w *wtx, k []byte, r *record, now int64) error {
 		c := *r
 		c.deadline = add(now, lease)
-		return w.put(k, &c, false)
+		return w.put(k, &c, r)
 	})
 }
 

@@ -421,7 +421,7 @@ func TestCommitPanic(t *testing.T) {
 	s := open(t, Options{NoSync: true})
 	ctx := context.Background()
 	err := s.write(ctx, func(w *wtx) error {
-		if err := w.put([]byte("half"), &record{state: idem.StateInProgress, fence: 1, fp: []byte{}, result: []byte{}}, true); err != nil {
+		if err := w.put([]byte("half"), &record{state: idem.StateInProgress, fence: 1, fp: []byte{}, result: []byte{}}, nil); err != nil {
 			return err
 		}
 		panic("boom")

@@ -96,7 +96,7 @@ func (s *Store) sweep(ctx context.Context) (int, error) {
 					if err != nil || r == nil || now < s.death(r) {
 						continue // changed since the snapshot
 					}
-					if err := w.del(k); err != nil {
+					if err := w.del(k, r); err != nil {
 						return err
 					}
 					w.notify(string(k))

@@ -106,7 +106,8 @@ func (p *payServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func newPayServer(t *testing.T, lease time.Duration, wrap func(net.Listener) net.Listener) (*payServer, *httptest.Server) {
 	t.Helper()
 	ps := &payServer{execs: map[string]int{}, first: map[string]string{}}
-	mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{}), Lease: lease}}
+	mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{}), Lease: lease},
+		ScopeSecret: []byte("idemclient-test-scope-secret"), AllowAnonymous: true}
 	srv := httptest.NewUnstartedServer(mw.Handler(ps))
 	if wrap != nil {
 		srv.Listener = wrap(srv.Listener)

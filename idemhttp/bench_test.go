@@ -101,7 +101,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		for i := range keys {
 			keys[i] = "key-" + strconv.Itoa(i)
 		}
-		h := (&idemhttp.Middleware{Keeper: k}).Handler(benchApp)
+		h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(benchApp)
 		run(b, h, func(i int) string { return keys[i] })
 	})
 	b.Run("first-released", func(b *testing.B) {
@@ -109,7 +109,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		// store does not grow: the middleware's own cost, without the
 		// store's growth and its GC work.
 		k, _ := newKeeper(0)
-		h := (&idemhttp.Middleware{Keeper: k, Stored: func(int) bool { return false }}).Handler(benchApp)
+		h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, Stored: func(int) bool { return false }}).Handler(benchApp)
 		run(b, h, func(int) string { return "the-key" })
 	})
 	b.Run("first-canonical", func(b *testing.B) {
@@ -118,19 +118,19 @@ func BenchmarkMiddleware(b *testing.B) {
 		for i := range keys {
 			keys[i] = "key-" + strconv.Itoa(i)
 		}
-		h := (&idemhttp.Middleware{Keeper: k, CanonicalJSON: true}).Handler(benchApp)
+		h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, CanonicalJSON: true}).Handler(benchApp)
 		run(b, h, func(i int) string { return keys[i] })
 	})
 	b.Run("replay", func(b *testing.B) {
 		k, _ := newKeeper(0)
-		h := (&idemhttp.Middleware{Keeper: k}).Handler(benchApp)
+		h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(benchApp)
 		run(b, h, func(int) string { return "the-key" })
 	})
 	b.Run("conflict", func(b *testing.B) {
 		k, _ := newKeeper(0)
-		h := (&idemhttp.Middleware{Keeper: k}).Handler(benchApp)
+		h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(benchApp)
 		r, _ := benchRequest()
-		scope, _ := idemhttp.DefaultScope(r)
+		scope, _ := (&idemhttp.IdentityScope{Secret: testSecret, Anonymous: true}).Scope(r)
 		// Another executor holds the key for this very request: 409.
 		a, err := k.Begin(context.Background(), scope, "held", idemhttp.DefaultFingerprint(r, benchJSON))
 		if err != nil || a.Lease == nil {
@@ -155,7 +155,7 @@ func TestReplayAllocs(t *testing.T) {
 		t.Skip()
 	}
 	k, _ := newKeeper(0)
-	h := (&idemhttp.Middleware{Keeper: k}).Handler(benchApp)
+	h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(benchApp)
 	r, body := benchRequest()
 	r.Header.Set("Idempotency-Key", "k")
 	w := &benchWriter{h: http.Header{}}

@@ -56,7 +56,7 @@ func TestInFlightConflict(t *testing.T) {
 	t.Parallel()
 	k, _ := newKeeper(30 * time.Second)
 	g := newGate()
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(g))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(g))
 	defer srv.Close()
 
 	first := goSend(t, srv, req{hdr: []string{key1}})
@@ -92,7 +92,7 @@ func TestWaitModeReplays(t *testing.T) {
 	t.Parallel()
 	k, _ := newKeeper(30 * time.Second)
 	g := newGate()
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: 10 * time.Second}).Handler(g))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, Wait: 10 * time.Second}).Handler(g))
 	defer srv.Close()
 
 	first := goSend(t, srv, req{hdr: []string{key1}})
@@ -113,7 +113,7 @@ func TestWaitModeBoundGives409(t *testing.T) {
 	t.Parallel()
 	k, _ := newKeeper(30 * time.Second)
 	g := newGate()
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: 30 * time.Millisecond}).Handler(g))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, Wait: 30 * time.Millisecond}).Handler(g))
 	defer srv.Close()
 	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
@@ -140,7 +140,8 @@ func TestConcurrentOneKey(t *testing.T) {
 				w.Header().Set("X-Call", strconv.FormatInt(n, 10))
 				fmt.Fprintf(w, "charged once (%d)", n)
 			})
-			srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Wait: wait}).Handler(h))
+			srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, Wait: wait,
+				MaxWaitersPerKey: 1000}).Handler(h))
 			defer srv.Close()
 			const n = 200
 			res := make([]*rawResp, n)
@@ -209,7 +210,7 @@ func TestFlushStreamsBeforeHandlerEnds(t *testing.T) {
 		<-release
 		fmt.Fprint(w, "part2")
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, Stream: true}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, Stream: true}).Handler(h))
 	defer srv.Close()
 	defer srv.Client().CloseIdleConnections()
 
@@ -220,6 +221,7 @@ func TestFlushStreamsBeforeHandlerEnds(t *testing.T) {
 	got := make(chan result, 1)
 	go func() {
 		rq, _ := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader("x"))
+		rq.Host = "test" // the Host of send's requests: the same scope
 		rq.Header.Set("Idempotency-Key", "stream")
 		resp, err := srv.Client().Do(rq)
 		if err == nil {
@@ -263,7 +265,7 @@ func TestClientDisconnectStillCompletes(t *testing.T) {
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprint(w, "done anyway")
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{Scope: emptyScope, Keeper: k, OnOutcome: oc.record}).Handler(h))
 	defer srv.Close()
 
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
@@ -299,7 +301,7 @@ func TestPanicReleasesThenRepanics(t *testing.T) {
 			k, s := newKeeper(0)
 			oc := newOutcomes()
 			var calls atomic.Int64
-			h := (&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := (&idemhttp.Middleware{Scope: emptyScope, Keeper: k, OnOutcome: oc.record}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if calls.Add(1) == 1 {
 					w.WriteHeader(http.StatusCreated)
 					panic(pv)
@@ -338,7 +340,7 @@ func TestLongHandlerRenewsLease(t *testing.T) {
 	const lease = 150 * time.Millisecond // renewed every 50 ms
 	k, s := newKeeper(lease)
 	g := newGate()
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(g))
+	srv := httptest.NewServer((&idemhttp.Middleware{Scope: emptyScope, Keeper: k}).Handler(g))
 	defer srv.Close()
 	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
@@ -371,7 +373,7 @@ func TestDeadExecutorTakenOver(t *testing.T) {
 	k, s := newKeeper(lease)
 	oc := newOutcomes()
 	a := &app{}
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(a))
+	srv := httptest.NewServer((&idemhttp.Middleware{Scope: emptyScope, Keeper: k, OnOutcome: oc.record}).Handler(a))
 	defer srv.Close()
 
 	q := req{hdr: []string{key1}, body: "b"}
@@ -430,7 +432,7 @@ func TestStaleCompletionReported(t *testing.T) {
 	})}
 	oc := newOutcomes()
 	g := newGate()
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(g))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, OnOutcome: oc.record}).Handler(g))
 	defer srv.Close()
 	first := goSend(t, srv, req{hdr: []string{key1}})
 	waitStarted(t, g.started)
@@ -487,7 +489,7 @@ func TestAbandonedRequestReleases(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusCreated)
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record, Stream: true}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{Scope: emptyScope, Keeper: k, OnOutcome: oc.record, Stream: true}).Handler(h))
 	defer srv.Close()
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
@@ -532,7 +534,7 @@ func TestReplayFraming(t *testing.T) {
 			w.Header().Set("X-Sum", "42")
 		}
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(h))
 	defer srv.Close()
 
 	q := req{path: "/cl", hdr: []string{key1}}
@@ -563,7 +565,7 @@ func TestOuterMiddlewareHeaders(t *testing.T) {
 	t.Parallel()
 	k, _ := newKeeper(0)
 	var n atomic.Int64
-	inner := (&idemhttp.Middleware{Keeper: k}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	inner := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Vary", "Accept")
 		w.WriteHeader(http.StatusCreated)
 	}))
@@ -591,7 +593,7 @@ func TestOuterMiddlewareHeaders(t *testing.T) {
 func TestConnectionNamedHeadersNotStored(t *testing.T) {
 	t.Parallel()
 	k, _ := newKeeper(0)
-	h := (&idemhttp.Middleware{Keeper: k}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "x-hop, keep-alive")
 		w.Header().Set("X-Hop", "secret")
 		w.Header().Set("X-End", "kept")
@@ -638,7 +640,7 @@ func TestDisconnectMidBodyStoresWholeBody(t *testing.T) {
 			t.Errorf("io.Copy after disconnect: %d, %v", n, err)
 		}
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record, Stream: true}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, OnOutcome: oc.record, Stream: true}).Handler(h))
 	defer srv.Close()
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
@@ -682,7 +684,7 @@ func TestHijackReleases(t *testing.T) {
 		brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
 		brw.Flush()
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{Scope: emptyScope, Keeper: k, OnOutcome: oc.record}).Handler(h))
 	defer srv.Close()
 	if r := send(t, srv, req{hdr: []string{key1}}); string(r.body) != "hi" {
 		t.Fatalf("hijacked answer %q", r.body)
@@ -710,7 +712,7 @@ func TestHandlerGetsBody(t *testing.T) {
 		b2, _ := io.ReadAll(rc)
 		fmt.Fprintf(w, "%d %d %q %q %v", r.ContentLength, len(r.TransferEncoding), b1, b2, r.Header.Get("Content-Type"))
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(h))
 	defer srv.Close()
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
@@ -731,7 +733,7 @@ func TestTooLargeChunked(t *testing.T) {
 	t.Parallel()
 	k, _ := newKeeper(0)
 	var calls atomic.Int64
-	h := (&idemhttp.Middleware{Keeper: k, MaxBody: 16}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, MaxBody: 16}).Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls.Add(1)
 	}))
 	outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -817,7 +819,7 @@ func TestCompletionRetriedAfterStoreFailure(t *testing.T) {
 				})}
 				oc := newOutcomes()
 				a := &app{}
-				srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}).Handler(a))
+				srv := httptest.NewServer((&idemhttp.Middleware{Scope: emptyScope, Keeper: k, OnOutcome: oc.record}).Handler(a))
 				defer srv.Close()
 				q := req{hdr: []string{key1, "X-Status: " + strconv.Itoa(status)}}
 				send(t, srv, q)

@@ -12,12 +12,30 @@
 // key and the same request (method, path and query, Content-Type, body) gets
 // the stored status, headers and body bytes back with
 // Idempotency-Replayed: true and Idempotent-Replayed: true, without running
-// the handler. Keys are scoped (by default to a hash of the Authorization
-// header), so two clients never share a record.
+// the handler.
 //
 //	k := &idem.Keeper{Store: memstore.New(memstore.Options{})}
-//	mw := &idemhttp.Middleware{Keeper: k}
-//	http.ListenAndServe(addr, mw.Handler(mux))
+//	mw := &idemhttp.Middleware{Keeper: k, ScopeSecret: secret}
+//	http.ListenAndServe(addr, authenticate(mw.Handler(mux)))
+//
+// # Scope: whose key is it
+//
+// Keys are scoped, so a caller never reads, waits for or collides with
+// another caller's record (SPEC §3). Run the middleware after your
+// authentication and set Middleware.Scope to a function that returns the
+// authenticated principal (tenant or account id, from the request's
+// context). Without one, the default is an IdentityScope keyed with
+// Middleware.ScopeSecret: an HMAC-SHA-256 of the request's Host (lower-cased)
+// and every credential it carries, namely Authorization (auth-scheme
+// case-insensitive), Cookie and Middleware.ScopeHeaders (such as
+// X-Api-Key); never the raw values. The secret must be the same on every
+// instance sharing the store and across restarts; Handler panics when
+// neither Scope nor ScopeSecret is set. A request without any credential
+// is refused (400 credentials-required) unless Middleware.AllowAnonymous is
+// set, and then anonymous requests share one scope per Host, never one with
+// a credentialed caller. A request whose Connection header names a
+// credential header it carries is refused (400 credential-hop-by-hop): a
+// proxy would strip that credential before the application.
 //
 // # Answers
 //
@@ -29,7 +47,9 @@
 //	400     idempotency-key-missing   no key, and keys are required (Optional unset)
 //	400     idempotency-key-invalid   empty, > 255 bytes, not visible ASCII, bad sf-string, or two header lines
 //	400     request-body-unreadable   the request body could not be read
-//	400     scope-invalid             Middleware.Scope returned an error
+//	400     credentials-required      no credential, and anonymous callers are not allowed (AllowAnonymous)
+//	400     credential-hop-by-hop     the Connection header names a credential header the request carries
+//	400     scope-invalid             Middleware.Scope returned another error
 //	400     request-invalid           Middleware.Fingerprint returned an error
 //	409     request-in-progress       the key is executing; Retry-After = seconds left on its lease (≥ 1)
 //	413     request-too-large         the body is larger than MaxBody (default 1 MiB)

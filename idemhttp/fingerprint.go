@@ -3,7 +3,6 @@ package idemhttp
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"net/http"
 	"strings"
 	"sync"
@@ -128,32 +127,4 @@ func appendRequestURI(b []byte, r *http.Request) []byte {
 		b = append(b, u.RawQuery...)
 	}
 	return b
-}
-
-// DefaultScope returns the default scope of r: the hex SHA-256 of its
-// Authorization header, or "" when there is none. The raw credential is
-// never used as (or stored in) a key. Several Authorization field lines
-// are hashed together, length-prefixed, in order.
-func DefaultScope(r *http.Request) (string, error) {
-	vs := r.Header["Authorization"]
-	var sum [sha256.Size]byte
-	switch len(vs) {
-	case 0:
-		return "", nil
-	case 1:
-		bp := fpPool.Get().(*[]byte)
-		b := append((*bp)[:0], vs[0]...) // no per-call []byte(string) allocation
-		sum = sha256.Sum256(b)
-		*bp = b[:0]
-		fpPool.Put(bp)
-	default:
-		parts := make([][]byte, len(vs))
-		for i, v := range vs {
-			parts[i] = []byte(v)
-		}
-		copy(sum[:], idem.Fingerprint(parts...))
-	}
-	var dst [2 * sha256.Size]byte
-	hex.Encode(dst[:], sum[:])
-	return string(dst[:]), nil
 }

@@ -242,3 +242,10 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// testSecret is the scope secret of the tests' middleware.
+var testSecret = []byte("idemhttp-test-scope-secret-0123456789")
+
+// emptyScope puts every request in the scope "", for tests that look at
+// the store's records (idem.RecordKey("", key)) rather than at scoping.
+func emptyScope(*http.Request) (string, error) { return "", nil }

@@ -62,7 +62,7 @@ func TestHeldUntilCompleted(t *testing.T) {
 		http.NewResponseController(w).Flush() // held: not an event stream
 		fmt.Fprint(w, "part2")
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(h))
 	defer srv.Close()
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
@@ -114,7 +114,7 @@ func TestCompletionFailureAnswers503(t *testing.T) {
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprint(w, `{"id":"ch_1"}`)
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, CompleteTimeout: 50 * time.Millisecond, OnOutcome: oc.record}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, CompleteTimeout: 50 * time.Millisecond, OnOutcome: oc.record}).Handler(h))
 	defer srv.Close()
 	r := send(t, srv, req{hdr: []string{key1}})
 	if r.status != 503 || r.problemCode() != idemhttp.CodeOutcomeUnknown || r.header.Get("Retry-After") == "" {
@@ -148,7 +148,7 @@ func TestSequentialRetryReplays(t *testing.T) {
 		w.WriteHeader(201)
 		fmt.Fprintf(w, "call %d", n)
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(h))
 	defer srv.Close()
 	c := srv.Client()
 	defer c.CloseIdleConnections()
@@ -218,7 +218,7 @@ func TestOverCapCompletesEarly(t *testing.T) {
 		t.Parallel()
 		k, _ := newKeeper(0)
 		oc := newOutcomes()
-		srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k, MaxResult: 250, OnOutcome: oc.record}).Handler(h))
+		srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, MaxResult: 250, OnOutcome: oc.record}).Handler(h))
 		defer srv.Close()
 		r := send(t, srv, req{hdr: []string{key1}})
 		if r.status != 201 || string(r.body) != big {
@@ -236,7 +236,7 @@ func TestOverCapCompletesEarly(t *testing.T) {
 		t.Parallel()
 		st := &gatedStore{Store: newMem(), err: fmt.Errorf("down: %w", idem.ErrStoreUnavailable)}
 		oc := newOutcomes()
-		srv := httptest.NewServer((&idemhttp.Middleware{Keeper: &idem.Keeper{Store: st}, MaxResult: 250, CompleteTimeout: 30 * time.Millisecond, OnOutcome: oc.record}).Handler(h))
+		srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: &idem.Keeper{Store: st}, MaxResult: 250, CompleteTimeout: 30 * time.Millisecond, OnOutcome: oc.record}).Handler(h))
 		defer srv.Close()
 		r := send(t, srv, req{hdr: []string{key1}})
 		if r.status != 503 || r.problemCode() != idemhttp.CodeOutcomeUnknown || strings.Contains(string(r.body), "0123") {
@@ -262,7 +262,7 @@ func TestEventStreamCompletesOnFlush(t *testing.T) {
 		<-release
 		fmt.Fprint(w, "data: 2\n\n")
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{Scope: emptyScope, Keeper: k}).Handler(h))
 	defer srv.Close()
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
@@ -334,7 +334,7 @@ func TestLostLeaseCancelsAndAnswersWinner(t *testing.T) {
 		w.WriteHeader(201)
 		fmt.Fprint(w, "winner")
 	})
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(h))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(h))
 	defer srv.Close()
 	q := req{hdr: []string{key1}, body: "x"}
 	first := goSend(t, srv, q)

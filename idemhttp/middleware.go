@@ -24,6 +24,15 @@ const (
 	// DefaultCompleteTimeout bounds the store call that completes or releases
 	// a record when Middleware.CompleteTimeout is 0.
 	DefaultCompleteTimeout = 10 * time.Second
+	// DefaultBodyTimeout bounds reading a protected request's body when
+	// Middleware.BodyTimeout is 0.
+	DefaultBodyTimeout = 30 * time.Second
+	// DefaultMaxWaiters bounds the requests held in wait mode at once when
+	// Middleware.MaxWaiters is 0.
+	DefaultMaxWaiters = 1000
+	// DefaultMaxWaitersPerKey bounds the requests held in wait mode for one
+	// key when Middleware.MaxWaitersPerKey is 0.
+	DefaultMaxWaitersPerKey = 16
 )
 
 // Response headers set on replays.
@@ -88,10 +97,39 @@ type Middleware struct {
 	Header string
 
 	// Scope returns the scope of a request's key: who the key belongs to
-	// (tenant, account, API key). Two scopes never share a record. An error
-	// is answered 400 scope-invalid. If nil, DefaultScope (a SHA-256 of the
-	// Authorization header; never the raw value).
+	// (tenant, account, API key). Two scopes never share a record, so a
+	// caller can never read another caller's stored response. Run the
+	// middleware after authentication and prefer a Scope that returns the
+	// authenticated principal (the tenant or account id your
+	// authentication put in the request's context). ErrNoCredentials is
+	// answered 400 credentials-required, ErrHopByHopCredential 400
+	// credential-hop-by-hop, any other error 400 scope-invalid. If nil, an
+	// IdentityScope built from ScopeSecret, ScopeHeaders and
+	// AllowAnonymous: an HMAC of the Host and of every credential the
+	// request carries (Authorization, Cookie, ScopeHeaders).
+	//
+	// Handler panics if both Scope and ScopeSecret are unset: there is no
+	// safe default (an unkeyed hash of a credential can be reversed by
+	// guessing, and a random per-process secret would silently give every
+	// caller a new scope after a restart or on another instance, so retries
+	// would execute again).
 	Scope func(*http.Request) (string, error)
+
+	// ScopeSecret keys the default scope's HMAC (IdentityScope.Secret) when
+	// Scope is nil: at least MinScopeSecret (16) random bytes, kept secret,
+	// the same on every instance sharing the store and across restarts.
+	ScopeSecret []byte
+
+	// ScopeHeaders are the credential headers the default scope covers on
+	// top of Authorization and Cookie (IdentityScope.Headers), for example
+	// X-Api-Key. Ignored when Scope is set.
+	ScopeHeaders []string
+
+	// AllowAnonymous lets requests that carry no credential use the default
+	// scope: they share one scope per Host, never one with a credentialed
+	// caller. If false (the default) they are answered 400
+	// credentials-required. Ignored when Scope is set.
+	AllowAnonymous bool
 
 	// Fingerprint returns the fingerprint of a request: same key with a
 	// different fingerprint is answered 422. body is the request body (read
@@ -139,6 +177,24 @@ type Middleware struct {
 	// replay when the first completes (or executes, if the first released
 	// the key), instead of 409. If the bound passes it gets 409.
 	Wait time.Duration
+
+	// MaxWaiters bounds the requests held in wait mode at once, in all and
+	// per key (a duplicate past either bound is answered 409 at once, as
+	// without wait mode), so that a flood of retries of one slow request
+	// cannot hold unbounded connections and goroutines. If zero,
+	// DefaultMaxWaiters (1,000 in all, DefaultMaxWaitersPerKey = 16 per
+	// key); MaxWaitersPerKey likewise.
+	MaxWaiters       int
+	MaxWaitersPerKey int
+
+	// BodyTimeout bounds the time to read a protected request's body
+	// (which the middleware reads whole before claiming the key), so a
+	// client that sends its body slowly cannot hold a connection without
+	// limit: past it the request is answered 400 request-body-unreadable.
+	// It applies only where the ResponseWriter supports read deadlines
+	// (net/http's does). If zero, DefaultBodyTimeout (30 s); negative
+	// disables it.
+	BodyTimeout time.Duration
 
 	// FailOpen runs the handler unprotected (no record, no replay) when the
 	// store cannot be reached. If false (the default) such requests are
@@ -289,6 +345,8 @@ type handler struct {
 	maxResult       int
 	deny            map[string]bool
 	wait            time.Duration
+	waiters         *waiters
+	bodyTimeout     time.Duration
 	failOpen        bool
 	completeTimeout time.Duration
 	stream          bool
@@ -306,19 +364,34 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 	if next == nil {
 		panic("idemhttp: nil handler")
 	}
+	scope := m.Scope
+	if scope == nil {
+		if len(m.ScopeSecret) == 0 {
+			panic("idemhttp: set Middleware.Scope (preferably to a function returning the authenticated principal) " +
+				"or Middleware.ScopeSecret (at least 16 random bytes, the same on every instance and across restarts); " +
+				"a random per-process secret would silently make retries execute again after a restart or on another instance")
+		}
+		if len(m.ScopeSecret) < MinScopeSecret {
+			panic("idemhttp: Middleware.ScopeSecret must be at least 16 bytes")
+		}
+		id := &IdentityScope{Secret: m.ScopeSecret, Headers: m.ScopeHeaders, Anonymous: m.AllowAnonymous}
+		scope = id.Scope
+	}
 	h := &handler{
 		next:            next,
 		keeper:          m.Keeper,
 		methods:         []string{http.MethodPost, http.MethodPatch},
 		optional:        m.Optional,
 		header:          DefaultHeader,
-		scope:           m.Scope,
+		scope:           scope,
 		fingerprint:     m.Fingerprint,
 		canonical:       m.CanonicalJSON,
 		maxBody:         m.MaxBody,
 		stored:          m.Stored,
 		maxResult:       m.MaxResult,
 		wait:            m.Wait,
+		waiters:         newWaiters(m.MaxWaiters, m.MaxWaitersPerKey),
+		bodyTimeout:     m.BodyTimeout,
 		failOpen:        m.FailOpen,
 		completeTimeout: m.CompleteTimeout,
 		stream:          m.Stream,
@@ -338,6 +411,9 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 	}
 	if h.completeTimeout <= 0 {
 		h.completeTimeout = DefaultCompleteTimeout
+	}
+	if h.bodyTimeout == 0 {
+		h.bodyTimeout = DefaultBodyTimeout
 	}
 	never := m.NeverReplay
 	if never == nil {
@@ -394,18 +470,20 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.report(r, Outcome{Kind: OutcomeKeyInvalid, Status: http.StatusBadRequest, Err: err})
 		return
 	}
-	var scope string
-	if h.scope != nil {
-		scope, err = h.scope(r)
-	} else {
-		scope, err = DefaultScope(r)
-	}
+	scope, err := h.scope(r)
 	if err != nil {
-		WriteProblem(w, CodeScopeInvalid, "")
+		code := CodeScopeInvalid
+		switch {
+		case errors.Is(err, ErrNoCredentials):
+			code = CodeCredentialsRequired
+		case errors.Is(err, ErrHopByHopCredential):
+			code = CodeCredentialHopByHop
+		}
+		WriteProblem(w, code, "")
 		h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
 		return
 	}
-	bp, err := h.readBody(r)
+	bp, err := h.readBodyTimed(w, r)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if err == errTooLarge || errors.As(err, &tooLarge) {
@@ -414,6 +492,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.report(r, Outcome{Kind: OutcomeTooLarge, Status: http.StatusRequestEntityTooLarge, Err: err})
 			return
 		}
+		w.Header().Set("Connection", "close") // the rest of the body is not read
 		WriteProblem(w, CodeBodyUnreadable, "")
 		h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
 		return
@@ -435,11 +514,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fp = fingerprint(r, body, false)
 	}
 
-	var a idem.Attempt
-	if h.wait > 0 {
-		a, err = h.keeper.BeginWait(r.Context(), scope, key, fp, h.wait)
-	} else {
-		a, err = h.keeper.Begin(r.Context(), scope, key, fp)
+	a, err := h.keeper.Begin(r.Context(), scope, key, fp)
+	var inflight *idem.InFlightError
+	if h.wait > 0 && errors.As(err, &inflight) {
+		if rk := idem.RecordKey(scope, key); h.waiters.acquire(rk) {
+			a, err = h.keeper.BeginWait(r.Context(), scope, key, fp, h.wait)
+			h.waiters.release(rk)
+		}
 	}
 	if err != nil {
 		h.refuse(w, r, body, err)
@@ -467,6 +548,13 @@ func (h *handler) refuse(w http.ResponseWriter, r *http.Request, body []byte, er
 		w.Header()["Retry-After"] = []string{"1"}
 		WriteProblem(w, CodeCanceled, "")
 		h.report(r, Outcome{Kind: OutcomeCanceled, Status: http.StatusServiceUnavailable, Err: err})
+	case errors.Is(err, idem.ErrStoreFull):
+		// A budget or scope quota refused a new key: a policy limit, not an
+		// outage, so never fail open (that would let one caller switch
+		// idempotency off for all by filling the store).
+		w.Header()["Retry-After"] = []string{"1"}
+		WriteProblem(w, CodeStoreFull, "")
+		h.report(r, Outcome{Kind: OutcomeStoreUnavailable, Status: http.StatusServiceUnavailable, Err: err})
 	case h.failOpen:
 		r2 := r.WithContext(r.Context()) // shallow copy: only the body changes
 		setBody(r2, bytes.Clone(body))
@@ -587,6 +675,16 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 			result[1] |= flagOmitted
 		}
 		o.Err = lease.Complete(ctx, result)
+		if errors.Is(o.Err, idem.ErrStoreFull) && !c.omit && len(result) > c.head {
+			// The store's byte budget refused the body: record status and
+			// headers only, as for a body over the cap (a replay answers
+			// them with Idempotency-Replay: omitted). The client still gets
+			// the whole response, and the handler does not run again.
+			result = result[:c.head]
+			result[1] |= flagOmitted
+			o.Omitted = true
+			o.Err = lease.Complete(ctx, result)
+		}
 		o.Stored = o.Err == nil
 	} else {
 		o.Err = lease.Release(ctx)

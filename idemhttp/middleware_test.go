@@ -269,7 +269,7 @@ func TestSpecRows(t *testing.T) {
 			t.Parallel()
 			k, _ := newKeeper(0)
 			oc := newOutcomes()
-			m := &idemhttp.Middleware{Keeper: k, OnOutcome: oc.record}
+			m := &idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, OnOutcome: oc.record}
 			if tc.mw != nil {
 				tc.mw(m)
 			}

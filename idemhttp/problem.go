@@ -25,6 +25,12 @@ const (
 	// CodeStoreUnavailable (503): the idempotency store could not be
 	// reached. The handler did not run. Retry-After is set.
 	CodeStoreUnavailable = "store-unavailable"
+	// CodeStoreFull (503): the idempotency store is at its record or byte
+	// budget, or this caller's scope is at its quota (idem.ErrStoreFull),
+	// so a new key cannot be recorded. The handler did not run; keys
+	// already recorded still replay. Always fail-closed, even with
+	// FailOpen. Retry-After is set.
+	CodeStoreFull = "store-full"
 	// CodeTooLarge (413): the request body is larger than the fingerprint
 	// limit (Middleware.MaxBody). The handler did not run.
 	CodeTooLarge = "request-too-large"
@@ -32,6 +38,18 @@ const (
 	CodeBodyUnreadable = "request-body-unreadable"
 	// CodeScopeInvalid (400): Middleware.Scope returned an error.
 	CodeScopeInvalid = "scope-invalid"
+	// CodeCredentialsRequired (400): the request carries no credential
+	// (Authorization, Cookie or a configured credential header), so its key
+	// cannot be scoped to a caller, and anonymous callers are not allowed
+	// (Middleware.AllowAnonymous; idemproxy: the route's anonymous: allow).
+	// 400, not 401: this layer does not authenticate and has no challenge
+	// (WWW-Authenticate) to offer, and the upstream's authentication never
+	// ran.
+	CodeCredentialsRequired = "credentials-required"
+	// CodeCredentialHopByHop (400): the request's Connection header names a
+	// credential header it carries; a proxy would strip that credential
+	// before the upstream, so the key cannot be scoped by it.
+	CodeCredentialHopByHop = "credential-hop-by-hop"
 	// CodeRequestInvalid (400): Middleware.Fingerprint returned an error.
 	CodeRequestInvalid = "request-invalid"
 	// CodeCanceled (503): the request was canceled (the client went away)
@@ -69,9 +87,12 @@ var problems = map[string]problemDef{
 	CodeKeyReused:             {422, "Idempotency key reused", "This idempotency key was already used with a different request."},
 	CodeInProgress:            {409, "Request in progress", "A request with this idempotency key is still being processed; retry after the time given in Retry-After."},
 	CodeStoreUnavailable:      {503, "Idempotency store unavailable", "The request was not processed; retry later."},
+	CodeStoreFull:             {503, "Idempotency store full", "The idempotency store is at its budget for new keys (or for this caller's share of it), so the request was not processed; retry later. Requests with keys already recorded are still answered."},
 	CodeTooLarge:              {413, "Request too large", "The request body exceeds the limit for idempotent requests."},
 	CodeBodyUnreadable:        {400, "Request body unreadable", "The request body could not be read."},
 	CodeScopeInvalid:          {400, "Idempotency scope invalid", "The scope of the idempotency key could not be determined."},
+	CodeCredentialsRequired:   {400, "Credentials required", "This request carries no credential (Authorization, Cookie or a configured credential header such as X-Api-Key), so its idempotency key cannot be scoped to a caller. Send the request with credentials. Operators who want anonymous callers to share idempotency records per host can allow them: idemhttp Middleware.AllowAnonymous, or the idemproxy route policy anonymous: allow."},
+	CodeCredentialHopByHop:    {400, "Hop-by-hop credential", "The Connection header names a credential header (Authorization, Cookie or a configured credential header); a proxy removes such headers, so the idempotency key cannot be scoped by them. Do not list credential headers in Connection."},
 	CodeRequestInvalid:        {400, "Request invalid", "The request could not be fingerprinted."},
 	CodeCanceled:              {503, "Request canceled", "The request was canceled before it was processed; retry it."},
 	CodeOutcomeUnknown:        {503, "Outcome unknown", "The request was processed but its response could not be recorded, so it was not sent; retrying with the same idempotency key is safe."},

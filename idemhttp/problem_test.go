@@ -57,7 +57,7 @@ func TestWriteProblem(t *testing.T) {
 func TestProblemOverHTTP(t *testing.T) {
 	t.Parallel()
 	k, _ := newKeeper(0)
-	srv := httptest.NewServer((&idemhttp.Middleware{Keeper: k}).Handler(http.NotFoundHandler()))
+	srv := httptest.NewServer((&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k}).Handler(http.NotFoundHandler()))
 	defer srv.Close()
 	r := send(t, srv, req{hdr: []string{"Idempotency-Key: a", "Idempotency-Key: b"}})
 	var p map[string]any

@@ -45,11 +45,10 @@ type capture struct {
 	failed   bool          // early completion failed: the client got a problem; discard
 	earlyErr error         // the early completion's error
 	answered int           // status answered to the client by commitEarly
-	flush    http.Flusher  //
+	flush    http.Flusher  // the writer as a Flusher, if it is one
 	entry    http.Header   // headers already set when the handler was called
 	conn     []string      // Connection header values at snapshot time
 	post     http.Header   // held mode: header changes after the snapshot
-	o        *Outcome      // filled by commitEarly
 }
 
 // bufPool holds capture buffers. The capture itself is not pooled: a

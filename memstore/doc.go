@@ -18,6 +18,15 @@
 //		}
 //	}()
 //
+// Budgets: Options.MaxRecords and Options.MaxBytes (an estimate: key,
+// fingerprint and result plus RecordOverhead per record, and
+// CompletionReserve while in progress) bound the store, and
+// MaxRecordsPerScope / MaxBytesPerScope bound each scope (idem.SplitRecordKey)
+// so that one caller cannot fill it for all. At a limit, Begin of a new key
+// (after reclaiming dead records) and a Complete whose result does not fit
+// return idem.ErrStoreFull; replays, in-flight answers, mismatches and
+// takeovers are never refused, and live records are never evicted.
+//
 // Lease and retention deadlines are judged by Options.Now (by default the
 // process's monotonic clock, so wall-clock steps do not move them). Fences come from the same clock: a fresh record's fence is at
 // least the clock in Unix microseconds and above every fence its shard issued

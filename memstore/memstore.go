@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/bits"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,27 @@ type Options struct {
 	// store under steady churn should also be swept on a schedule.
 	MaxRecords int
 
+	// MaxBytes caps the memory the records take, as estimated by the store:
+	// for each record its key, fingerprint and result plus RecordOverhead
+	// bytes, plus CompletionReserve bytes while it is in progress (room for
+	// its result). 0 means no limit. It is enforced like MaxRecords at
+	// Begin of a new key, and also at Complete: a result whose bytes beyond
+	// the reserve do not fit is refused with idem.ErrStoreFull and the
+	// record stays in progress, held by the caller (who may complete it
+	// with a smaller result, or release it). A result of at most
+	// CompletionReserve bytes always fits.
+	MaxBytes int64
+
+	// MaxRecordsPerScope and MaxBytesPerScope are per-scope quotas, so that
+	// one caller cannot fill the store for all: the records (and estimated
+	// bytes, as for MaxBytes) whose keys share one scope (see
+	// idem.SplitRecordKey; keys not made by idem.RecordKey count against
+	// the empty scope) are capped, and Begin of a new key (or a Complete)
+	// beyond its scope's quota returns idem.ErrStoreFull while other scopes
+	// still insert. 0 means no quota.
+	MaxRecordsPerScope int
+	MaxBytesPerScope   int64
+
 	// Now is the store clock. If nil, the process clock is used: time.Now
 	// at New, then the monotonic time elapsed since, so wall-clock steps do
 	// not move deadlines. Tests inject a fake clock, which must not step
@@ -55,6 +77,17 @@ type Options struct {
 	// it. If zero, idem.DefaultRetention (24 h) is used.
 	Abandon time.Duration
 }
+
+// Estimates used by Options.MaxBytes and Options.MaxBytesPerScope.
+const (
+	// RecordOverhead is the memory a record is estimated to take besides
+	// its key, fingerprint and result (map entry, record struct, headers).
+	RecordOverhead = 128
+	// CompletionReserve is what an in-progress record reserves for its
+	// result: a Complete whose result is at most this size never fails for
+	// lack of room.
+	CompletionReserve = 4096
+)
 
 // Store is an in-memory idem.Store for single-process services and tests.
 // It implements idem.Store, idem.Extender, idem.Sweeper, idem.Waiter and
@@ -77,6 +110,16 @@ type Store struct {
 	mask    uint64
 	shards  []shard
 
+	// Byte and per-scope budgets (0: none); acct is true when any is set,
+	// and records then carry their charge.
+	maxBytes      int64
+	maxScopeRecs  int64
+	maxScopeBytes int64
+	acct          bool
+	scoped        bool
+	used          atomic.Int64 // estimated bytes held, kept when maxBytes > 0
+	stripes       []scopeStripe
+
 	// count is the number of records held (live or dead but not yet
 	// removed), kept only when max > 0 to enforce the limit. Each shard
 	// also counts its own, for Len, without a contended global counter.
@@ -88,6 +131,17 @@ type Store struct {
 	minDeath atomic.Int64
 	sweepMu  sync.Mutex // serialises sweeps (Sweep and reclaim)
 }
+
+// scopeStripe holds the usage of the scopes that hash to it. Its lock is
+// taken after a shard lock, never before one.
+type scopeStripe struct {
+	mu sync.Mutex
+	m  map[string]*usage
+	_  [64]byte
+}
+
+// usage is what one scope holds.
+type usage struct{ n, bytes int64 }
 
 type shard struct {
 	mu sync.Mutex
@@ -109,6 +163,7 @@ type record struct {
 	fp       []byte // points into fpBuf when it fits
 	result   []byte
 	wait     *waitq // nil unless a Wait is blocked on the record
+	charge   int64  // estimated bytes counted for the record (when acct)
 	fpBuf    [32]byte
 }
 
@@ -142,13 +197,26 @@ func New(o Options) *Store {
 		epoch:   epoch,
 		epochUS: epoch.UnixMicro(),
 		max:     int64(max(o.MaxRecords, 0)),
+
 		abandon: int64(abandon),
 		seed:    maphash.MakeSeed(),
 		mask:    uint64(n - 1),
 		shards:  make([]shard, n),
+
+		maxBytes:      max(o.MaxBytes, 0),
+		maxScopeRecs:  int64(max(o.MaxRecordsPerScope, 0)),
+		maxScopeBytes: max(o.MaxBytesPerScope, 0),
 	}
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]*record)
+	}
+	s.scoped = s.maxScopeRecs > 0 || s.maxScopeBytes > 0
+	s.acct = s.maxBytes > 0 || s.maxScopeBytes > 0
+	if s.scoped {
+		s.stripes = make([]scopeStripe, n)
+		for i := range s.stripes {
+			s.stripes[i].m = make(map[string]*usage)
+		}
 	}
 	s.minDeath.Store(math.MaxInt64)
 	return s
@@ -220,7 +288,7 @@ func (s *Store) lookup(sh *shard, key string, now int64) *record {
 	r := sh.m[key]
 	if r != nil && now >= s.death(r) {
 		delete(sh.m, key)
-		s.removed(sh, 1)
+		s.removed(sh, key, r)
 		r.wake()
 		return nil
 	}
@@ -239,23 +307,86 @@ func (s *Store) nextFence(sh *shard, now int64) uint64 {
 	return f
 }
 
-// reserve counts one more record in sh, or reports false when the store is
-// full. The shard lock must be held.
-func (s *Store) reserve(sh *shard) bool {
-	if s.max > 0 && s.count.Add(1) > s.max {
-		s.count.Add(-1)
+// charge is the estimated memory of a record with key, fp and result in
+// state st (see Options.MaxBytes).
+func charge(key string, fp, result []byte, st idem.State) int64 {
+	c := int64(len(key)+len(fp)+len(result)) + RecordOverhead
+	if st == idem.StateInProgress {
+		c += CompletionReserve
+	}
+	return c
+}
+
+// account adds dn records and db bytes to the store's and key's scope's
+// usage. When check is set, growth beyond a limit is refused: nothing is
+// counted and account reports false. Shrinking is never refused. The shard
+// lock of key must be held.
+func (s *Store) account(key string, dn, db int64, check bool) bool {
+	if dn != 0 && s.max > 0 {
+		if c := s.count.Add(dn); check && dn > 0 && c > s.max {
+			s.count.Add(-dn)
+			return false
+		}
+	}
+	if db != 0 && s.maxBytes > 0 {
+		if u := s.used.Add(db); check && db > 0 && u > s.maxBytes {
+			s.used.Add(-db)
+			if dn != 0 && s.max > 0 {
+				s.count.Add(-dn)
+			}
+			return false
+		}
+	}
+	if !s.scoped || dn == 0 && db == 0 {
+		return true
+	}
+	scope, _, _ := idem.SplitRecordKey(key)
+	st := &s.stripes[maphash.String(s.seed, scope)&s.mask]
+	st.mu.Lock()
+	u := st.m[scope]
+	if u == nil {
+		u = new(usage)
+	}
+	if check && (dn > 0 && s.maxScopeRecs > 0 && u.n+dn > s.maxScopeRecs ||
+		db > 0 && s.maxScopeBytes > 0 && u.bytes+db > s.maxScopeBytes) {
+		st.mu.Unlock()
+		if dn != 0 && s.max > 0 {
+			s.count.Add(-dn)
+		}
+		if db != 0 && s.maxBytes > 0 {
+			s.used.Add(-db)
+		}
+		return false
+	}
+	u.n += dn
+	u.bytes += db
+	switch {
+	case u.n <= 0:
+		delete(st.m, scope)
+	case st.m[scope] == nil:
+		st.m[strings.Clone(scope)] = u // do not pin the caller's key
+	}
+	st.mu.Unlock()
+	return true
+}
+
+// reserve counts one more record in sh, of c bytes, or reports false when
+// the store (or key's scope) is full. The shard lock must be held.
+func (s *Store) reserve(sh *shard, key string, c int64) bool {
+	if !s.acct {
+		c = 0
+	}
+	if !s.account(key, 1, c, true) {
 		return false
 	}
 	sh.n.Add(1)
 	return true
 }
 
-// removed uncounts n records removed from sh. The shard lock must be held.
-func (s *Store) removed(sh *shard, n int64) {
-	sh.n.Add(-n)
-	if s.max > 0 {
-		s.count.Add(-n)
-	}
+// removed uncounts r, removed from sh. The shard lock must be held.
+func (s *Store) removed(sh *shard, key string, r *record) {
+	sh.n.Add(-1)
+	s.account(key, -1, -r.charge, false)
 }
 
 // Begin applies the begin step of the record state machine (see idem.Store).
@@ -306,14 +437,28 @@ func (s *Store) begin(key string, fp []byte, lease time.Duration, now int64) (b 
 		s.noteDeath(r)
 		return idem.Begun{Outcome: idem.Acquired, Fence: r.fence, Takeover: true}, false
 	}
-	if r == nil {
-		if !s.reserve(sh) {
-			return idem.Begun{}, true
+	var c int64
+	if s.acct {
+		c = charge(key, fp, nil, idem.StateInProgress)
+	}
+	if r != nil {
+		// A dead record: uncount it; it is recycled below when the fresh
+		// one fits.
+		s.removed(sh, key, r)
+		r.charge = 0
+	}
+	if !s.reserve(sh, key, c) {
+		if r != nil {
+			delete(sh.m, key)
+			r.wake()
 		}
+		return idem.Begun{}, true
+	}
+	if r == nil {
 		r = new(record)
 		sh.m[key] = r
 	} else {
-		// A dead record: recycle it in place for the fresh one (it was
+		// Recycle the dead record in place for the fresh one (it was
 		// never shared), and wake whoever waited on the old one.
 		r.wake()
 		r.result = r.result[:0]
@@ -321,6 +466,7 @@ func (s *Store) begin(key string, fp []byte, lease time.Duration, now int64) (b 
 			r.result = nil // do not hold a large dead result while in progress
 		}
 	}
+	r.charge = c
 	r.state, r.start, r.deadline = idem.StateInProgress, now, add(now, lease)
 	if len(fp) <= len(r.fpBuf) {
 		r.fp = r.fpBuf[:copy(r.fpBuf[:], fp)]
@@ -348,17 +494,38 @@ func (s *Store) held(sh *shard, key string, fence uint64, now int64) *record {
 // idem.ErrLeaseLost and changes nothing. The lease need not be live: fence
 // alone decides, so an executor whose lease ended but was not taken over may
 // still complete. Complete wakes the Waits blocked on key.
+//
+// With a byte budget (Options.MaxBytes, MaxBytesPerScope), a result whose
+// bytes beyond CompletionReserve do not fit, even after dead records are
+// reclaimed, is refused with idem.ErrStoreFull: the record is unchanged and
+// still held by fence.
 func (s *Store) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	now := s.clock()
+	for reclaimed := false; ; reclaimed = true {
+		err := s.complete(key, fence, result, retention, now)
+		if err != idem.ErrStoreFull || reclaimed || !s.reclaim(now) {
+			return err
+		}
+	}
+}
+
+func (s *Store) complete(key string, fence uint64, result []byte, retention time.Duration, now int64) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	r := s.held(sh, key, fence, now)
 	if r == nil {
 		return idem.ErrLeaseLost
+	}
+	if s.acct {
+		c := charge(key, r.fp, result, idem.StateCompleted)
+		if !s.account(key, 0, c-r.charge, true) {
+			return idem.ErrStoreFull
+		}
+		r.charge = c
 	}
 	r.state = idem.StateCompleted
 	if c := cap(r.result); c >= len(result) && c <= 2*len(result)+64 {
@@ -388,7 +555,7 @@ func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
 		return idem.ErrLeaseLost
 	}
 	delete(sh.m, key)
-	s.removed(sh, 1)
+	s.removed(sh, key, r)
 	r.wake()
 	return nil
 }
@@ -506,13 +673,13 @@ func (s *Store) sweep(ctx context.Context, now int64) (int, error) {
 			d := s.death(r)
 			if now >= d {
 				delete(sh.m, k)
+				s.removed(sh, k, r)
 				r.wake()
 				removed++
 			} else if d < low {
 				low = d
 			}
 		}
-		s.removed(sh, int64(removed))
 		sh.mu.Unlock()
 		n += removed
 		for {

@@ -145,7 +145,8 @@ func TestServerKilledAndRestarted(t *testing.T) {
 	fp := []byte("fp")
 
 	var ran atomic.Int64
-	mw := &idemhttp.Middleware{Keeper: k, CompleteTimeout: 300 * time.Millisecond}
+	mw := &idemhttp.Middleware{Keeper: k, CompleteTimeout: 300 * time.Millisecond,
+		ScopeSecret: []byte("redisstore-test-scope-secret"), AllowAnonymous: true}
 	ts := httptest.NewServer(mw.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ran.Add(1)
 		w.WriteHeader(http.StatusCreated)

@@ -170,7 +170,8 @@ func TestTwoMiddlewareInstances(t *testing.T) {
 		var urls []string
 		for _, cl := range []redis.UniversalClient{c, second(t, c)} {
 			st := newStore(t, cl, redisstore.Options{Prefix: prefix})
-			mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: st, Lease: 10 * time.Second}, Wait: 10 * time.Second}
+			mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: st, Lease: 10 * time.Second}, Wait: 10 * time.Second,
+				ScopeSecret: []byte("redisstore-test-scope-secret"), AllowAnonymous: true, MaxWaitersPerKey: 1000}
 			ts := httptest.NewServer(mw.Handler(handler))
 			t.Cleanup(ts.Close)
 			urls = append(urls, ts.URL)
@@ -194,6 +195,7 @@ func TestTwoMiddlewareInstances(t *testing.T) {
 				req, _ := http.NewRequest(http.MethodPost, urls[i%2], strings.NewReader(`{"amount":1000}`))
 				req.Header.Set("Idempotency-Key", "pay-1")
 				req.Header.Set("Content-Type", "application/json")
+				req.Host = "api.test" // one public name for both instances (the Host is in the scope)
 				resp, err := client.Do(req)
 				if err != nil {
 					errs[i] = err

@@ -58,6 +58,9 @@ go mod tidy -diff
 echo "== go vet" >&2
 go vet ./...
 
+echo "== staticcheck" >&2
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
 echo "== fuzz seed corpora and tests (-race)" >&2
 tags=""
 [ "${IDEM_SOAK:-0}" = 1 ] && tags="-tags=soak"

@@ -247,6 +247,11 @@ func startIdemproxy(bin, upstream, store string) (*child, error) {
 	}
 	cmd := exec.Command(bin, "-listen", addr, "-upstream", upstream, "-store", store, "-log-level", "warn")
 	cmd.Stderr = os.Stderr
+	// Newer idemproxy versions need a scope secret for shared stores; the
+	// variable (unlike a flag) is ignored by versions that have none.
+	if os.Getenv("IDEMPROXY_SCOPE_SECRET") == "" && os.Getenv("IDEMPROXY_SCOPE_SECRET_FILE") == "" {
+		cmd.Env = append(os.Environ(), "IDEMPROXY_SCOPE_SECRET=bench-load-"+scopeSecret)
+	}
 	dieWithParent(cmd)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -291,12 +296,16 @@ type result struct {
 	rps      float64
 	p50, p99 time.Duration
 	errors   int64
+	n        int           // successful requests
+	cpu      time.Duration // CPU time of the server process meanwhile
+	cpuOK    bool          // cpu was measured
 }
 
 // scenario is one line of the table.
 type scenario struct {
 	name   string
 	target string
+	pid    int // of the server process, for its CPU time; 0 if unknown
 	replay bool
 	runs   []result
 	// With -base-bin: the binary's label, and the group of scenarios (the
@@ -311,11 +320,17 @@ type proxyBinary struct {
 	label, path string
 }
 
+// server is a running server under test: its URL and process id.
+type server struct {
+	target string
+	pid    int
+}
+
 // idemScenarios returns the scenarios of one store for the binaries and
-// the proxies serving them (targets[i] for bins[i]). With one binary they
+// the proxies serving them (servers[i] for bins[i]). With one binary they
 // are named as before -base-bin existed; with two, each is labelled and the
 // same kind of scenario on both forms one group, numbered from group.
-func idemScenarios(store string, bins []proxyBinary, targets []string, group int) []*scenario {
+func idemScenarios(store string, bins []proxyBinary, servers []server, group int) []*scenario {
 	var out []*scenario
 	for _, replay := range []bool{false, true} {
 		kind := "unique keys"
@@ -323,7 +338,7 @@ func idemScenarios(store string, bins []proxyBinary, targets []string, group int
 			kind = "replays"
 		}
 		for i, b := range bins {
-			s := &scenario{name: "idemproxy " + store + ", " + kind, target: targets[i], replay: replay}
+			s := &scenario{name: "idemproxy " + store + ", " + kind, target: servers[i].target, pid: servers[i].pid, replay: replay}
 			if len(bins) > 1 {
 				s.name += " (" + b.label + ")"
 				s.label, s.group = b.label, group
@@ -377,8 +392,8 @@ func bench(c config, stdout io.Writer) error {
 	defer plain.stop()
 
 	scenarios := []*scenario{
-		{name: "direct upstream", target: upURL},
-		{name: "plain ReverseProxy", target: "http://" + plain.addr},
+		{name: "direct upstream", target: upURL, pid: up.cmd.Process.Pid},
+		{name: "plain ReverseProxy", target: "http://" + plain.addr, pid: plain.cmd.Process.Pid},
 	}
 	tmp, err := os.MkdirTemp("", "idemproxy-load-store-")
 	if err != nil {
@@ -415,7 +430,7 @@ func bench(c config, stdout io.Writer) error {
 		default:
 			return fmt.Errorf("unknown store %q", s)
 		}
-		var targets []string
+		var servers []server
 		for i, b := range bins {
 			st := store
 			if s == "file" && i > 0 {
@@ -426,9 +441,9 @@ func bench(c config, stdout io.Writer) error {
 				return fmt.Errorf("%s: %w", b.path, err)
 			}
 			procs = append(procs, p)
-			targets = append(targets, "http://"+p.addr)
+			servers = append(servers, server{target: "http://" + p.addr, pid: p.cmd.Process.Pid})
 		}
-		scenarios = append(scenarios, idemScenarios(s, bins, targets, group)...)
+		scenarios = append(scenarios, idemScenarios(s, bins, servers, group)...)
 		group += 2
 	}
 
@@ -457,7 +472,11 @@ func bench(c config, stdout io.Writer) error {
 				}
 			}
 			load(client, s.target, tag+"-w", replayKeys, c.concurrency, c.warmup)
+			cpu0, ok0 := procCPU(s.pid)
 			res := load(client, s.target, tag, replayKeys, c.concurrency, c.duration)
+			if cpu1, ok1 := procCPU(s.pid); ok0 && ok1 {
+				res.cpu, res.cpuOK = cpu1-cpu0, true
+			}
 			s.runs = append(s.runs, res)
 			fmt.Fprintf(os.Stderr, "load: run %d %-32s %9.0f req/s  p50 %v  p99 %v  errors %d\n",
 				r+1, s.name, res.rps, res.p50, res.p99, res.errors)
@@ -488,6 +507,9 @@ func isLoopback(hostport string) bool {
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
 }
+
+// scopeSecret is this run's scope secret for the idemproxy processes.
+var scopeSecret = randHex() + randHex()
 
 func randHex() string {
 	var b [6]byte
@@ -556,7 +578,7 @@ func load(c *http.Client, target, tag string, replayKeys []string, n int, d time
 	wg.Wait()
 	elapsed := time.Since(start)
 	slices.Sort(lats)
-	res := result{rps: float64(len(lats)) / elapsed.Seconds(), errors: errs.Load()}
+	res := result{rps: float64(len(lats)) / elapsed.Seconds(), errors: errs.Load(), n: len(lats)}
 	if len(lats) > 0 {
 		res.p50 = lats[len(lats)/2]
 		res.p99 = lats[len(lats)*99/100]
@@ -610,35 +632,62 @@ func orDefault(s, def string) string {
 	return s
 }
 
+// cpuPerRequest is the median over runs of the server's CPU time per
+// successful request, or "–" when it was not measured.
+func cpuPerRequest(rs []result) string {
+	var per []result
+	for _, r := range rs {
+		if r.cpuOK && r.n > 0 {
+			per = append(per, result{rps: float64(r.cpu) / float64(r.n)})
+		}
+	}
+	if len(per) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f µs", median(per).rps/float64(time.Microsecond))
+}
+
+// perRunRatio is the median over runs of a's rate divided by b's in the
+// same run, or "–".
+func perRunRatio(a, b []result) string {
+	var per []result
+	for r := range min(len(a), len(b)) {
+		if b[r].rps > 0 {
+			per = append(per, result{rps: a[r].rps / b[r].rps})
+		}
+	}
+	if len(per) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f%%", 100*median(per).rps)
+}
+
 // compare prints, with -base-bin, one line per store and scenario kind: the
 // medians of both binaries, the current one's ratio to the base, the
 // median of the per-run ratios (both ran next to each other in each run),
-// each one's ratio to the plain proxy, and p50 and p99 of both.
+// each one's ratio to the plain proxy (of the medians, and the median of
+// the per-run ratios), p50 and p99 of both, and the proxy
+// process's CPU time per request (user + system, median over runs), which
+// the noise of a shared machine disturbs less than the rates.
 func compare(w io.Writer, c config, scenarios []*scenario) {
 	plain := median(scenarios[1].runs).rps
-	fmt.Fprintf(w, "\n| scenario | %[1]s req/s | %[2]s req/s | %[2]s / %[1]s | per-run %[2]s / %[1]s (median) | %[1]s vs plain | %[2]s vs plain | p50 %[1]s → %[2]s | p99 %[1]s → %[2]s |\n",
+	fmt.Fprintf(w, "\nCPU time per request of the plain ReverseProxy process: %s.\n", cpuPerRequest(scenarios[1].runs))
+	fmt.Fprintf(w, "\n| scenario | %[1]s req/s | %[2]s req/s | %[2]s / %[1]s | per-run %[2]s / %[1]s (median) | %[1]s vs plain (per-run median) | %[2]s vs plain (per-run median) | p50 %[1]s → %[2]s | p99 %[1]s → %[2]s | proxy CPU/req %[1]s → %[2]s |\n",
 		c.baseLabel, c.label)
-	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for i := 0; i+1 < len(scenarios); i++ {
 		b, a := scenarios[i], scenarios[i+1]
 		if b.group == 0 || a.group != b.group || b.label != c.baseLabel || a.label != c.label {
 			continue
 		}
 		mb, ma := median(b.runs), median(a.runs)
-		var per []result
-		for r := range min(len(a.runs), len(b.runs)) {
-			if b.runs[r].rps > 0 {
-				per = append(per, result{rps: a.runs[r].rps / b.runs[r].rps})
-			}
-		}
-		perRun := "–"
-		if len(per) > 0 {
-			perRun = fmt.Sprintf("%.0f%%", 100*median(per).rps)
-		}
 		name := strings.TrimSuffix(b.name, " ("+b.label+")")
-		fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f%% | %s | %.0f%% | %.0f%% | %v → %v | %v → %v |\n",
-			name, mb.rps, ma.rps, 100*ma.rps/mb.rps, perRun, 100*mb.rps/plain, 100*ma.rps/plain,
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f%% | %s | %.0f%% (%s) | %.0f%% (%s) | %v → %v | %v → %v | %s → %s |\n",
+			name, mb.rps, ma.rps, 100*ma.rps/mb.rps, perRunRatio(a.runs, b.runs),
+			100*mb.rps/plain, perRunRatio(b.runs, scenarios[1].runs),
+			100*ma.rps/plain, perRunRatio(a.runs, scenarios[1].runs),
 			mb.p50.Round(time.Microsecond), ma.p50.Round(time.Microsecond),
-			mb.p99.Round(time.Microsecond), ma.p99.Round(time.Microsecond))
+			mb.p99.Round(time.Microsecond), ma.p99.Round(time.Microsecond),
+			cpuPerRequest(b.runs), cpuPerRequest(a.runs))
 	}
 }

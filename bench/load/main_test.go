@@ -51,19 +51,19 @@ func TestLoad(t *testing.T) {
 // group per store and kind, the order alternating from run to run, and the
 // comparison table.
 func TestSideBySide(t *testing.T) {
-	one := idemScenarios("file", []proxyBinary{{"after", "x"}}, []string{"http://a"}, 1)
+	one := idemScenarios("file", []proxyBinary{{"after", "x"}}, []server{{"http://a", 1}}, 1)
 	if len(one) != 2 || one[0].name != "idemproxy file, unique keys" || one[1].name != "idemproxy file, replays" || one[0].group != 0 {
 		t.Fatalf("one binary: %+v %+v", one[0], one[1])
 	}
 	bins := []proxyBinary{{"before", "b"}, {"after", "a"}}
-	two := idemScenarios("memory", bins, []string{"http://b", "http://a"}, 1)
+	two := idemScenarios("memory", bins, []server{{"http://b", 2}, {"http://a", 3}}, 1)
 	names := []string{}
 	for _, s := range two {
 		names = append(names, s.name)
 	}
 	want := []string{"idemproxy memory, unique keys (before)", "idemproxy memory, unique keys (after)",
 		"idemproxy memory, replays (before)", "idemproxy memory, replays (after)"}
-	if !slices.Equal(names, want) || two[0].target != "http://b" || two[1].target != "http://a" || !two[2].replay ||
+	if !slices.Equal(names, want) || two[0].target != "http://b" || two[1].target != "http://a" || two[1].pid != 3 || !two[2].replay ||
 		two[0].group != 1 || two[1].group != 1 || two[2].group != 2 || two[3].group != 2 {
 		t.Fatalf("two binaries: %q %+v", names, two)
 	}
@@ -80,14 +80,16 @@ func TestSideBySide(t *testing.T) {
 	all[1].runs = []result{{rps: 100}, {rps: 100}}
 	for i, s := range all[2:] {
 		f := float64(10 * (i + 1))
-		s.runs = []result{{rps: f, p50: time.Millisecond}, {rps: f, p50: time.Millisecond}}
+		s.runs = []result{{rps: f, p50: time.Millisecond, n: 100, cpu: time.Duration(f) * time.Millisecond, cpuOK: true},
+			{rps: f, p50: time.Millisecond}}
 	}
 	var sb strings.Builder
 	report(&sb, config{runs: 2, baseBin: "b", baseLabel: "before", label: "after"}, all)
 	out := sb.String()
 	for _, w := range []string{
-		"| idemproxy memory, unique keys | 10 | 20 | 200% | 200% | 10% | 20% | 1ms → 1ms |",
-		"| idemproxy memory, replays | 30 | 40 | 133% | 133% | 30% | 40% |",
+		"| idemproxy memory, unique keys | 10 | 20 | 200% | 200% | 10% (10%) | 20% (20%) | 1ms → 1ms | 0s → 0s | 100 µs → 200 µs |",
+		"CPU time per request of the plain ReverseProxy process: –.",
+		"| idemproxy memory, replays | 30 | 40 | 133% | 133% | 30% (30%) | 40% (40%) |",
 	} {
 		if !strings.Contains(out, w) {
 			t.Errorf("report lacks %q:\n%s", w, out)

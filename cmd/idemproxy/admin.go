@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -46,7 +47,7 @@ func newAdmin(store idem.Store, o *options, m *metrics, px *proxy) http.Handler 
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	if o.adminToken != "" {
-		mux.Handle("GET /keys", requireToken(o.adminToken, &keysHandler{store: store, routes: px.routes}))
+		mux.Handle("GET /keys", requireToken(o.adminToken, &keysHandler{store: store, routes: px.routes, scopes: px.scopes}))
 	}
 	return mux
 }
@@ -89,11 +90,13 @@ func requireToken(token string, h http.Handler) http.Handler {
 }
 
 // keysHandler answers GET /keys?key=K&scope=S[&body=1], or
-// GET /keys?key=K&route=NAME&header=Name:value…[&body=1] to derive the scope
-// from the header values as the proxy does for that route.
+// GET /keys?key=K&host=HOST&route=NAME&header=Name:value…[&body=1] to
+// derive the scope from the Host and credential header values as the proxy
+// does for that route.
 type keysHandler struct {
 	store  idem.Store
 	routes []proxyconfig.Route
+	scopes []*idemhttp.IdentityScope // index as routes
 }
 
 // keyInfo is the JSON answer of /keys.
@@ -179,27 +182,32 @@ func (k *keysHandler) scope(q map[string][]string) (string, error) {
 	if v := q["route"]; len(v) > 0 {
 		name = v[0]
 	}
-	var rt *proxyconfig.Route
-	for i := range k.routes {
-		if k.routes[i].Name == name {
-			rt = &k.routes[i]
+	i := -1
+	for j := range k.routes {
+		if k.routes[j].Name == name {
+			i = j
 		}
 	}
-	if rt == nil {
+	if i < 0 {
 		return "", errors.New("route: no route named " + name)
 	}
-	if len(rt.ScopeHeaders) == 0 {
-		return "", nil
+	host := q["host"]
+	if len(host) != 1 || host[0] == "" {
+		return "", errors.New("host: give the Host the requests were sent to once (the scope covers it), or give scope")
 	}
-	h := http.Header{}
+	r := &http.Request{Host: host[0], Header: http.Header{}, URL: &url.URL{}}
 	for _, hv := range q["header"] {
 		n, v, ok := strings.Cut(hv, ":")
 		if !ok {
 			return "", errors.New("header: want Name:value, got " + hv)
 		}
-		h.Add(strings.TrimSpace(n), strings.TrimLeft(v, " "))
+		r.Header.Add(strings.TrimSpace(n), strings.TrimLeft(v, " "))
 	}
-	return scopeOf(rt.ScopeHeaders, h), nil
+	s, err := k.scopes[i].Scope(r)
+	if err != nil {
+		return "", errors.New("header: " + err.Error())
+	}
+	return s, nil
 }
 
 // readTokenFile reads a token or secret from a file, trimming surrounding

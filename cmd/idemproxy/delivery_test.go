@@ -117,7 +117,7 @@ func TestSequentialRetriesReplay(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			store := sc.url(t)
 			u := newUpstream(t)
-			p := startProxy(t, "-upstream", u.srv.URL, "-store", store)
+			p := startProxy(t, append([]string{"-upstream", u.srv.URL}, storeArgs(t, store)...)...)
 			c := client(t)
 			for i := range pairs {
 				fail := i%10 == 9

@@ -116,9 +116,10 @@ func printDemo(w io.Writer, base string, admin net.Listener) {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	k := hex.EncodeToString(b[:])
-	post := func(path, key, body string) string {
-		return fmt.Sprintf("curl -si -X POST %s%s -H 'Idempotency-Key: %s' -H 'Content-Type: application/json' -d '%s'", base, path, key, body)
+	postAs := func(who, path, key, body string) string {
+		return fmt.Sprintf("curl -si -X POST %s%s -H 'Authorization: Bearer %s' -H 'Idempotency-Key: %s' -H 'Content-Type: application/json' -d '%s'", base, path, who, key, body)
 	}
+	post := func(path, key, body string) string { return postAs("demo-alice", path, key, body) }
 	fmt.Fprintf(w, `
 idemproxy demo: a payments API that counts the charges it makes, behind idemproxy at %s.
 Try these in another terminal:
@@ -133,13 +134,22 @@ Try these in another terminal:
 # 3. Reuse the key for a different request: 422 idempotency-key-reused.
 %s
 
+# 3b. Another caller (other credentials) with the same key and body: keys are
+#     scoped to the caller (Host + Authorization, Cookie, …), so this is its own
+#     charge, never the first caller's stored response.
+%s
+
 # 4. A slow charge (%v); the duplicate sent while it runs gets 409 request-in-progress
 #    with Retry-After. Then retry once more after it finished: a replay.
 %s & sleep 1; %s; wait
 %s
 
 # 5. No key on a POST: 400 idempotency-key-missing.
-curl -si -X POST %s/v1/charges -H 'Content-Type: application/json' -d '{"amount":1}'
+curl -si -X POST %s/v1/charges -H 'Authorization: Bearer demo-alice' -H 'Content-Type: application/json' -d '{"amount":1}'
+
+# 5b. No credentials: 400 credentials-required (routes may allow anonymous
+#     callers with "anonymous: allow" in -config).
+curl -si -X POST %s/v1/charges -H 'Idempotency-Key: anon-%s' -H 'Content-Type: application/json' -d '{"amount":1}'
 
 # 6. How many charges did the upstream really make?
 curl -s %s/v1/stats
@@ -147,10 +157,11 @@ curl -s %s/v1/stats
 		post("/v1/charges", "demo-"+k, `{"amount":1000,"currency":"eur"}`),
 		post("/v1/charges", "demo-"+k, `{"amount":1000,"currency":"eur"}`),
 		post("/v1/charges", "demo-"+k, `{"amount":9999,"currency":"eur"}`),
+		postAs("demo-bob", "/v1/charges", "demo-"+k, `{"amount":1000,"currency":"eur"}`),
 		demoSlow,
 		post("/v1/slow-charges", "slow-"+k, `{"amount":500}`), post("/v1/slow-charges", "slow-"+k, `{"amount":500}`),
 		post("/v1/slow-charges", "slow-"+k, `{"amount":500}`),
-		base, base)
+		base, base, k, base)
 	if admin != nil {
 		fmt.Fprintf(w, "\n# Admin: metrics.\ncurl -s http://%s/metrics | grep ^idemproxy_\n", admin.Addr())
 	}

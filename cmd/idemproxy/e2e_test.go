@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -196,6 +197,22 @@ func storeCases() []storeCase {
 	}
 }
 
+// storeArgs are the flags for a proxy on store: -store, plus for a shared
+// store (Redis, PostgreSQL) -scope-secret-file with a fresh secret, which
+// such stores require.
+func storeArgs(t *testing.T, store string) []string {
+	args := []string{"-store", store}
+	if !strings.HasPrefix(store, "memory:") && !strings.HasPrefix(store, "file:") {
+		args = append(args, "-scope-secret-file", writeSecret(t))
+	}
+	return args
+}
+
+// writeSecret writes a scope secret file and returns its name.
+func writeSecret(t *testing.T) string {
+	return writeFile(t, "scope-secret", "e2e-scope-secret-"+newKey()+"\n")
+}
+
 const specConfig = `
 routes:
   - name: timeout
@@ -229,7 +246,7 @@ func TestSpecRows(t *testing.T) {
 			t.Parallel()
 			u := newUpstream(t)
 			cfg := writeFile(t, "idemproxy.yaml", specConfig)
-			p := startProxy(t, "-upstream", u.srv.URL, "-store", sc.url(t), "-config", cfg, "-lease", "2s")
+			p := startProxy(t, append(storeArgs(t, sc.url(t)), "-upstream", u.srv.URL, "-config", cfg, "-lease", "2s")...)
 			specRows(t, p, u, sc.name == "memory")
 		})
 	}
@@ -344,6 +361,7 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 			req, _ := http.NewRequestWithContext(ctx, "POST", p.addr+"/block", strings.NewReader("{}"))
 			req.Header.Set("Idempotency-Key", k)
 			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", defaultAuth)
 			if res, err := c.Do(req); err == nil {
 				res.Body.Close()
 			}
@@ -587,6 +605,7 @@ func specRows(t *testing.T, p *proc, u *upstream, checkDate bool) {
 		k := newKey()
 		req, _ := http.NewRequest("POST", p.addr+"/stream", nil)
 		req.Header.Set("Idempotency-Key", k)
+		req.Header.Set("Authorization", defaultAuth)
 		res, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -661,7 +680,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 			t.Fatalf("attempt %d: %d %v %s", i, r.status, r.header, r.body)
 		}
 	}
-	r := do(t, c, "GET", p.admin+"/keys?key="+k, map[string]string{"Authorization": "Bearer tok"}, "")
+	r := do(t, c, "GET", p.admin+"/keys?key="+k+scopeQuery(p), map[string]string{"Authorization": "Bearer tok"}, "")
 	if r.status != 404 {
 		t.Fatalf("record after 502: %d %s", r.status, r.body)
 	}
@@ -683,7 +702,7 @@ func TestStoreUnavailable(t *testing.T) {
 	u := newUpstream(t)
 	cfg := writeFile(t, "c.yaml", "routes: [{prefix: /status/201, fail: open}]\n")
 	p := startProxy(t, "-upstream", u.srv.URL, "-store", "redis://"+dead+"/0?dial_timeout=200ms&max_retries=-1", "-config", cfg,
-		"-admin", "127.0.0.1:0")
+		"-admin", "127.0.0.1:0", "-scope-secret-file", writeSecret(t))
 	c := client(t)
 	k := newKey()
 	r := do(t, c, "POST", p.addr+"/ok", map[string]string{"Idempotency-Key": k}, "{}")
@@ -711,7 +730,7 @@ func TestSlowUpstreamRenewsLease(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			u := newUpstream(t)
-			p := startProxy(t, "-upstream", u.srv.URL, "-store", sc.url(t), "-lease", "600ms", "-admin", "127.0.0.1:0")
+			p := startProxy(t, append(storeArgs(t, sc.url(t)), "-upstream", u.srv.URL, "-lease", "600ms", "-admin", "127.0.0.1:0")...)
 			c := client(t)
 			k := newKey()
 			done := make(chan resp, 1)
@@ -773,24 +792,24 @@ func TestKill9Restart(t *testing.T) {
 	}
 	c := client(t)
 	done := "k-done-" + newKey()
-	before := do(t, c, "POST", p1.addr+"/ok", map[string]string{"Idempotency-Key": done}, `{"x":1}`)
+	before := do(t, c, "POST", p1.addr+"/ok", map[string]string{"Idempotency-Key": done, "Host": "api.test"}, `{"x":1}`)
 	if before.status != 201 {
 		t.Fatalf("completed key: %d", before.status)
 	}
 	k := newKey()
-	go doErr(c, "POST", p1.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
+	go doErr(c, "POST", p1.addr+"/block", map[string]string{"Idempotency-Key": k, "Host": "api.test"}, "{}")
 	u.waitEntered(t)
 	killedAt := time.Now()
 	p1.kill9()
 
 	p2 := startProxy(t, args...)
-	r := do(t, c, "POST", p2.addr+"/ok", map[string]string{"Idempotency-Key": done}, `{"x":1}`)
+	r := do(t, c, "POST", p2.addr+"/ok", map[string]string{"Idempotency-Key": done, "Host": "api.test"}, `{"x":1}`)
 	if r.status != 201 || !bytes.Equal(r.body, before.body) || r.header.Get("Idempotency-Replayed") != "true" {
 		t.Fatalf("replay after restart: %d %s, want %s", r.status, r.body, before.body)
 	}
 	// Within the lease the orphaned record still holds the key.
 	if time.Since(killedAt) < 700*time.Millisecond {
-		r := do(t, c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
+		r := do(t, c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k, "Host": "api.test"}, "{}")
 		if r.status != 409 {
 			t.Fatalf("retry within the lease: %d %s", r.status, r.body)
 		}
@@ -799,7 +818,7 @@ func TestKill9Restart(t *testing.T) {
 	res := make(chan resp, 1)
 	errc := make(chan error, 1)
 	go func() {
-		r, err := doErr(c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
+		r, err := doErr(c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k, "Host": "api.test"}, "{}")
 		res <- r
 		errc <- err
 	}()
@@ -817,7 +836,7 @@ func TestKill9Restart(t *testing.T) {
 	if b != a+1 {
 		t.Fatalf("fences %v: the takeover must carry fence+1", f)
 	}
-	r = do(t, c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
+	r = do(t, c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k, "Host": "api.test"}, "{}")
 	if r.status != 201 || r.header.Get("Idempotency-Replayed") != "true" {
 		t.Fatalf("replay of the retried key: %d", r.status)
 	}
@@ -836,7 +855,7 @@ func TestGracefulShutdown(t *testing.T) {
 	k := newKey()
 	res := make(chan resp, 1)
 	go func() {
-		r, _ := doErr(c, "POST", p.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
+		r, _ := doErr(c, "POST", p.addr+"/block", map[string]string{"Idempotency-Key": k, "Host": "api.test"}, "{}")
 		res <- r
 	}()
 	u.waitEntered(t)
@@ -855,10 +874,21 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatalf("exit: %v\n%s", p.err, p.log)
 	}
 	p2 := startProxy(t, "-upstream", u.srv.URL, "-store", store)
-	r := do(t, c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k}, "{}")
+	r := do(t, c, "POST", p2.addr+"/block", map[string]string{"Idempotency-Key": k, "Host": "api.test"}, "{}")
 	if r.status != 201 || r.header.Get("Idempotency-Replayed") != "true" || !bytes.Equal(r.body, first.body) {
 		t.Fatalf("after restart: %d %s", r.status, r.body)
 	}
+}
+
+// scopeQuery is the /keys query that derives the scope of a request sent to
+// p by do with the given extra "Name:value" headers: the Host, do's default
+// credential and the headers.
+func scopeQuery(p *proc, headers ...string) string {
+	q := "&host=" + url.QueryEscape(strings.TrimPrefix(p.addr, "http://")) + "&header=" + url.QueryEscape("Authorization:"+defaultAuth)
+	for _, h := range headers {
+		q += "&header=" + url.QueryEscape(h)
+	}
+	return q
 }
 
 // TestAdmin covers /metrics, /readyz and the token-protected /keys.
@@ -892,13 +922,13 @@ func TestAdmin(t *testing.T) {
 	}
 
 	auth := map[string]string{"Authorization": "Bearer s3cret"}
-	if r := do(t, c, "GET", p.admin+"/keys?key="+k+"&header=X-Tenant:acme", nil, ""); r.status != 401 {
+	if r := do(t, c, "GET", p.admin+"/keys?key="+k+scopeQuery(p, "X-Tenant:acme"), nil, ""); r.status != 401 {
 		t.Fatalf("keys without token: %d", r.status)
 	}
-	if r := do(t, c, "GET", p.admin+"/keys?key="+k+"&header=X-Tenant:acme", map[string]string{"Authorization": "Bearer wrong"}, ""); r.status != 401 {
+	if r := do(t, c, "GET", p.admin+"/keys?key="+k+scopeQuery(p, "X-Tenant:acme"), map[string]string{"Authorization": "Bearer wrong"}, ""); r.status != 401 {
 		t.Fatalf("keys with a wrong token: %d", r.status)
 	}
-	r := do(t, c, "GET", p.admin+"/keys?key="+k+"&header=X-Tenant:acme", auth, "")
+	r := do(t, c, "GET", p.admin+"/keys?key="+k+scopeQuery(p, "X-Tenant:acme"), auth, "")
 	var info keyInfo
 	if err := jsonUnmarshal(r.body, &info); err != nil || r.status != 200 {
 		t.Fatalf("keys: %d %s %v", r.status, r.body, err)
@@ -910,7 +940,7 @@ func TestAdmin(t *testing.T) {
 	if jsonUnmarshal(r.body, &info) != nil || info.Body == nil || *info.Body != string(first.body) {
 		t.Fatalf("keys with body: %s", r.body)
 	}
-	if r := do(t, c, "GET", p.admin+"/keys?key="+k+"&header=X-Tenant:other", auth, ""); r.status != 404 {
+	if r := do(t, c, "GET", p.admin+"/keys?key="+k+scopeQuery(p, "X-Tenant:other"), auth, ""); r.status != 404 {
 		t.Fatalf("other tenant: %d %s", r.status, r.body)
 	}
 	if r := do(t, c, "GET", p.admin+"/keys?key=", auth, ""); r.status != 400 {
@@ -978,7 +1008,10 @@ func TestDemo(t *testing.T) {
 	p := startProxy(t, "-demo", "-shutdown-timeout", "200ms")
 	waitFor(t, 5*time.Second, "the curl commands", func() bool { return strings.Contains(p.log.String(), "curl -si -X POST "+p.addr) })
 	c := client(t)
-	h := map[string]string{"Idempotency-Key": newKey(), "Content-Type": "application/json"}
+	if !strings.Contains(p.log.String(), "-H 'Authorization: Bearer demo-alice' -H 'Idempotency-Key: demo-") {
+		t.Fatalf("the demo's commands send no credentials:\n%s", p.log)
+	}
+	h := map[string]string{"Idempotency-Key": newKey(), "Content-Type": "application/json", "Authorization": "Bearer demo-alice"}
 	r1 := do(t, c, "POST", p.addr+"/v1/charges", h, `{"amount":1000}`)
 	r2 := do(t, c, "POST", p.addr+"/v1/charges", h, `{"amount":1000}`)
 	if r1.status != 201 || r2.status != 201 || r2.header.Get("Idempotency-Replayed") != "true" || !bytes.Equal(r1.body, r2.body) {
@@ -990,7 +1023,13 @@ func TestDemo(t *testing.T) {
 	if r := do(t, c, "GET", p.addr+"/v1/stats", nil, ""); string(r.body) != "{\"charges_made\":1}\n" {
 		t.Fatalf("stats: %s", r.body)
 	}
-	slow := map[string]string{"Idempotency-Key": newKey(), "Content-Type": "application/json"}
+	if r := do(t, c, "POST", p.addr+"/v1/charges", map[string]string{"Idempotency-Key": h["Idempotency-Key"], "Content-Type": "application/json", "Authorization": "Bearer demo-bob"}, `{"amount":1000}`); r.status != 201 || r.header.Get("Idempotency-Replayed") != "" {
+		t.Fatalf("another caller: %d %s", r.status, r.body)
+	}
+	if r := do(t, c, "POST", p.addr+"/v1/charges", map[string]string{"Idempotency-Key": h["Idempotency-Key"], "Authorization": ""}, `{"amount":1000}`); r.status != 400 || problemCode(t, r) != "credentials-required" {
+		t.Fatalf("anonymous: %d %s", r.status, r.body)
+	}
+	slow := map[string]string{"Idempotency-Key": newKey(), "Content-Type": "application/json", "Authorization": "Bearer demo-alice"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})

@@ -63,10 +63,19 @@ type options struct {
 	listen, upstream, store, admin string
 	config, adminToken             string
 	adminTokenFile                 string
+	// scopeSecretFile is -scope-secret-file; scopeSecret is the secret
+	// resolved from it, IDEMPROXY_SCOPE_SECRET or the config (nil: none
+	// given, see storeScopeSecret), and scopeSecretFrom says where from.
+	scopeSecretFile                string
+	scopeSecret                    []byte
+	scopeSecretFrom                string
 	logFormat, logLevel            string
 	ttl, lease                     time.Duration
 	shutdownTimeout, sweepInterval time.Duration
 	demo, version                  bool
+	// Store budgets for memory: and file: (see stores.go storeBudget).
+	maxRecords, maxBytes, maxScopeShare string
+	budget                              storeBudget
 
 	cfg *proxyconfig.Config
 	// storeGiven is true when -store came from a flag, the environment or
@@ -91,10 +100,15 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.config, "config", "", "YAML or JSON `file` with per-route policy (see docs/idemproxy.md)")
 	fs.StringVar(&o.adminToken, "admin-token", "", "bearer `token` for the admin /keys endpoint; empty disables /keys (prefer -admin-token-file: a flag is visible in ps)")
 	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "`file` holding the bearer token for the admin /keys endpoint (surrounding white space trimmed)")
+	fs.StringVar(&o.scopeSecretFile, "scope-secret-file", "", "`file` holding the secret (at least 16 bytes, surrounding white space trimmed) that keys the HMAC of each caller's scope; "+
+		"required with redis and postgres stores (the same on every instance); IDEMPROXY_SCOPE_SECRET may hold the secret itself. Default: file: stores keep a generated one in PATH.scope-secret, memory: uses a random one")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "on SIGTERM/SIGINT, how long in-flight requests may take to finish (`duration`)")
 	fs.DurationVar(&o.sweepInterval, "sweep-interval", defaultSweepInterval, "how often expired records are swept from stores that keep them (`duration`; 0 disables)")
+	fs.StringVar(&o.maxRecords, "max-records", "auto", "most records a memory: or file: store holds (`count`, auto or off); auto is 100000 for memory:, 1000000 for file:. New keys beyond it get 503 store-full; stored keys still replay")
+	fs.StringVar(&o.maxBytes, "max-bytes", "auto", "most bytes of keys, fingerprints and responses a memory: or file: store holds (`size` such as 256MiB, auto or off); auto is 256MiB for memory:, 1GiB for file:")
+	fs.StringVar(&o.maxScopeShare, "max-scope-share", "0.5", "largest `share` of -max-records and -max-bytes one scope (caller) may hold, a fraction in (0, 1] or a percentage (1 disables the quota)")
 	fs.BoolVar(&o.demo, "demo", false, "run a demo payments API behind the proxy and print curl commands to try")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	return fs
@@ -181,11 +195,17 @@ func parseArgs(args []string, stdout io.Writer) (*options, error) {
 	fromFile("upstream", &o.upstream, o.cfg.Upstream)
 	fromFile("store", &o.store, o.cfg.Store)
 	fromFile("admin", &o.admin, o.cfg.Admin)
+	fromFile("max-records", &o.maxRecords, o.cfg.MaxRecords)
+	fromFile("max-bytes", &o.maxBytes, o.cfg.MaxBytes)
+	fromFile("max-scope-share", &o.maxScopeShare, o.cfg.MaxScopeShare)
 	o.storeGiven = set["store"]
 	o.listenGiven = set["listen"]
 	o.ttl, o.lease = o.cfg.Default.TTL, o.cfg.Default.Lease
 
 	if err := o.validate(); err != nil {
+		return nil, &usageError{err}
+	}
+	if err := o.resolveScopeSecret(set["scope-secret-file"]); err != nil {
 		return nil, &usageError{err}
 	}
 	return o, nil
@@ -238,6 +258,16 @@ func (o *options) validate() error {
 	}
 	if o.sweepInterval < 0 {
 		errs = append(errs, errors.New("-sweep-interval: must be >= 0"))
+	}
+	var err error
+	if o.budget.records, err = proxyconfig.ParseCount(o.maxRecords); err != nil {
+		errs = append(errs, fmt.Errorf("-max-records: %v", err))
+	}
+	if o.budget.bytes, err = proxyconfig.ParseSize(o.maxBytes); err != nil {
+		errs = append(errs, fmt.Errorf("-max-bytes: %v", err))
+	}
+	if o.budget.share, err = proxyconfig.ParseShare(o.maxScopeShare); err != nil {
+		errs = append(errs, fmt.Errorf("-max-scope-share: %v", err))
 	}
 	return errors.Join(errs...)
 }

@@ -214,12 +214,30 @@ func do(t *testing.T, c *http.Client, method, url string, hdr map[string]string,
 	return r
 }
 
+// defaultAuth is the credential doErr sends when the test gives none.
+const defaultAuth = "Bearer e2e-client"
+
 func doErr(c *http.Client, method, url string, hdr map[string]string, body string) (resp, error) {
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		return resp{}, err
 	}
+	// Requests are credentialed (the proxy refuses anonymous callers by
+	// default) unless hdr gives Authorization or Cookie itself; an empty
+	// value there sends no such header (an anonymous request).
+	_, auth := hdr["Authorization"]
+	_, cookie := hdr["Cookie"]
+	if !auth && !cookie {
+		req.Header.Set("Authorization", defaultAuth)
+	}
 	for k, v := range hdr {
+		switch {
+		case k == "Host":
+			req.Host = v // the scope covers it: restarts on another port keep it
+			continue
+		case v == "" && (k == "Authorization" || k == "Cookie"):
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	res, err := c.Do(req)

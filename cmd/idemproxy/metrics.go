@@ -7,21 +7,21 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/idemkit/idem"
 )
 
 // metrics are the proxy's Prometheus metrics, on a registry of their own.
 type metrics struct {
-	reg        *prometheus.Registry
-	requests   *prometheus.CounterVec   // route, outcome
-	events     *prometheus.CounterVec   // route, kind: executions, replays, …
-	storeErrs  *prometheus.CounterVec   // op
-	storeTime  *prometheus.HistogramVec // op, result
-	upstreamT  *prometheus.HistogramVec // route
-	upstreamE  *prometheus.CounterVec   // route, kind
-	inflight   *inflight
-	inflightGa prometheus.GaugeFunc
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec   // route, outcome
+	events    *prometheus.CounterVec   // route, kind: executions, replays, …
+	storeErrs *prometheus.CounterVec   // op
+	storeTime *prometheus.HistogramVec // op, result
+	upstreamT *prometheus.HistogramVec // route
+	upstreamE *prometheus.CounterVec   // route, kind
+	inflight  *inflight
 }
 
 // newMetrics registers the proxy's metrics on a new registry.
@@ -62,7 +62,7 @@ func newMetrics() *metrics {
 		Help: "Age of the oldest execution still running at the upstream (0 when none).",
 	}, func() float64 { _, age := m.inflight.stats(); return age.Seconds() })
 	m.reg.MustRegister(m.requests, m.events, m.storeErrs, m.storeTime, m.upstreamT, m.upstreamE, inflightG, oldest,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -43,6 +42,9 @@ type proxy struct {
 	stop     context.Context // canceled to abort upstream calls (shutdown past its bound)
 	// abort cancels every upstream call still running.
 	abort context.CancelFunc
+	// scopes are the routes' scope functions (index as routes), for the
+	// admin /keys endpoint.
+	scopes []*idemhttp.IdentityScope
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -105,7 +107,12 @@ func checkPath(r *http.Request) error {
 
 // newProxy builds the handler for cfg in front of upstream on store (already
 // instrumented).
-func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *metrics, log *slog.Logger) *proxy {
+//
+// Each route's scope is an idemhttp.IdentityScope keyed with scopeSecret:
+// an HMAC of the Host and of every credential the request carries
+// (Authorization, Cookie and the route's scope_headers); requests without
+// credentials are refused unless the route says anonymous: allow.
+func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *metrics, log *slog.Logger, scopeSecret []byte) *proxy {
 	p := &proxy{cfg: cfg, routes: cfg.AllRoutes()}
 	p.stop, p.abort = context.WithCancel(context.Background())
 	transport := &http.Transport{
@@ -147,6 +154,8 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 		}
 		var h http.Handler = withTimeout(rp, rt.UpstreamTimeout, p.stop)
 		h = m.track(h, route)
+		scope := &idemhttp.IdentityScope{Secret: scopeSecret, Headers: rt.ScopeHeaders, Anonymous: rt.Anonymous}
+		p.scopes = append(p.scopes, scope)
 		if rt.Key != proxyconfig.KeyOff { // key: off passes everything through
 			mw := &idemhttp.Middleware{
 				Keeper: &idem.Keeper{
@@ -157,7 +166,7 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 				},
 				Methods:       rt.Methods,
 				Optional:      rt.Key == proxyconfig.KeyOptional,
-				Scope:         scopeFunc(rt.ScopeHeaders),
+				Scope:         scope.Scope,
 				CanonicalJSON: rt.Fingerprint == proxyconfig.FingerprintCanonicalJSON,
 				MaxBody:       rt.MaxBody,
 				Stored:        rt.Stored.Contains,
@@ -166,7 +175,7 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 				Wait:          rt.Wait,
 				FailOpen:      rt.FailOpen,
 				Stream:        rt.Stream,
-				OnOutcome:     onOutcome(m, log, route, rt.ScopeHeaders),
+				OnOutcome:     onOutcome(m, log, route, scope, keyDigest(scopeSecret)),
 			}
 			h = mw.Handler(h)
 		}
@@ -340,38 +349,15 @@ func writeProblem(w http.ResponseWriter, status int, code, title, detail string)
 	_, _ = w.Write(b)
 }
 
-// scopeFunc returns the scope of a request: the hex SHA-256 of the named
-// headers' values (length-prefixed, in order), so the raw credentials are
-// never stored. With no headers every request has the empty scope.
-func scopeFunc(headers []string) func(*http.Request) (string, error) {
-	if len(headers) == 0 {
-		return func(*http.Request) (string, error) { return "", nil }
-	}
-	return func(r *http.Request) (string, error) { return scopeOf(headers, r.Header), nil }
-}
-
-func scopeOf(headers []string, h http.Header) string {
-	if len(headers) == 0 {
-		return ""
-	}
-	parts := make([][]byte, 0, 2*len(headers))
-	for _, name := range headers {
-		parts = append(parts, []byte(name))
-		vs := h[name]
-		n := make([]byte, 0, 8)
-		n = strconv.AppendInt(n, int64(len(vs)), 10)
-		parts = append(parts, n)
-		for _, v := range vs {
-			parts = append(parts, []byte(v))
-		}
-	}
-	return hex.EncodeToString(idem.Fingerprint(parts...))
-}
-
 // onOutcome counts every outcome and logs the non-trivial ones: everything
 // but passthroughs and plain successful executions (those are logged at
 // debug level).
-func onOutcome(m *metrics, log *slog.Logger, route string, scopeHeaders []string) func(*http.Request, idemhttp.Outcome) {
+//
+// The scope is logged as the route computes it (the HMAC, never a raw
+// credential). The Idempotency-Key itself is logged only at debug level;
+// at info and above the line carries key_hash, a short HMAC of it that
+// correlates lines without revealing the key.
+func onOutcome(m *metrics, log *slog.Logger, route string, scope *idemhttp.IdentityScope, keys keyDigest) func(*http.Request, idemhttp.Outcome) {
 	counters := map[idemhttp.OutcomeKind]interface{ Inc() }{}
 	for k := idemhttp.OutcomeExecuted; k.String() != "unknown"; k++ {
 		counters[k] = m.requests.WithLabelValues(route, k.String())
@@ -400,14 +386,18 @@ func onOutcome(m *metrics, log *slog.Logger, route string, scopeHeaders []string
 			return
 		}
 		key, _ := idemhttp.ParseKey(r.Header, "")
+		sc, _ := scope.Scope(r) // "" when refused (no credential)
 		attrs := []slog.Attr{
 			slog.String("route", route),
 			slog.String("outcome", o.Kind.String()),
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.Path),
-			slog.String("key", key),
-			slog.String("scope", scopeOf(scopeHeaders, r.Header)),
+			slog.String("key_hash", keys.of(key)),
+			slog.String("scope", sc),
 			slog.Int("status", o.Status),
+		}
+		if lvl == slog.LevelDebug {
+			attrs = append(attrs, slog.String("key", key))
 		}
 		if o.Fence != 0 {
 			attrs = append(attrs, slog.Uint64("fence", o.Fence))

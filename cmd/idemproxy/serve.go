@@ -49,6 +49,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	if err != nil {
 		return err
 	}
+	spec.budget = o.budget
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	st, err := openStore(openCtx, spec)
 	cancel()
@@ -64,8 +65,12 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 		}
 	}()
 
+	scopeSecret, err := storeScopeSecret(o, spec, log)
+	if err != nil {
+		return err
+	}
 	m := newMetrics()
-	px := newProxy(o.cfg, upstream, m.instrumentStore(st.store), m, log)
+	px := newProxy(o.cfg, upstream, m.instrumentStore(st.store), m, log, scopeSecret)
 	defer px.abort()
 	var active sync.WaitGroup
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -113,6 +118,9 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	attrs := []any{"addr", ln.Addr().String(), "upstream", o.upstream, "store", st.desc, "routes", len(o.cfg.Routes)}
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
+	}
+	if st.budget != "" {
+		attrs = append(attrs, "budget", st.budget)
 	}
 	log.Info("listening", attrs...)
 	if demo != nil {

@@ -40,6 +40,8 @@ type storeSpec struct {
 	raw   string     // redis, postgres: the URL given; may hold a secret, print redact(raw)
 	addr  []string   // redis+cluster: the seed host:port list
 	redis *redisSpec // redis, redis+cluster: what the URL configures
+	// budget bounds memory: and file: (set by the caller, not the URL).
+	budget storeBudget
 }
 
 // redisSpec is what a redis:// or redis+cluster:// URL configures.
@@ -464,19 +466,24 @@ type openedStore struct {
 	store idem.Store
 	close func() error
 	desc  string
+	// budget describes the record and byte limits of memory: and file:;
+	// empty for servers, which apply their own.
+	budget string
 }
 
 // openStore opens the store named by spec. Postgres runs Migrate.
 func openStore(ctx context.Context, spec storeSpec) (*openedStore, error) {
 	switch spec.kind {
 	case storeMemory:
-		return &openedStore{store: memstore.New(memstore.Options{}), close: func() error { return nil }, desc: "memory:"}, nil
+		return &openedStore{store: memstore.New(spec.budget.memOptions()), close: func() error { return nil }, desc: "memory:",
+			budget: spec.budget.describe(defaultMemRecords, defaultMemBytes)}, nil
 	case storeFile:
-		s, err := filestore.Open(spec.path, filestore.Options{})
+		s, err := filestore.Open(spec.path, spec.budget.fileOptions())
 		if err != nil {
 			return nil, err
 		}
-		return &openedStore{store: s, close: s.Close, desc: "file:" + spec.path}, nil
+		return &openedStore{store: s, close: s.Close, desc: "file:" + spec.path,
+			budget: spec.budget.describe(defaultFileRecords, defaultFileBytes)}, nil
 	case storeRedis, storeRedisCluster:
 		if spec.redis == nil { // a spec not made by parseStoreURL
 			rs, err := parseRedisURL(spec.raw, spec.kind == storeRedisCluster)

@@ -2,15 +2,22 @@
 // idemhttp middleware in front of its unsafe routes.
 //
 //	go run ./examples/chi -addr 127.0.0.1:8080
-//	curl -si -X POST -H 'Idempotency-Key: order-1' -d '{"amount":100}' localhost:8080/charges
-//	curl -si -X POST -H 'Idempotency-Key: order-1' -d '{"amount":100}' localhost:8080/charges   # replayed
+//	curl -si -X POST -H 'Authorization: Bearer alice' -H 'Idempotency-Key: order-1' -d '{"amount":100}' localhost:8080/charges
+//	curl -si -X POST -H 'Authorization: Bearer alice' -H 'Idempotency-Key: order-1' -d '{"amount":100}' localhost:8080/charges   # replayed
+//
+// Keys are scoped to the caller: an HMAC of the Host and the credentials
+// (Authorization, Cookie) under a scope secret; a request without
+// credentials is refused (400 credentials-required).
 //
 // The store is in memory (memstore): records do not survive a restart and
-// are not shared between processes. Use redisstore or pgxstore for that.
+// are not shared between processes, so a random scope secret per process is
+// enough here. Use redisstore or pgxstore, and one secret shared by every
+// instance and kept across restarts, for that.
 package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -77,8 +84,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 // newRouter returns the API: GET /charges/{id} is safe and unprotected;
 // POST /charges runs once per Idempotency-Key.
 func newRouter(store idem.Store, logger *log.Logger) http.Handler {
+	// A random secret is fine only because the store is in memory: the
+	// records die with the secret.
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
 	mw := &idemhttp.Middleware{
 		Keeper:        &idem.Keeper{Store: store},
+		ScopeSecret:   secret,
 		CanonicalJSON: true,
 		OnOutcome: func(r *http.Request, o idemhttp.Outcome) {
 			if o.Err != nil {

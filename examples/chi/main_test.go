@@ -20,6 +20,7 @@ func post(t *testing.T, url, key, body string) (*http.Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest("POST", url+"/charges", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer alice")
 	if key != "" {
 		req.Header.Set("Idempotency-Key", key)
 	}

@@ -3,8 +3,10 @@
 // in one PostgreSQL transaction (idemhttp + pgxstore).
 //
 //	eval "$(scripts/postgres.sh start)"
+//	export PAYMENTS_SCOPE_SECRET=$(openssl rand -hex 32)   # the same on every replica
 //	go run ./examples/payments-pg -addr 127.0.0.1:8080
 //	curl -i -X POST localhost:8080/payments -H 'Idempotency-Key: order-42' \
+//		-H 'Authorization: Bearer tenant-1' \
 //		-H 'Content-Type: application/json' -d '{"amount_cents":4200,"currency":"EUR"}'
 //
 // # The shape

@@ -42,6 +42,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *dsn == "" {
 		return errors.New("no -dsn and IDEM_POSTGRES_DSN is unset")
 	}
+	secret := []byte(os.Getenv("PAYMENTS_SCOPE_SECRET"))
+	if len(secret) < 16 {
+		return errors.New("PAYMENTS_SCOPE_SECRET must hold the idempotency scope secret (at least 16 bytes, the same on every replica), e.g. export PAYMENTS_SCOPE_SECRET=$(openssl rand -hex 32)")
+	}
 	cfg, err := pgxpool.ParseConfig(*dsn)
 	if err != nil {
 		return err
@@ -56,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := setup(ctx, pool, store); err != nil {
 		return err
 	}
-	svc := newService(pool, store)
+	svc := newService(pool, store, secret)
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {

@@ -79,7 +79,7 @@ func newInstance(t *testing.T, dsn, schema string) *instance {
 		pool.Close()
 		t.Fatal(err)
 	}
-	svc := newService(pool, store)
+	svc := newService(pool, store, []byte("payments-test-scope-secret"))
 	in := &instance{svc: svc, pool: pool, srv: httptest.NewServer(svc.handler())}
 	t.Cleanup(func() {
 		in.srv.Close()
@@ -115,6 +115,9 @@ func post(t *testing.T, base, key, body string) answer {
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer tenant-1")
 	req.Header.Set("Idempotency-Key", key)
+	// Replicas behind one public name: the Host is part of the scope, and
+	// each test server has its own port.
+	req.Host = "payments.test"
 	start := time.Now()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -273,6 +276,7 @@ func TestKilledCommit(t *testing.T) {
 // TestRun starts the command, charges through it and shuts it down.
 func TestRun(t *testing.T) {
 	dsn, schema := testDSN(t)
+	t.Setenv("PAYMENTS_SCOPE_SECRET", "payments-run-test-scope-secret")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pr, pw := io.Pipe()

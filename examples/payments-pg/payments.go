@@ -31,6 +31,8 @@ type service struct {
 	pool   *pgxpool.Pool
 	store  *pgxstore.Store
 	keeper *idem.Keeper
+	// scopeSecret keys the idempotency scope (see handler).
+	scopeSecret []byte
 
 	// beforeCommit, if set, runs in the transaction after the charge and
 	// the completion, before the commit (tests inject failures here).
@@ -42,12 +44,14 @@ type service struct {
 }
 
 // newService returns the service on pool, keeping its idempotency records
-// in store.
-func newService(pool *pgxpool.Pool, store *pgxstore.Store) *service {
+// in store. scopeSecret keys the idempotency scope: every replica must use
+// the same one (at least 16 bytes).
+func newService(pool *pgxpool.Pool, store *pgxstore.Store, scopeSecret []byte) *service {
 	return &service{
-		pool:   pool,
-		store:  store,
-		keeper: &idem.Keeper{Store: store, Lease: 10 * time.Second, Retention: idem.DefaultRetention},
+		pool:        pool,
+		store:       store,
+		keeper:      &idem.Keeper{Store: store, Lease: 10 * time.Second, Retention: idem.DefaultRetention},
+		scopeSecret: scopeSecret,
 	}
 }
 
@@ -65,7 +69,11 @@ func setup(ctx context.Context, pool *pgxpool.Pool, store *pgxstore.Store) error
 func (s *service) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /payments", s.pay)
-	mw := &idemhttp.Middleware{Keeper: s.keeper, OnOutcome: func(r *http.Request, o idemhttp.Outcome) {
+	// Keys are scoped to the caller (an HMAC of the Host and the
+	// Authorization header under the shared secret), so one tenant never
+	// reads another's stored payment. A service with real authentication
+	// would rather set Scope to the authenticated tenant id.
+	mw := &idemhttp.Middleware{Keeper: s.keeper, ScopeSecret: s.scopeSecret, OnOutcome: func(r *http.Request, o idemhttp.Outcome) {
 		if s.outcome != nil {
 			s.outcome(r, o)
 		}

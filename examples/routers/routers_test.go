@@ -30,7 +30,8 @@ func charge(calls *atomic.Int64, param func(*http.Request) string) http.HandlerF
 }
 
 func newMiddleware() *idemhttp.Middleware {
-	return &idemhttp.Middleware{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}}
+	return &idemhttp.Middleware{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})},
+		ScopeSecret: []byte("routers-test-scope-secret"), AllowAnonymous: true}
 }
 
 func TestRouters(t *testing.T) {

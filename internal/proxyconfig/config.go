@@ -136,10 +136,17 @@ type Policy struct {
 	// may take it over; it is renewed while the upstream runs. Default: 30 s.
 	// Always shorter than TTL.
 	Lease time.Duration
-	// ScopeHeaders are the request headers whose values name the scope
-	// (tenant, API key). Their values are hashed, never stored raw. An empty
-	// list puts every client in one scope. Default: Authorization.
+	// ScopeHeaders are extra credential headers (config: scope_headers),
+	// such as X-Api-Key, that the scope covers on top of the ones it always
+	// covers: the Host, Authorization (scheme case-insensitive) and Cookie.
+	// The scope is an HMAC-SHA-256 of them under the scope secret; raw
+	// values are never stored or logged. Default: none.
 	ScopeHeaders []string
+	// Anonymous lets requests that carry no credential (config: anonymous:
+	// allow) share one scope per Host, never one with a credentialed
+	// caller. Default: false (anonymous: refuse), such requests are
+	// answered 400 credentials-required.
+	Anonymous bool
 	// Fingerprint selects how the body is fingerprinted. Default: raw bytes.
 	Fingerprint FingerprintMode
 	// Stored are the upstream statuses whose responses are stored and
@@ -185,7 +192,6 @@ func DefaultPolicy() Policy {
 		Key:             KeyRequired,
 		TTL:             DefaultTTL,
 		Lease:           DefaultLease,
-		ScopeHeaders:    []string{"Authorization"},
 		Stored:          DefaultStored(),
 		MaxBody:         DefaultMaxBody,
 		MaxResult:       DefaultMaxResult,
@@ -270,6 +276,14 @@ type Config struct {
 	// Listen, Upstream, Store and Admin are the values given in the file, or
 	// empty. The command line and the environment override them.
 	Listen, Upstream, Store, Admin string
+	// ScopeSecretFile is the file holding the scope secret (config:
+	// scope_secret_file), or empty. The command line and the environment
+	// override it.
+	ScopeSecretFile string
+	// MaxRecords, MaxBytes and MaxScopeShare are the store budget fields
+	// as given (validated by ParseCount, ParseSize and ParseShare), or
+	// empty. The command line and the environment override them.
+	MaxRecords, MaxBytes, MaxScopeShare string
 	// Default is the policy of requests that match no route, and the base
 	// that routes inherit from.
 	Default Policy

@@ -20,7 +20,7 @@ func TestBuiltinDefaults(t *testing.T) {
 	if !slices.Equal(p.Methods, []string{"POST", "PATCH"}) || p.Key != KeyRequired ||
 		p.TTL != 24*time.Hour || p.Lease != 30*time.Second || p.MaxBody != 1<<20 ||
 		p.MaxResult != 1<<20 || p.FailOpen || p.Wait != 0 ||
-		!slices.Equal(p.ScopeHeaders, []string{"Authorization"}) {
+		len(p.ScopeHeaders) != 0 || p.Anonymous {
 		t.Fatalf("defaults = %+v", p)
 	}
 	if got := p.Stored.String(); got != "100-428,430-499" {
@@ -60,6 +60,7 @@ listen: 127.0.0.1:8081
 upstream: http://127.0.0.1:9000
 store: "memory:"
 admin: 127.0.0.1:9091
+scope_secret_file: /run/secrets/idem-scope
 default:
   methods: [POST, patch, PUT]
   ttl: 48h
@@ -78,6 +79,7 @@ routes:
     upstream_timeout: 90s
     lease: 10s
     response: stream
+    anonymous: allow
   - prefix: /internal/
     key: "off"
   - path: /v2/**
@@ -94,11 +96,11 @@ func TestFullYAML(t *testing.T) {
 }
 
 func TestFullJSON(t *testing.T) {
-	js := `{"listen":"127.0.0.1:8081","upstream":"http://127.0.0.1:9000","store":"memory:","admin":"127.0.0.1:9091",
+	js := `{"listen":"127.0.0.1:8081","upstream":"http://127.0.0.1:9000","store":"memory:","admin":"127.0.0.1:9091","scope_secret_file":"/run/secrets/idem-scope",
 	"default":{"methods":["POST","patch","PUT"],"ttl":"48h","scope_headers":["x-api-key","X-Tenant"]},
 	"routes":[{"name":"capture","methods":["POST"],"path":"/v1/charges/*/capture","fingerprint":"canonical-json",
 	"stored_statuses":["200-299",404,"!204"],"never_replay":["X-Request-Id"],"max_body":"64KiB","max_result":"2MB",
-	"wait":"5s","fail":"open","upstream_timeout":"90s","lease":"10s","response":"stream"},
+	"wait":"5s","fail":"open","upstream_timeout":"90s","lease":"10s","response":"stream","anonymous":"allow"},
 	{"prefix":"/internal/","key":"off"},{"path":"/v2/**","key":"optional","ttl":"1h"}]}`
 	c, err := Parse([]byte(js), FormatAuto, Overrides{})
 	if err != nil {
@@ -117,6 +119,9 @@ func checkFull(t *testing.T, c *Config) {
 	}
 	if !slices.Equal(c.Default.ScopeHeaders, []string{"X-Api-Key", "X-Tenant"}) {
 		t.Fatalf("scope headers = %q", c.Default.ScopeHeaders)
+	}
+	if c.ScopeSecretFile != "/run/secrets/idem-scope" || c.Default.Anonymous || !c.Routes[0].Anonymous || c.Routes[1].Anonymous {
+		t.Fatalf("scope secret file %q, anonymous %v %v", c.ScopeSecretFile, c.Default.Anonymous, c.Routes[0].Anonymous)
 	}
 	if len(c.Routes) != 3 {
 		t.Fatalf("%d routes", len(c.Routes))
@@ -179,6 +184,7 @@ func TestBadConfigs(t *testing.T) {
 		{"bad size", "default: {max_body: -5}", "default.max_body: must be a size in bytes > 0"},
 		{"huge size", "default: {max_body: 2000000GiB}", "default.max_body: must be a size"},
 		{"bad header", `default: {scope_headers: ["X Tenant"]}`, `default.scope_headers[0]: "X Tenant" is not a header name`},
+		{"bad anonymous", `default: {anonymous: yes}`, `default.anonymous: must be allow or refuse, not "yes"`},
 		{"bad method", `routes: [{methods: ["PO ST"]}]`, `routes[0].methods[0]: "PO ST" is not an HTTP method`},
 		{"empty methods", `routes: [{methods: []}]`, `routes[0].methods: must list at least one method`},
 		{"prefix and path", "routes: [{prefix: /a, path: /b}]", "routes[0]: give prefix or path, not both"},

@@ -9,7 +9,8 @@
 //	default:
 //	  ttl: 24h
 //	  lease: 30s
-//	  scope_headers: [Authorization]
+//	  scope_headers: [X-Api-Key]   # extra credential headers (Host, Authorization, Cookie always)
+//	  anonymous: refuse            # or allow: callers without credentials share one scope per Host
 //	routes:
 //	  - name: charges
 //	    methods: [POST]

@@ -151,10 +151,23 @@ func (d *decoder) config(n *node, o Overrides) *Config {
 			}
 		case "store":
 			c.Store, _ = d.str(k, v)
+		case "scope_secret_file":
+			if s, ok := d.str(k, v); ok {
+				if s == "" {
+					d.fail(k, "must name a file")
+				}
+				c.ScopeSecretFile = s
+			}
+		case "max_records":
+			c.MaxRecords = d.budget(k, v, func(s string) error { _, err := ParseCount(s); return err })
+		case "max_bytes":
+			c.MaxBytes = d.budget(k, v, func(s string) error { _, err := ParseSize(s); return err })
+		case "max_scope_share":
+			c.MaxScopeShare = d.budget(k, v, func(s string) error { _, err := ParseShare(s); return err })
 		case "routes":
 			c.Routes = d.routes(k, v, c.Default)
 		default:
-			d.fail(k, "unknown field (known: listen, upstream, store, admin, default, routes)")
+			d.fail(k, "unknown field (known: listen, upstream, store, admin, scope_secret_file, max_records, max_bytes, max_scope_share, default, routes)")
 		}
 	}
 	return c
@@ -191,7 +204,7 @@ func (d *decoder) overrides(c *Config, o Overrides, set map[string]bool) {
 	}
 }
 
-var policyFields = "methods, key, ttl, lease, scope_headers, fingerprint, stored_statuses, never_replay, max_body, max_result, wait, fail, upstream_timeout"
+var policyFields = "methods, key, ttl, lease, scope_headers, anonymous, fingerprint, stored_statuses, never_replay, max_body, max_result, wait, fail, upstream_timeout"
 
 // policy decodes a policy mapping over p and reports which fields it set.
 // Cross-field checks (lease < ttl) are done by the caller for routes.
@@ -268,6 +281,17 @@ func (d *decoder) policyField(path, k string, v *node, p *Policy) bool {
 	case "scope_headers":
 		if l, ok := d.headerList(f, v); ok {
 			p.ScopeHeaders = l
+		}
+	case "anonymous":
+		if s, ok := d.str(f, v); ok {
+			switch s {
+			case "allow":
+				p.Anonymous = true
+			case "refuse":
+				p.Anonymous = false
+			default:
+				d.fail(f, "must be allow or refuse, not %q", s)
+			}
 		}
 	case "fingerprint":
 		if s, ok := d.str(f, v); ok {
