@@ -117,6 +117,10 @@ func send(ctx context.Context, c *http.Client, base, key, body string, timeout t
 	req.Header.Set("Idempotency-Key", key)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer faults-client") // the proxy refuses anonymous callers
+	// Clients address the API by its name, not by the address of whichever
+	// proxy instance answers (the Host is part of the scope): a restarted
+	// proxy listens on a new port here, as a replaced instance would.
+	req.Host = "payments.faults.test"
 	res, err := c.Do(req)
 	if err != nil {
 		return answer{}, err
