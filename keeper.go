@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +31,11 @@ type Keeper struct {
 	Retention time.Duration
 	// Observer, if set, receives every outcome.
 	Observer Observer
+	// BatchParallelism bounds the concurrent Begin calls of BeginBatch on a
+	// store that is not a BatchBeginner. If zero, 32 is used. Set it to 1
+	// for an in-process store, where concurrent calls only add scheduling
+	// cost.
+	BatchParallelism int
 }
 
 func (k *Keeper) lease() time.Duration {
@@ -86,11 +92,16 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 	}
 	rk := RecordKey(scope, key)
 	start := time.Now()
-	lease := k.lease()
-	b, err := k.Store.Begin(ctx, rk, fp, lease)
+	b, err := k.Store.Begin(ctx, rk, fp, k.lease())
 	if err != nil {
 		return Attempt{}, k.storeErr(ctx, "begin", rk, 0, time.Since(start), err)
 	}
+	return k.attempt(ctx, rk, fp, b, start)
+}
+
+// attempt turns the store's answer b to a begin of rk, sent at start, into
+// Begin's results, and reports the outcome.
+func (k *Keeper) attempt(ctx context.Context, rk string, fp []byte, b Begun, start time.Time) (Attempt, error) {
 	switch b.Outcome {
 	case Acquired:
 		if b.Takeover {
@@ -98,7 +109,7 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 		}
 		// The store started the lease after start: it ends no earlier than
 		// start+lease on this process's clock.
-		return Attempt{Lease: &Lease{k: k, key: rk, fp: fp, fence: b.Fence, takeover: b.Takeover, start: start, deadline: start.Add(lease)}}, nil
+		return Attempt{Lease: &Lease{k: k, key: rk, fp: fp, fence: b.Fence, takeover: b.Takeover, start: start, deadline: start.Add(k.lease())}}, nil
 	case Replay:
 		k.observe(ctx, Event{Kind: EventReplayed, Key: rk, Op: "begin"})
 		res := b.Result
@@ -114,6 +125,94 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 		return Attempt{}, ErrMismatch
 	}
 	return Attempt{}, fmt.Errorf("idem: begin %q: store returned unknown outcome %d", rk, b.Outcome)
+}
+
+// BeginBatch is Begin for many keys of one scope: it returns, for each
+// keys[i], what Begin(ctx, scope, keys[i], fps[i]) would (fps may be nil:
+// every fingerprint is then empty). The leases it returns are ordinary
+// leases: start their renewal, and complete or release each of them.
+//
+// When the store is a BatchBeginner, the keys are begun in one call (one
+// round trip); an error of that call is then every key's error. Otherwise
+// Begin is called for each key, at most BatchParallelism at a time. An empty
+// key gets ErrInvalidKey and is not sent to the store. Keys should be
+// distinct: a key that occurs twice is begun twice, and the second is
+// answered InFlight (or Replay) against the first. BeginBatch panics if fps
+// is neither nil nor as long as keys.
+func (k *Keeper) BeginBatch(ctx context.Context, scope string, keys []string, fps [][]byte) ([]Attempt, []error) {
+	if fps != nil && len(fps) != len(keys) {
+		panic(fmt.Sprintf("idem: BeginBatch with %d keys and %d fingerprints", len(keys), len(fps)))
+	}
+	out := make([]Attempt, len(keys))
+	errs := make([]error, len(keys))
+	fp := func(i int) []byte {
+		if fps == nil {
+			return nil
+		}
+		return fps[i]
+	}
+	// Valid keys: idx[j] is the index in keys of rks[j].
+	idx := make([]int, 0, len(keys))
+	rks := make([]string, 0, len(keys))
+	for i, key := range keys {
+		if key == "" {
+			errs[i] = fmt.Errorf("%w: empty", ErrInvalidKey)
+			continue
+		}
+		idx = append(idx, i)
+		rks = append(rks, RecordKey(scope, key))
+	}
+	if len(idx) == 0 {
+		return out, errs
+	}
+	bb, ok := k.Store.(BatchBeginner)
+	if !ok || len(idx) == 1 {
+		k.each(len(idx), func(j int) {
+			out[idx[j]], errs[idx[j]] = k.Begin(ctx, scope, keys[idx[j]], fp(idx[j]))
+		})
+		return out, errs
+	}
+	bfps := make([][]byte, len(idx))
+	for j, i := range idx {
+		bfps[j] = fp(i)
+	}
+	start := time.Now()
+	res, err := bb.BeginBatch(ctx, rks, bfps, k.lease())
+	if err == nil && len(res) != len(rks) {
+		err = fmt.Errorf("store returned %d results for %d keys", len(res), len(rks))
+	}
+	for j, i := range idx {
+		if err != nil {
+			errs[i] = k.storeErr(ctx, "begin", rks[j], 0, time.Since(start), err)
+			continue
+		}
+		out[i], errs[i] = k.attempt(ctx, rks[j], bfps[j], res[j], start)
+	}
+	return out, errs
+}
+
+// each calls f(i) for i in [0, n), at most BatchParallelism at a time.
+func (k *Keeper) each(n int, f func(i int)) {
+	p := k.BatchParallelism
+	if p <= 0 {
+		p = 32
+	}
+	if n == 1 || p == 1 {
+		for i := range n {
+			f(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, p) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // BeginWait is Begin, except that while the key is in flight it waits up to
@@ -215,7 +314,7 @@ func (l *Lease) Context(ctx context.Context) context.Context {
 		l.cancels = append(l.cancels, cancel)
 		l.mu.Unlock()
 	}
-	return context.WithValue(WithFence(ctx, l.fence), leaseKey{}, l)
+	return context.WithValue(withFence(ctx, l.fence), leaseKey{}, l)
 }
 
 // lostErr is the cancellation cause of a lost lease's contexts.
@@ -227,7 +326,8 @@ func (l *Lease) lostErr() error {
 type leaseKey struct{}
 
 // LeaseFromContext returns the lease the caller executes under, as put in
-// ctx by Lease.Context (idemhttp and Do do that for the code they run).
+// ctx by Lease.Context (idemhttp, Do, and idemmsg with every broker
+// integration do that for the code they run).
 func LeaseFromContext(ctx context.Context) (*Lease, bool) {
 	l, ok := ctx.Value(leaseKey{}).(*Lease)
 	return l, ok

@@ -679,3 +679,141 @@ func (s *retryingComplete) Complete(ctx context.Context, key string, fence uint6
 func (s *retryingComplete) Get(ctx context.Context, key string) (idem.Record, bool, error) {
 	return s.Store.(idem.Inspector).Get(ctx, key)
 }
+
+// countingBatch counts BeginBatch calls of a memstore, or fails them.
+type countingBatch struct {
+	*memstore.Store
+	calls atomic.Int32
+	fail  error
+}
+
+func (s *countingBatch) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lease time.Duration) ([]idem.Begun, error) {
+	s.calls.Add(1)
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	return s.Store.BeginBatch(ctx, keys, fps, lease)
+}
+
+// noBatch hides a store's BatchBeginner (and its other capabilities).
+type noBatch struct{ idem.Store }
+
+func TestBeginBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, batched := range []bool{true, false} {
+		t.Run(fmt.Sprint("batched=", batched), func(t *testing.T) {
+			t.Parallel()
+			cb := &countingBatch{Store: memstore.New(memstore.Options{})}
+			var st idem.Store = cb
+			if !batched {
+				st = noBatch{cb}
+			}
+			rec := &recorder{}
+			k := &idem.Keeper{Store: st, Observer: rec, BatchParallelism: 4}
+			fp := []byte("fp")
+			done, err := k.Begin(ctx, "s", "done", fp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := done.Lease.Complete(ctx, []byte("r")); err != nil {
+				t.Fatal(err)
+			}
+			busy, err := k.Begin(ctx, "s", "busy", fp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys := []string{"new", "done", "busy", "done", "", "new2"}
+			fps := [][]byte{fp, fp, fp, []byte("other"), fp, nil}
+			atts, errs := k.BeginBatch(ctx, "s", keys, fps)
+			if len(atts) != len(keys) || len(errs) != len(keys) {
+				t.Fatalf("%d attempts, %d errors for %d keys", len(atts), len(errs), len(keys))
+			}
+			if errs[0] != nil || atts[0].Lease == nil || errs[5] != nil || atts[5].Lease == nil {
+				t.Fatalf("new keys: %+v %v, %+v %v", atts[0], errs[0], atts[5], errs[5])
+			}
+			if errs[1] != nil || !atts[1].Replayed() || string(atts[1].Result) != "r" {
+				t.Fatalf("done: %+v, %v", atts[1], errs[1])
+			}
+			if !errors.Is(errs[2], idem.ErrInFlight) || !errors.Is(errs[3], idem.ErrMismatch) || !errors.Is(errs[4], idem.ErrInvalidKey) {
+				t.Fatalf("errors: %v", errs)
+			}
+			if want := map[bool]int32{true: 1, false: 0}[batched]; cb.calls.Load() != want {
+				t.Fatalf("BeginBatch reached the store %d times, want %d", cb.calls.Load(), want)
+			}
+			if rec.count(idem.EventReplayed) != 1 || rec.count(idem.EventConflict) != 1 || rec.count(idem.EventMismatch) != 1 {
+				t.Fatalf("events: %+v", rec.events)
+			}
+			// The leases are ordinary leases.
+			l := atts[0].Lease
+			if l.Key() != idem.RecordKey("s", "new") {
+				t.Fatalf("lease key %q", l.Key())
+			}
+			if got, ok := idem.LeaseFromContext(l.Context(ctx)); !ok || got != l {
+				t.Fatal("LeaseFromContext of the lease's context")
+			}
+			if err := l.Complete(ctx, []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if err := atts[5].Lease.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if a, err := k.Begin(ctx, "s", "new", fp); err != nil || string(a.Result) != "x" {
+				t.Fatalf("replay of a batch lease: %+v, %v", a, err)
+			}
+			if a, err := k.Begin(ctx, "s", "new2", nil); err != nil || a.Lease == nil {
+				t.Fatalf("begin after a batch release: %+v, %v", a, err)
+			} else {
+				_ = a.Lease.Release(ctx)
+			}
+			_ = busy.Lease.Release(ctx)
+			if n := rec.count(idem.EventExecuted); n != 5 {
+				t.Fatalf("%d executed events, want 5", n)
+			}
+		})
+	}
+}
+
+func TestBeginBatchStoreError(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	k := &idem.Keeper{Store: &countingBatch{Store: memstore.New(memstore.Options{}), fail: errDown}, Observer: rec}
+	_, errs := k.BeginBatch(context.Background(), "s", []string{"a", "b"}, nil)
+	for i, err := range errs {
+		if !errors.Is(err, idem.ErrStoreUnavailable) {
+			t.Fatalf("key %d: %v, want ErrStoreUnavailable", i, err)
+		}
+	}
+	if rec.count(idem.EventStoreError) != 2 {
+		t.Fatalf("events: %+v", rec.events)
+	}
+	if atts, errs := k.BeginBatch(context.Background(), "s", nil, nil); len(atts) != 0 || len(errs) != 0 {
+		t.Fatal("empty batch")
+	}
+}
+
+// Batch leases renew, and complete through the core's retry and Inspector
+// path: a Complete whose answer was lost is recognised as applied.
+func TestBeginBatchLeasesRenewAndRecover(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lease := 60 * time.Millisecond
+	st := &lostReply{Store: memstore.New(memstore.Options{})}
+	k := &idem.Keeper{Store: st, Lease: lease}
+	atts, errs := k.BeginBatch(ctx, "s", []string{"a", "b"}, nil)
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	for _, a := range atts {
+		a.Lease.StartRenewal()
+	}
+	time.Sleep(3 * lease)
+	if _, err := k.Begin(ctx, "s", "b", nil); !errors.Is(err, idem.ErrInFlight) {
+		t.Fatalf("Begin during a renewed batch lease = %v, want ErrInFlight", err)
+	}
+	for _, a := range atts {
+		if err := a.Lease.Complete(ctx, []byte("done")); err != nil {
+			t.Fatalf("Complete (one answer lost) = %v, want nil", err)
+		}
+	}
+}

@@ -80,13 +80,14 @@ func (f ObserverFunc) Observe(ctx context.Context, e Event) { f(ctx, e) }
 // fenceKey is the context key for the executing fence.
 type fenceKey struct{}
 
-// WithFence returns a copy of ctx carrying fence, for the code that executes
-// under a lease.
-func WithFence(ctx context.Context, fence uint64) context.Context {
+// withFence returns a copy of ctx carrying fence, for the code that executes
+// under a lease (Lease.Context).
+func withFence(ctx context.Context, fence uint64) context.Context {
 	return context.WithValue(ctx, fenceKey{}, fence)
 }
 
-// FenceFromContext returns the fence of the lease the caller executes under.
+// FenceFromContext returns the fence of the lease the caller executes under,
+// as put in ctx by Lease.Context.
 // Downstream writes can be made conditional on it ("… WHERE fence < $1").
 func FenceFromContext(ctx context.Context) (uint64, bool) {
 	f, ok := ctx.Value(fenceKey{}).(uint64)

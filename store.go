@@ -114,6 +114,21 @@ type Extender interface {
 	Extend(ctx context.Context, key string, fence uint64, lease time.Duration) error
 }
 
+// BatchBeginner is implemented by stores that can apply Begin to many keys in
+// one round trip (a pipeline, a multi-key script, one SQL statement).
+// Keeper.BeginBatch uses it when the store implements it, and otherwise calls
+// Begin for each key.
+type BatchBeginner interface {
+	// BeginBatch applies Begin to keys[i] with fingerprint fps[i] (len(fps)
+	// == len(keys)) and the same lease, and returns the results in the order
+	// of keys. Each key is atomic on its own; the batch as a whole need not
+	// be. A key that occurs twice is begun twice, in order (the second is
+	// then InFlight against the first). An error means that none of the
+	// results are known; the store then gives back (best effort) any record
+	// the batch acquired.
+	BeginBatch(ctx context.Context, keys []string, fps [][]byte, lease time.Duration) ([]Begun, error)
+}
+
 // Sweeper is implemented by stores that keep expired records until asked to
 // remove them. Stores start no goroutines; the owner schedules Sweep.
 type Sweeper interface {

@@ -26,10 +26,21 @@
 // [Claimer] is the small interface a transaction-bound claim satisfies (see
 // pgxstore and examples/notifications).
 //
-// Every form reports a [Status] the consumer acts on: [Executed] and
-// [Duplicate] are acknowledged; [InFlight] (another consumer is processing
-// the same id right now) is negatively acknowledged with a delay; [Failed]
-// and [NotRun] are redelivered. [Status.Ack] says which is which.
+// The store form runs the handler with a context carrying its *idem.Lease
+// (idem.LeaseFromContext), in every integration; batches claim their ids
+// through idem.Keeper.BeginBatch and keep only ordering and acknowledgement.
+//
+// Every form reports a [Status] the consumer acts on: [Executed],
+// [Duplicate], [Mismatched] and [Poisoned] are acknowledged; [InFlight]
+// (another consumer is processing the same id right now) is negatively
+// acknowledged with a delay; [Failed] and [NotRun] are redelivered.
+// [Status.Ack] says which is which.
+//
+// Consumer policy: [Deduper.MaxAttempts] with [Deduper.OnPoison] stops a
+// message that always fails from blocking its partition (dead-letter or
+// park it); [Deduper.FingerprintPayload] reports an id reused with another
+// payload ([Mismatched]); [IDFunc] is the id extractor every integration
+// takes.
 //
 // Retention is a correctness parameter: a duplicate that arrives after the
 // record's retention has passed is processed again. The default,

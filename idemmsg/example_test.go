@@ -85,3 +85,30 @@ func ExampleOnceTx() {
 	// executed → commit, then ack
 	// duplicate → commit, then ack
 }
+
+// A message whose handler always fails is handed to OnPoison after
+// MaxAttempts deliveries and then acknowledged, so it stops blocking its
+// partition; a redelivery afterwards is a duplicate.
+func ExampleDeduper_OnceMessage() {
+	ctx := context.Background()
+	d := &idemmsg.Deduper{
+		Store:       memstore.New(memstore.Options{}),
+		MaxAttempts: 3,
+		OnPoison: func(_ context.Context, p idemmsg.Poison) error {
+			fmt.Printf("dead-letter %s %q after %d attempts: %v\n", p.ID, p.Payload, p.Attempts, p.Err)
+			return nil
+		},
+	}
+	m := idemmsg.Message{ID: "evt_7", Payload: []byte(`{"to":"nobody"}`)}
+	fail := func(context.Context) error { return errors.New("invalid address") }
+	for range 4 {
+		st, _ := d.OnceMessage(ctx, "notifications", m, fail)
+		fmt.Printf("%-9s ack=%v\n", st, st.Ack())
+	}
+	// Output:
+	// failed    ack=false
+	// failed    ack=false
+	// dead-letter evt_7 "{\"to\":\"nobody\"}" after 3 attempts: invalid address
+	// poisoned  ack=true
+	// duplicate ack=true
+}

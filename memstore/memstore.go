@@ -3,6 +3,7 @@ package memstore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"hash/maphash"
 	"math"
 	"math/bits"
@@ -476,6 +477,31 @@ func (s *Store) begin(key string, fp []byte, lease time.Duration, now int64) (b 
 	r.fence = s.nextFence(sh, now)
 	s.noteDeath(r)
 	return idem.Begun{Outcome: idem.Acquired, Fence: r.fence}, false
+}
+
+// BeginBatch applies Begin to keys[i] with fps[i] and returns the results in
+// the order of keys (idem.BatchBeginner), so idem.Keeper.BeginBatch makes no
+// goroutine per key. Each key is atomic on its own. On an error (ctx done,
+// or ErrStoreFull for one of the keys) the keys the batch acquired are
+// released again and no result is returned.
+func (s *Store) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lease time.Duration) ([]idem.Begun, error) {
+	if len(fps) != len(keys) {
+		return nil, fmt.Errorf("memstore: begin batch: %d keys and %d fingerprints", len(keys), len(fps))
+	}
+	out := make([]idem.Begun, len(keys))
+	for i, key := range keys {
+		b, err := s.Begin(ctx, key, fps[i], lease)
+		if err != nil {
+			for j, b := range out[:i] {
+				if b.Outcome == idem.Acquired {
+					_ = s.Release(context.WithoutCancel(ctx), keys[j], b.Fence)
+				}
+			}
+			return nil, err
+		}
+		out[i] = b
+	}
+	return out, nil
 }
 
 // held returns key's in-progress record if fence holds it, or nil. The shard

@@ -602,3 +602,34 @@ func TestShardCounts(t *testing.T) {
 		}
 	}
 }
+
+var _ idem.BatchBeginner = (*memstore.Store)(nil)
+
+func TestBeginBatch(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New(memstore.Options{MaxRecords: 3})
+	fp := []byte("fp")
+	if _, err := s.Begin(ctx, "held", fp, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.BeginBatch(ctx, []string{"a", "held", "b"}, [][]byte{fp, fp, []byte("x")}, time.Minute)
+	if err != nil || len(res) != 3 {
+		t.Fatalf("BeginBatch = %+v, %v", res, err)
+	}
+	if res[0].Outcome != idem.Acquired || res[1].Outcome != idem.InFlight || res[2].Outcome != idem.Acquired {
+		t.Fatalf("outcomes %+v", res)
+	}
+	if err := s.Release(ctx, "a", res[0].Fence); err != nil {
+		t.Fatal(err)
+	}
+	// Full on the second key: the first is given back, nothing is returned.
+	if _, err := s.BeginBatch(ctx, []string{"c", "d"}, [][]byte{fp, fp}, time.Minute); !errors.Is(err, idem.ErrStoreFull) {
+		t.Fatalf("BeginBatch on a full store = %v, want ErrStoreFull", err)
+	}
+	if n := s.Len(); n != 2 {
+		t.Fatalf("Len after a refused batch = %d, want 2", n)
+	}
+	if _, err := s.BeginBatch(ctx, []string{"c"}, nil, time.Minute); err == nil {
+		t.Fatal("BeginBatch with fewer fingerprints than keys succeeded")
+	}
+}

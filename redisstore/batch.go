@@ -12,8 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// BeginBatch applies Begin to every key with the same fingerprint and lease
-// and returns the results in the order of keys (idemmsg.BatchBeginner). The
+// BeginBatch applies Begin to keys[i] with fingerprint fps[i] and the same
+// lease and returns the results in the order of keys (idem.BatchBeginner). The
 // begin scripts are pipelined: one round trip on a single server, one per
 // primary (in parallel) on a Cluster. Each key is atomic on its own; the
 // batch as a whole is not. With WaitReplicas set, WAIT follows the scripts
@@ -21,12 +21,15 @@ import (
 //
 // An error means that none of the results are known: keys the batch had
 // acquired are then released again (best effort) before BeginBatch returns.
-func (s *Store) BeginBatch(ctx context.Context, keys []string, fp []byte, lease time.Duration) ([]idem.Begun, error) {
+func (s *Store) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lease time.Duration) ([]idem.Begun, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("redisstore: begin batch: %w", err)
 	}
 	if lease <= 0 {
 		return nil, fmt.Errorf("redisstore: begin batch: lease %v is not positive", lease)
+	}
+	if len(fps) != len(keys) {
+		return nil, fmt.Errorf("redisstore: begin batch: %d keys and %d fingerprints", len(keys), len(fps))
 	}
 	rkeys := make([]string, len(keys))
 	for i, k := range keys {
@@ -70,7 +73,7 @@ func (s *Store) BeginBatch(ctx context.Context, keys []string, fp []byte, lease 
 		}
 	}
 
-	args := []any{fp, micros(lease), s.inProgressTTL(lease)}
+	args := func(i int) []any { return []any{fps[i], micros(lease), s.inProgressTTL(lease)} }
 	errs := make([]error, len(groups))
 	var wg sync.WaitGroup
 	for gi, g := range groups {
@@ -101,16 +104,16 @@ func (s *Store) BeginBatch(ctx context.Context, keys []string, fp []byte, lease 
 // beginGroup runs the begin script for keys[idx...] in one pipeline (plus
 // WAIT when WaitReplicas is set) and stores the outcomes in res. Outcomes it
 // could decode are stored even when it returns an error.
-func (s *Store) beginGroup(ctx context.Context, pipe redis.Pipeliner, keys []string, idx []int, args []any, res []idem.Begun) error {
+func (s *Store) beginGroup(ctx context.Context, pipe redis.Pipeliner, keys []string, idx []int, args func(i int) []any, res []idem.Begun) error {
 	cmds := make([]*redis.Cmd, len(idx))
 	var wait *redis.Cmd
 	exec := func(noscript bool) {
 		for j, i := range idx {
 			switch {
 			case !noscript:
-				cmds[j] = beginScript.EvalSha(ctx, pipe, []string{keys[i]}, args...)
+				cmds[j] = beginScript.EvalSha(ctx, pipe, []string{keys[i]}, args(i)...)
 			case isNoScript(cmds[j].Err()):
-				cmds[j] = beginScript.Eval(ctx, pipe, []string{keys[i]}, args...)
+				cmds[j] = beginScript.Eval(ctx, pipe, []string{keys[i]}, args(i)...)
 			}
 		}
 		if s.replica > 0 {

@@ -8,12 +8,11 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/idemmsg"
 	"github.com/idemkit/idem/redisstore"
 	"github.com/redis/go-redis/v9"
 )
 
-var _ idemmsg.BatchBeginner = (*redisstore.Store)(nil)
+var _ idem.BatchBeginner = (*redisstore.Store)(nil)
 
 func TestBeginBatch(t *testing.T) {
 	ctx := context.Background()
@@ -42,11 +41,11 @@ func TestBeginBatch(t *testing.T) {
 			keys = append(keys, fmt.Sprintf("new-%d", i))
 		}
 		// Load the script on every primary first.
-		if _, err := st.BeginBatch(ctx, keys[:3], fp, time.Minute); err != nil {
+		if _, err := st.BeginBatch(ctx, keys[:3], fpsOf(fp, 3), time.Minute); err != nil {
 			t.Fatal(err)
 		}
 		var res []idem.Begun
-		trips := h.trips(func() { res, err = st.BeginBatch(ctx, keys, fp, time.Minute) })
+		trips := h.trips(func() { res, err = st.BeginBatch(ctx, keys, fpsOf(fp, len(keys)), time.Minute) })
 		if err != nil || len(res) != len(keys) {
 			t.Fatalf("BeginBatch = %d results, %v", len(res), err)
 		}
@@ -74,10 +73,10 @@ func TestBeginBatch(t *testing.T) {
 				t.Errorf("Complete(%s): %v", keys[i], err)
 			}
 		}
-		if res, err := st.BeginBatch(ctx, nil, fp, time.Minute); err != nil || len(res) != 0 {
+		if res, err := st.BeginBatch(ctx, nil, nil, time.Minute); err != nil || len(res) != 0 {
 			t.Errorf("empty batch = %v, %v", res, err)
 		}
-		if _, err := st.BeginBatch(ctx, []string{"a", ""}, fp, time.Minute); !errors.Is(err, idem.ErrInvalidKey) {
+		if _, err := st.BeginBatch(ctx, []string{"a", ""}, fpsOf(fp, 2), time.Minute); !errors.Is(err, idem.ErrInvalidKey) {
 			t.Errorf("batch with an empty key: %v, want ErrInvalidKey", err)
 		}
 	})
@@ -90,7 +89,7 @@ func TestBeginBatchRefusedReleases(t *testing.T) {
 	backends(t, func(t *testing.T, c redis.UniversalClient) {
 		st := newStore(t, c, redisstore.Options{WaitReplicas: 1, WaitTimeout: 20 * time.Millisecond})
 		keys := []string{"a", "b", "c", "d", "e", "f"}
-		if _, err := st.BeginBatch(ctx, keys, []byte("fp"), time.Minute); !errors.Is(err, idem.ErrStoreUnavailable) {
+		if _, err := st.BeginBatch(ctx, keys, fpsOf([]byte("fp"), len(keys)), time.Minute); !errors.Is(err, idem.ErrStoreUnavailable) {
 			t.Fatalf("BeginBatch: %v, want ErrStoreUnavailable", err)
 		}
 		for _, k := range keys {
@@ -99,4 +98,13 @@ func TestBeginBatchRefusedReleases(t *testing.T) {
 			}
 		}
 	})
+}
+
+// fpsOf returns n copies of fp, for BeginBatch.
+func fpsOf(fp []byte, n int) [][]byte {
+	fps := make([][]byte, n)
+	for i := range fps {
+		fps[i] = fp
+	}
+	return fps
 }

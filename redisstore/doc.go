@@ -16,7 +16,7 @@
 // exactly two round trips (Begin, Complete); a replay, a conflict and a
 // mismatch cost one.
 //
-// BeginBatch (idemmsg.BatchBeginner) pipelines the begin script for many
+// BeginBatch (idem.BatchBeginner) pipelines the begin script for many
 // keys: one round trip on a single server, one per primary on a Cluster.
 //
 // # Clock

@@ -7,14 +7,23 @@
 //     back to "<topic>:<partition>:<offset>", which names one stored record
 //     and so catches redeliveries (not a producer's duplicate sends);
 //   - claims all the partition's ids in one store call and runs the handler
-//     for the new ones strictly in offset order (idemmsg.BatchInOrder),
-//     stopping at the first record that cannot be acknowledged: one whose
-//     handler failed, one in flight on another consumer, or a store error;
+//     for the new ones strictly in offset order
+//     (idemmsg.Deduper.BatchMessagesInOrder, with the record value as the
+//     payload), with a context carrying the record's *idem.Lease
+//     (idem.LeaseFromContext), stopping at the first record that cannot be
+//     acknowledged: one whose handler failed, one in flight on another
+//     consumer, or a store error;
 //   - commits the offset after the last record that was processed or found
 //     duplicate (auto-commit is disabled, so nothing is committed before it
 //     is processed), and rewinds the partition to the first record that was
 //     not, so that it is fetched again after a backoff (RetryBackoff,
 //     doubling; for an in-flight record never past the holder's lease).
+//
+// With Deduper.MaxAttempts a record whose handler keeps failing stops
+// blocking its partition: after the limit it goes to Deduper.OnPoison, is
+// reported Poisoned to OnError and committed. With Deduper.FingerprintPayload
+// an event id reused with another value is committed and reported
+// Mismatched to OnError.
 //
 // Rebalances: the client must be built with ClientOpts (DisableAutoCommit and
 // BlockRebalanceOnPoll). A revocation then waits until the polled records

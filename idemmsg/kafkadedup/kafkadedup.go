@@ -47,8 +47,11 @@ type Consumer struct {
 	// DefaultHeader ("event-id"). Without the header (or with an empty
 	// value), the id is "<topic>:<partition>:<offset>".
 	Header string
-	// ID, if set, replaces Header and the fallback.
-	ID func(r *kgo.Record) string
+	// ID, if set, replaces Header and the fallback. An error stops the
+	// record's partition at that record (it is reported to OnError and
+	// fetched again after the backoff), so return a fallback id rather than
+	// an error for a record that will never have one.
+	ID idemmsg.IDFunc[*kgo.Record]
 	// MaxPollRecords bounds the records of one Poll. If zero, 1000.
 	MaxPollRecords int
 	// RetryBackoff is the wait before a record that failed, or was in flight
@@ -101,7 +104,7 @@ func (c *Consumer) check() (scope string, err error) {
 }
 
 // EventID returns the id the Consumer uses for r.
-func (c *Consumer) EventID(r *kgo.Record) string {
+func (c *Consumer) EventID(r *kgo.Record) (string, error) {
 	if c.ID != nil {
 		return c.ID(r)
 	}
@@ -111,10 +114,10 @@ func (c *Consumer) EventID(r *kgo.Record) string {
 	}
 	for _, rh := range r.Headers {
 		if rh.Key == h && len(rh.Value) > 0 {
-			return string(rh.Value)
+			return string(rh.Value), nil
 		}
 	}
-	return r.Topic + ":" + strconv.FormatInt(int64(r.Partition), 10) + ":" + strconv.FormatInt(r.Offset, 10)
+	return r.Topic + ":" + strconv.FormatInt(int64(r.Partition), 10) + ":" + strconv.FormatInt(r.Offset, 10), nil
 }
 
 // Run calls Poll until ctx is done or the client is closed, and returns
@@ -216,13 +219,22 @@ func (c *Consumer) Poll(ctx context.Context, h Handler) (acked int, err error) {
 // number acknowledged (a prefix), the first record not acknowledged (nil if
 // none) and how long to wait before fetching it again.
 func (c *Consumer) partition(ctx context.Context, scope string, recs []*kgo.Record, h Handler) (int, *kgo.Record, time.Duration) {
-	ids := make([]string, len(recs))
-	for i, r := range recs {
-		ids[i] = c.EventID(r)
+	msgs := make([]idemmsg.Message, 0, len(recs))
+	var idErr error // the id error of recs[len(msgs)], which stops the batch
+	for _, r := range recs {
+		id, err := c.EventID(r)
+		if err != nil {
+			idErr = fmt.Errorf("kafkadedup: event id of %s/%d@%d: %w", r.Topic, r.Partition, r.Offset, err)
+			break
+		}
+		msgs = append(msgs, idemmsg.Message{ID: id, Payload: r.Value})
 	}
-	out := c.Deduper.BatchInOrder(ctx, scope, ids, func(ctx context.Context, i int) error {
+	out := c.Deduper.BatchMessagesInOrder(ctx, scope, msgs, func(ctx context.Context, i int) error {
 		return h(ctx, recs[i])
 	})
+	if idErr != nil && (len(out) == 0 || out[len(out)-1].Status.Ack()) {
+		out = append(out, idemmsg.Outcome{Status: idemmsg.NotRun, Err: idErr})
+	}
 	n := 0
 	for n < len(out) && out[n].Status.Ack() {
 		if out[n].Err != nil { // processed but not recorded

@@ -196,9 +196,9 @@ func TestEventID(t *testing.T) {
 		{&kafkadedup.Consumer{Header: "x"}, r, "1"},
 		{&kafkadedup.Consumer{Header: "missing"}, r, "t:3:42"},
 		{&kafkadedup.Consumer{}, &kgo.Record{Topic: "t", Headers: []kgo.RecordHeader{{Key: "event-id"}}}, "t:0:0"},
-		{&kafkadedup.Consumer{ID: func(r *kgo.Record) string { return string(r.Key) }}, &kgo.Record{Key: []byte("k")}, "k"},
+		{&kafkadedup.Consumer{ID: func(r *kgo.Record) (string, error) { return string(r.Key), nil }}, &kgo.Record{Key: []byte("k")}, "k"},
 	} {
-		if got := tc.c.EventID(tc.r); got != tc.want {
+		if got, err := tc.c.EventID(tc.r); err != nil || got != tc.want {
 			t.Errorf("EventID = %q, want %q", got, tc.want)
 		}
 	}

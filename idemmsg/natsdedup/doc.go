@@ -6,10 +6,14 @@
 //   - reads the id from the Nats-Msg-Id header (the id JetStream's own
 //     publish-side dedup window uses), falling back to "<stream>:<stream
 //     sequence>", which is stable across redeliveries of one stored message;
-//   - runs the handler through Deduper.Once in the scope
-//     "<stream>/<consumer>" (or Consumer.Scope);
+//   - runs the handler through Deduper.OnceMessage in the scope
+//     "<stream>/<consumer>" (or Consumer.Scope), with a context carrying
+//     its *idem.Lease (idem.LeaseFromContext);
 //   - acks after the handler succeeded, and acks a duplicate of a message
 //     already processed without running the handler;
+//   - acks a message that Deduper.MaxAttempts made poison (after
+//     Deduper.OnPoison took it) and one whose id was reused with other data
+//     (Deduper.FingerprintPayload), and reports both to OnError;
 //   - naks with a delay (the time left on the holder's lease, bounded by
 //     MaxInFlightDelay) when another consumer is processing the same id right
 //     now, so the copy comes back once the holder finished or died;

@@ -35,7 +35,7 @@ type Consumer struct {
 	IDHeader string
 	// ID, if set, replaces IDHeader and the fallback: it returns the id of a
 	// message (for example from a field of the payload).
-	ID func(msg jetstream.Msg) (string, error)
+	ID idemmsg.IDFunc[jetstream.Msg]
 	// RetryDelay is the nak delay after a handler error. If zero, the message
 	// is nak'ed without delay (the consumer's BackOff, if any, applies).
 	RetryDelay time.Duration
@@ -92,7 +92,7 @@ func (c *Consumer) Handle(ctx context.Context, msg jetstream.Msg, h Handler) (id
 	st, err := c.process(ctx, msg, h)
 	var aerr error
 	switch st {
-	case idemmsg.Executed, idemmsg.Duplicate:
+	case idemmsg.Executed, idemmsg.Duplicate, idemmsg.Mismatched, idemmsg.Poisoned:
 		if c.DoubleAck {
 			aerr = msg.DoubleAck(ctx)
 		} else {
@@ -131,7 +131,11 @@ func (c *Consumer) process(ctx context.Context, msg jetstream.Msg, h Handler) (i
 	if err != nil {
 		return idemmsg.NotRun, err
 	}
-	return c.Deduper.Once(ctx, scope, id, func(ctx context.Context) error { return h(ctx, msg) })
+	m := idemmsg.Message{ID: id}
+	if c.Deduper.FingerprintPayload || c.Deduper.MaxAttempts > 0 {
+		m.Payload = msg.Data()
+	}
+	return c.Deduper.OnceMessage(ctx, scope, m, func(ctx context.Context) error { return h(ctx, msg) })
 }
 
 func (c *Consumer) inFlightDelay(err error) time.Duration {

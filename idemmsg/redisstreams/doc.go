@@ -9,9 +9,12 @@
 //     any consumer of the group: entries of a consumer that crashed, and
 //     entries whose handler failed;
 //   - reads new entries with XREADGROUP;
-//   - claims their ids in one batch (idemmsg.Deduper.Batch), runs the handler
-//     for the new ones, and XACKs every entry that was processed or found
-//     duplicate, in one XACK.
+//   - claims their ids in one batch (idemmsg.Deduper.BatchMessages, with the
+//     fields encoded by Payload as the payload), runs the handler for the
+//     new ones with a context carrying the entry's *idem.Lease
+//     (idem.LeaseFromContext), and XACKs every entry that can be
+//     acknowledged (processed, duplicate, Poisoned or Mismatched; see
+//     idemmsg.Deduper.MaxAttempts and FingerprintPayload), in one XACK.
 //
 // An entry that is not acknowledged (handler error, in flight on another
 // consumer, store error) stays in the group's pending entries list and is

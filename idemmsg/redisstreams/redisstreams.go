@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,8 +40,11 @@ type Consumer struct {
 	// IDField is the entry field carrying the event id. If empty,
 	// DefaultIDField ("event-id"). Without it, the entry id is used.
 	IDField string
-	// ID, if set, replaces IDField and the fallback.
-	ID func(msg redis.XMessage) string
+	// ID, if set, replaces IDField and the fallback. An entry whose id it
+	// cannot return stays pending (reported to OnError) and is reclaimed
+	// after ClaimIdle, so return a fallback id rather than an error for an
+	// entry that will never have one.
+	ID idemmsg.IDFunc[redis.XMessage]
 	// Count is the most entries read (and reclaimed) per Poll. If zero, 100.
 	Count int64
 	// Block is how long XREADGROUP waits for new entries. If zero, 500 ms;
@@ -69,7 +74,7 @@ func (c *Consumer) check() error {
 }
 
 // EventID returns the id the Consumer uses for msg.
-func (c *Consumer) EventID(msg redis.XMessage) string {
+func (c *Consumer) EventID(msg redis.XMessage) (string, error) {
 	if c.ID != nil {
 		return c.ID(msg)
 	}
@@ -80,14 +85,36 @@ func (c *Consumer) EventID(msg redis.XMessage) string {
 	switch v := msg.Values[f].(type) {
 	case string:
 		if v != "" {
-			return v
+			return v, nil
 		}
 	case []byte:
 		if len(v) > 0 {
-			return string(v)
+			return string(v), nil
 		}
 	}
-	return msg.ID
+	return msg.ID, nil
+}
+
+// Payload returns the payload of an entry for Deduper.FingerprintPayload
+// and Deduper.OnPoison: its fields in sorted order, each name and value
+// preceded by its length in decimal and a colon.
+func Payload(msg redis.XMessage) []byte {
+	names := make([]string, 0, len(msg.Values))
+	for k := range msg.Values {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	var b []byte
+	for _, k := range names {
+		v := fmt.Sprint(msg.Values[k])
+		b = strconv.AppendInt(b, int64(len(k)), 10)
+		b = append(b, ':')
+		b = append(b, k...)
+		b = strconv.AppendInt(b, int64(len(v)), 10)
+		b = append(b, ':')
+		b = append(b, v...)
+	}
+	return b
 }
 
 func (c *Consumer) scope() string {
@@ -243,20 +270,32 @@ func (c *Consumer) process(ctx context.Context, msgs []redis.XMessage, h Handler
 	if len(msgs) == 0 {
 		return 0, nil
 	}
-	ids := make([]string, len(msgs))
+	batch := make([]idemmsg.Message, 0, len(msgs))
+	idx := make([]int, 0, len(msgs)) // batch[j] is msgs[idx[j]]
 	for i, m := range msgs {
-		ids[i] = c.EventID(m)
+		id, err := c.EventID(m)
+		if err != nil {
+			c.report(&msgs[i], idemmsg.NotRun, fmt.Errorf("redisstreams: event id of %s: %w", m.ID, err))
+			continue
+		}
+		var p []byte
+		if c.Deduper.FingerprintPayload || c.Deduper.MaxAttempts > 0 {
+			p = Payload(m)
+		}
+		batch = append(batch, idemmsg.Message{ID: id, Payload: p})
+		idx = append(idx, i)
 	}
-	out := c.Deduper.Batch(ctx, c.scope(), ids, func(ctx context.Context, i int) error {
-		return h(ctx, msgs[i])
+	out := c.Deduper.BatchMessages(ctx, c.scope(), batch, func(ctx context.Context, j int) error {
+		return h(ctx, msgs[idx[j]])
 	})
 	ack := make([]string, 0, len(msgs))
-	for i, o := range out {
+	for j, o := range out {
+		m := &msgs[idx[j]]
 		if o.Status.Ack() {
-			ack = append(ack, msgs[i].ID)
+			ack = append(ack, m.ID)
 		}
 		if o.Err != nil {
-			c.report(&msgs[i], o.Status, o.Err)
+			c.report(m, o.Status, o.Err)
 		}
 	}
 	if len(ack) == 0 {

@@ -152,9 +152,9 @@ func TestEventID(t *testing.T) {
 		{&redisstreams.Consumer{IDField: "k"}, m, "v"},
 		{&redisstreams.Consumer{IDField: "none"}, m, "1-0"},
 		{&redisstreams.Consumer{}, redis.XMessage{ID: "2-0", Values: map[string]any{"event-id": ""}}, "2-0"},
-		{&redisstreams.Consumer{ID: func(m redis.XMessage) string { return "x" + m.ID }}, m, "x1-0"},
+		{&redisstreams.Consumer{ID: func(m redis.XMessage) (string, error) { return "x" + m.ID, nil }}, m, "x1-0"},
 	} {
-		if got := tc.c.EventID(tc.m); got != tc.want {
+		if got, err := tc.c.EventID(tc.m); err != nil || got != tc.want {
 			t.Errorf("EventID = %q, want %q", got, tc.want)
 		}
 	}

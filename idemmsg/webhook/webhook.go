@@ -64,6 +64,13 @@ type Config struct {
 	// id must be covered by the signature, or a captured delivery could be
 	// replayed under another id and run again.
 	Header string
+	// ID, if set, replaces Header and JSONField: it returns the event id of
+	// a request. If it reads r.Body it must put an equivalent body back
+	// for the wrapped handler. With a Verifier it must return an id covered
+	// by the signature (a signed header, or a field of the body), or a
+	// captured delivery could be replayed under another id. The id must be
+	// 1 to 255 bytes; an error is answered 400 (as a missing id).
+	ID idemmsg.IDFunc[*http.Request]
 	// JSONField, if set, reads the id from this top-level field of a JSON
 	// object body (a string, or a number used as written) when Header is
 	// empty or absent from the request. The body is buffered (at most
@@ -83,7 +90,12 @@ type Config struct {
 	RetryAfter time.Duration
 	// OnError, if set, is called with every error the handler answers
 	// (verification refused, missing id, in flight, store failure, handler
-	// status not recorded).
+	// status not recorded), and for a delivery acknowledged without being
+	// processed: an id reused with another body (Deduper.FingerprintPayload;
+	// answered 200, error matching idem.ErrMismatch) or a poison delivery
+	// (Deduper.MaxAttempts; error matching idemmsg.ErrPoisoned). With
+	// FingerprintPayload or MaxAttempts set the body is buffered (at most
+	// MaxBody) even without a Verifier.
 	OnError func(r *http.Request, err error)
 }
 
@@ -226,14 +238,34 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	id, err := eventID(r, h.c.Header, h.c.JSONField, h.c.MaxBody, body, h.c.Verifier != nil)
+	buffered := h.c.Verifier != nil
+	if !buffered && (h.c.Deduper.FingerprintPayload || h.c.Deduper.MaxAttempts > 0) {
+		// The payload is fingerprinted or handed to OnPoison.
+		var err error
+		if body, err = readBody(r, h.c.MaxBody); err != nil {
+			h.report(r, err)
+			writeProblem(w, refusalCode(err, false))
+			return
+		}
+		buffered = true
+	}
+	var id string
+	var err error
+	if h.c.ID != nil {
+		id, err = h.c.ID(r)
+		if err == nil && (id == "" || len(id) > idem.MaxKeyLen) {
+			err = fmt.Errorf("%w: id has %d bytes, want 1 to %d", idem.ErrInvalidKey, len(id), idem.MaxKeyLen)
+		}
+	} else {
+		id, err = eventID(r, h.c.Header, h.c.JSONField, h.c.MaxBody, body, buffered)
+	}
 	if err != nil {
 		h.report(r, err)
 		writeProblem(w, refusalCode(err, false))
 		return
 	}
 	rec := &recorder{ResponseWriter: w}
-	st, err := h.c.Deduper.Once(r.Context(), h.c.Scope(r), id, func(ctx context.Context) error {
+	st, err := h.c.Deduper.OnceMessage(r.Context(), h.c.Scope(r), idemmsg.Message{ID: id, Payload: body}, func(ctx context.Context) error {
 		h.next.ServeHTTP(rec, r.WithContext(ctx))
 		if code := rec.status(); code < 200 || code > 299 {
 			return errStatus(code)
@@ -253,6 +285,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case idemmsg.Duplicate:
 		w.Header().Set("Idempotent-Replayed", "true")
 		w.WriteHeader(h.c.DuplicateStatus)
+	case idemmsg.Mismatched, idemmsg.Poisoned:
+		// Acknowledged without (or after failing) processing: reported,
+		// and answered 200 so that the sender stops retrying, unless the
+		// wrapped handler answered already (its last failure).
+		h.report(r, err)
+		if !rec.wrote {
+			w.WriteHeader(http.StatusOK)
+		}
 	case idemmsg.InFlight:
 		h.report(r, err)
 		secs := 1

@@ -197,51 +197,24 @@ func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) 
 	return idem.Record{State: st, Fingerprint: r.fp, Fence: r.fence, Remaining: r.deadline.Sub(now), Result: r.result}, true, nil
 }
 
-// Batch wraps a Store and adds BeginBatch, CompleteBatch and ReleaseBatch
-// (one call for many keys), as a store with batch primitives would.
+// Batch wraps a Store and adds BeginBatch (one call for many keys), as a
+// store with batch primitives would.
 type Batch struct {
 	*Store
 }
 
-// BeginBatch begins every key in order under one lock and counts one
-// "beginbatch" call.
-func (b Batch) BeginBatch(ctx context.Context, keys []string, fp []byte, lease time.Duration) ([]idem.Begun, error) {
+// BeginBatch begins every key in order and counts one "beginbatch" call.
+func (b Batch) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lease time.Duration) ([]idem.Begun, error) {
 	b.mu.Lock()
 	b.calls["beginbatch"]++
 	b.mu.Unlock()
 	out := make([]idem.Begun, len(keys))
 	for i, k := range keys {
-		r, err := b.Begin(ctx, k, fp, lease)
+		r, err := b.Begin(ctx, k, fps[i], lease)
 		if err != nil {
 			return nil, err
 		}
 		out[i] = r
-	}
-	return out, nil
-}
-
-// CompleteBatch completes every key in order and counts one
-// "completebatch" call.
-func (b Batch) CompleteBatch(ctx context.Context, keys []string, fences []uint64, result []byte, retention time.Duration) ([]error, error) {
-	b.mu.Lock()
-	b.calls["completebatch"]++
-	b.mu.Unlock()
-	out := make([]error, len(keys))
-	for i, k := range keys {
-		out[i] = b.Complete(ctx, k, fences[i], result, retention)
-	}
-	return out, nil
-}
-
-// ReleaseBatch releases every key in order and counts one "releasebatch"
-// call.
-func (b Batch) ReleaseBatch(ctx context.Context, keys []string, fences []uint64) ([]error, error) {
-	b.mu.Lock()
-	b.calls["releasebatch"]++
-	b.mu.Unlock()
-	out := make([]error, len(keys))
-	for i, k := range keys {
-		out[i] = b.Release(ctx, k, fences[i])
 	}
 	return out, nil
 }
