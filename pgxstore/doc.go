@@ -10,10 +10,12 @@
 // versioned, safe to run concurrently: an advisory lock serializes it).
 //
 // Every step of the record state machine (SPEC §2) is one SQL statement:
-// Begin is an INSERT … ON CONFLICT (key) DO UPDATE … WHERE <lease or
-// retention over> … RETURNING, never a select-then-insert, and reports the
-// outcome, fence, takeover flag, lease left and stored result in that one
-// round trip. Complete, Release and Extend are one UPDATE or DELETE that
+// Begin reads the key's row and, only when no live row answers the call,
+// runs an INSERT … ON CONFLICT (key) DO UPDATE … WHERE <lease or retention
+// over> … RETURNING in the same statement, whose conflict check (never the
+// read) decides races; it reports the outcome, fence, takeover flag, lease
+// left and stored result in that one round trip. A replay, an in-flight
+// answer and a mismatch only read: no transaction id, no WAL, no flush. Complete, Release and Extend are one UPDATE or DELETE that
 // matches the fence; zero rows affected is idem.ErrLeaseLost. A different
 // fingerprint never takes over a record, not even one whose lease expired.
 // Fences follow the idem.Store rules: a fresh record gets
@@ -63,7 +65,9 @@
 //
 // Store starts no goroutines. Sweep (idem.Sweeper) deletes expired records
 // and claims in bounded batches (DeleteExpired runs one batch), skipping rows
-// locked by live traffic; schedule it. docs/postgres.md covers partitioning
+// locked by live traffic; schedule it. Records are found through an index on
+// acquired_at, which Complete and Extend never change, so that completions
+// are HOT updates and the table stays compact without VACUUM. docs/postgres.md covers partitioning
 // the claims table by time for high event rates.
 //
 // # Errors

@@ -26,23 +26,42 @@ type queries struct {
 const (
 	// beginSQL: $1 key, $2 fingerprint, $3 lease in µs.
 	//
-	// The INSERT creates a fresh record, or its ON CONFLICT … DO UPDATE
-	// takes the row over when its deadline has passed and either it is
-	// completed (past retention: fresh, any fingerprint, fence
-	// max(prev+1, clock µs)) or it is in progress with the same fingerprint
-	// (takeover, fence+1). RETURNING yields the acquired row.
+	// The cur CTE reads the key's row (if any) under the statement's
+	// snapshot, without locking it, and judges whether it is free: its
+	// deadline has passed and it is either completed (past retention) or in
+	// progress with the same fingerprint (lease expired).
 	//
-	// Otherwise the second branch reports the row as the statement's snapshot
-	// saw it: mismatch, in-flight or replay. If that snapshot row looks
-	// acquirable (or is missing), a concurrent writer changed the row after
-	// the snapshot was taken; the branch answers 0 (or no row) and Begin runs
-	// the statement again.
+	// When a row is readable and not free (a replay, an in-flight lease, a
+	// mismatch), the INSERT below receives no input row, so the statement
+	// locks, inserts and updates nothing: it takes no transaction id, writes
+	// no WAL and waits for no commit flush. The last branch reports that
+	// row.
+	//
+	// Otherwise (no row, or a free one) the INSERT creates a fresh record,
+	// or its ON CONFLICT … DO UPDATE takes the row over when the latest
+	// committed version of it is still free: completed past retention (fresh,
+	// any fingerprint, fence max(prev+1, clock µs)) or in progress with the
+	// same fingerprint (takeover, fence+1). RETURNING yields the acquired
+	// row. ON CONFLICT is what closes the race between two Begins of one
+	// key: the loser waits for the winner's row lock and then sees its row.
+	//
+	// If the write branch affected no row although the snapshot said the
+	// key was free (or missing), a concurrent writer changed the row after
+	// the snapshot was taken; the report branch answers 0 (or no row) and
+	// Begin runs the statement again with a fresh snapshot.
 	beginSQL = `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
+cur AS MATERIALIZED (
+	SELECT r.fingerprint, r.fence, r.state, r.expires_at, r.result,
+		(r.expires_at <= now.t AND (r.state = 2 OR r.fingerprint = $2::bytea)) AS free
+	FROM @records r, now
+	WHERE r.key = $1::bytea
+),
 up AS (
 	INSERT INTO @records AS r (key, fingerprint, fence, state, takeover, result, acquired_at, expires_at)
 	SELECT $1::bytea, $2::bytea, (extract(epoch FROM now.t) * 1000000)::bigint, 1, false, NULL,
 		now.t, now.t + $3::bigint * interval '1 microsecond'
 	FROM now
+	WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.free)
 	ON CONFLICT (key) DO UPDATE SET
 		fingerprint = EXCLUDED.fingerprint,
 		fence = CASE WHEN r.state = 1 THEN r.fence + 1 ELSE greatest(r.fence + 1, EXCLUDED.fence) END,
@@ -57,17 +76,17 @@ up AS (
 SELECT 1::smallint, up.fence, up.takeover, 0::bigint, NULL::bytea FROM up
 UNION ALL
 SELECT CASE
-		WHEN r.expires_at <= now.t AND (r.state = 2 OR r.fingerprint = $2::bytea) THEN 0
-		WHEN r.fingerprint <> $2::bytea THEN 4
-		WHEN r.state = 1 THEN 2
+		WHEN cur.free THEN 0
+		WHEN cur.fingerprint <> $2::bytea THEN 4
+		WHEN cur.state = 1 THEN 2
 		ELSE 3
 	END::smallint,
-	CASE WHEN r.state = 1 AND r.fingerprint = $2::bytea THEN r.fence ELSE 0 END,
+	CASE WHEN cur.state = 1 AND cur.fingerprint = $2::bytea THEN cur.fence ELSE 0 END,
 	false,
-	(extract(epoch FROM (r.expires_at - now.t)) * 1000000)::bigint,
-	CASE WHEN r.state = 2 AND r.fingerprint = $2::bytea THEN r.result END
-FROM @records r, now
-WHERE r.key = $1::bytea AND NOT EXISTS (SELECT 1 FROM up)`
+	(extract(epoch FROM (cur.expires_at - now.t)) * 1000000)::bigint,
+	CASE WHEN cur.state = 2 AND cur.fingerprint = $2::bytea THEN cur.result END
+FROM cur, now
+WHERE NOT EXISTS (SELECT 1 FROM up)`
 
 	// completeSQL: $1 key, $2 fence, $3 result, $4 retention in µs.
 	completeSQL = `UPDATE @records SET state = 2, result = $3::bytea,
@@ -90,21 +109,32 @@ SELECT r.state, r.fingerprint, r.fence,
 FROM @records r, now
 WHERE r.key = $1::bytea AND (r.state = 1 OR r.expires_at > now.t)`
 
-	// sweepRecordsSQL: $1 batch size, $2 AbandonAfter in µs. Deletes at most
-	// $1 completed records past retention and in-progress records whose
-	// lease expired more than AbandonAfter ago. Rows locked by a running
-	// statement are skipped, so a sweep never waits on live traffic.
+	// sweepRecordsSQL: $1 batch size, $2 AbandonAfter in µs, $3 the
+	// acquired_at to start from. Deletes at most $1 completed records past
+	// retention and in-progress records whose lease expired more than
+	// AbandonAfter ago, oldest acquired first, and reports how many it
+	// deleted and the latest acquired_at among them (where the next batch
+	// of the same sweep starts). The rows are found through the index on
+	// acquired_at, a column that Complete and Extend never change (so that
+	// they are HOT updates). Rows locked by a running statement are skipped,
+	// so a sweep never waits on live traffic.
 	sweepRecordsSQL = `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
 victim AS (
 	SELECT r.key FROM @records r, now
-	WHERE r.expires_at <= now.t
+	WHERE r.acquired_at >= $3::timestamptz
+		AND r.expires_at <= now.t
 		AND (r.state = 2 OR r.expires_at <= now.t - $2::bigint * interval '1 microsecond')
+	ORDER BY r.acquired_at
 	LIMIT $1::int
 	FOR UPDATE OF r SKIP LOCKED
+),
+gone AS (
+	DELETE FROM @records d USING victim v, now
+	WHERE d.key = v.key AND d.expires_at <= now.t
+		AND (d.state = 2 OR d.expires_at <= now.t - $2::bigint * interval '1 microsecond')
+	RETURNING d.acquired_at
 )
-DELETE FROM @records d USING victim v, now
-WHERE d.key = v.key AND d.expires_at <= now.t
-	AND (d.state = 2 OR d.expires_at <= now.t - $2::bigint * interval '1 microsecond')`
+SELECT count(*)::int, max(acquired_at) FROM gone`
 
 	// sweepClaimsSQL: $1 batch size, $2 claim retention in µs.
 	sweepClaimsSQL = `WITH victim AS (

@@ -177,15 +177,21 @@ const (
 // and, under READ COMMITTED, sees the row the race was about.
 const maxBeginAttempts = 8
 
-// Begin applies SPEC §2's begin step in one INSERT … ON CONFLICT … DO UPDATE
-// … WHERE statement judged by the database clock (see the package
-// documentation). A completed record past retention is replaced as fresh
-// with fence max(previous+1, clock µs); an in-progress record whose lease
-// expired is taken over with fence+1, but only with the same fingerprint.
+// Begin applies SPEC §2's begin step in one statement judged by the
+// database clock (see the package documentation). It first reads the key's
+// row without locking it; when that row answers the call (a replay, a lease
+// in flight, a different fingerprint) nothing is locked or written, so a
+// replay takes no transaction id, writes no WAL and waits for no commit
+// flush. Otherwise the same statement's INSERT … ON CONFLICT … DO UPDATE …
+// WHERE creates the record or takes it over: a completed record past
+// retention is replaced as fresh with fence max(previous+1, clock µs); an
+// in-progress record whose lease expired is taken over with fence+1, but
+// only with the same fingerprint. Two concurrent Begins of one key are
+// resolved by the conflict check, never by the read: exactly one acquires.
 //
 // In the rare case that the row changed between the statement's snapshot
 // and its conflict check (a concurrent Begin, Complete or Release on the
-// same key), the statement is run again; it is never select-then-insert.
+// same key), the statement is run again.
 func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Duration) (idem.Begun, error) {
 	if err := check(ctx, key); err != nil {
 		return idem.Begun{}, opErr("begin", err)

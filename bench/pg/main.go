@@ -41,12 +41,18 @@ type workload struct {
 type bench struct {
 	pool   *pgxpool.Pool
 	store  *pgxstore.Store
-	plainR string // plain records table (floor for pairs)
-	plainC string // plain claims table (floor for claims)
-	inTx   bool   // run each claim (and its floor) in BEGIN … COMMIT
-	run    string // unique per process, so rounds never collide
-	fp     []byte
-	result []byte
+	async  *pgxstore.Store // on a pool with synchronous_commit=off
+	claims bool            // measure the claim workloads
+	nkeys  int             // completed keys replayed by the replay workloads
+	// statsWait is how long -costs and -sizes wait for the server to
+	// publish its statistics.
+	statsWait time.Duration
+	plainR    string // plain records table (floor for pairs)
+	plainC    string // plain claims table (floor for claims)
+	inTx      bool   // run each claim (and its floor) in BEGIN … COMMIT
+	run       string // unique per process, so rounds never collide
+	fp        []byte
+	result    []byte
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -57,6 +63,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("dur", 500*time.Millisecond, "duration of each workload in each round")
 	workers := fs.Int("workers", 4, "concurrent workers (pool connections)")
 	inTx := fs.Bool("tx", false, "run each claim and each floor insert in its own BEGIN … COMMIT, as a consumer does (default: autocommit)")
+	claims := fs.Bool("claims", true, "measure the claim workloads")
+	resultSize := fs.Int("result", 256, "bytes of the stored result")
+	nkeys := fs.Int("replay-keys", 1000, "completed keys the replay workloads cycle through")
+	costs := fs.Int("costs", 0, "if > 0, measure per-operation costs (transaction ids, WAL bytes, WAL syncs) over this many sequential operations of each kind (implies -sizes)")
+	statsWait := fs.Duration("stats-wait", 1200*time.Millisecond, "how long -costs and -sizes wait for statistics to be published")
+	sizes := fs.Bool("sizes", false, "after the load, report bytes per row of the tables and the share of HOT updates")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -73,6 +85,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
+	acfg := cfg.Copy()
+	acfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	apool, err := pgxpool.NewWithConfig(ctx, acfg)
+	if err != nil {
+		return err
+	}
+	defer apool.Close()
 
 	schema := fmt.Sprintf("idem_bench_%08x", rand.Uint32())
 	b := &bench{
@@ -83,7 +102,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		run:    strconv.FormatUint(rand.Uint64(), 36),
 		inTx:   *inTx,
 		fp:     idem.Fingerprint([]byte("bench")),
-		result: make([]byte, 256),
+		result: make([]byte, *resultSize),
+		async:  pgxstore.New(apool, pgxstore.Options{Schema: schema}),
+		claims: *claims,
+		nkeys:  max(1, *nkeys),
+
+		statsWait: *statsWait,
 	}
 	if err := b.store.Migrate(ctx); err != nil {
 		return err
@@ -92,6 +116,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The floor tables have the same keys as ours and nothing else.
 	if _, err := pool.Exec(ctx, `CREATE TABLE `+b.plainR+` (key bytea PRIMARY KEY, result bytea);
 CREATE TABLE `+b.plainC+` (scope bytea NOT NULL, id bytea NOT NULL, PRIMARY KEY (scope, id))`); err != nil {
+		return err
+	}
+	if err := b.preload(ctx); err != nil {
 		return err
 	}
 
@@ -119,7 +146,32 @@ CREATE TABLE `+b.plainC+` (scope bytea NOT NULL, id bytea NOT NULL, PRIMARY KEY 
 	if *inTx {
 		mode = "each claim in BEGIN … COMMIT"
 	}
-	report(stdout, ws, rates, *rounds, *dur, *workers, mode)
+	report(stdout, ws, rates, *rounds, *dur, *workers, mode, b.claims)
+	if *costs > 0 || *sizes {
+		return b.costs(ctx, stdout, *costs)
+	}
+	return nil
+}
+
+// replayKey is the i-th of the completed keys the replay workloads read.
+func (b *bench) replayKey(i int) string { return b.run + "/replay/" + strconv.Itoa(i%b.nkeys) }
+
+// preload completes the keys the replay workloads replay, and writes the
+// same keys and results into the plain table for the floor.
+func (b *bench) preload(ctx context.Context) error {
+	for i := range b.nkeys {
+		k := b.replayKey(i)
+		bg, err := b.store.Begin(ctx, k, b.fp, time.Minute)
+		if err != nil {
+			return err
+		}
+		if err := b.store.Complete(ctx, k, bg.Fence, b.result, 24*time.Hour); err != nil {
+			return err
+		}
+		if _, err := b.pool.Exec(ctx, `INSERT INTO `+b.plainR+` (key, result) VALUES ($1, $2)`, []byte(k), b.result); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -166,6 +218,23 @@ func (b *bench) workloads() []workload {
 			}
 			return 1, b.store.Complete(ctx, k, bg.Fence, b.result, time.Hour)
 		}},
+		{name: "plain SELECT result by key", op: func(ctx context.Context, round, w, i int) (int, error) {
+			var r []byte
+			err := b.pool.QueryRow(ctx, `SELECT result FROM `+b.plainR+` WHERE key = $1`, []byte(b.replayKey(w*7919+i))).Scan(&r)
+			return 1, err
+		}},
+		{name: "pgxstore replay", floor: "plain SELECT result by key", op: func(ctx context.Context, round, w, i int) (int, error) {
+			return 1, b.replay(ctx, b.store, w*7919+i)
+		}},
+		{name: "pgxstore replay, synchronous_commit off", op: func(ctx context.Context, round, w, i int) (int, error) {
+			return 1, b.replay(ctx, b.async, w*7919+i)
+		}},
+		{name: "pgxstore replay, synchronous_commit on", floor: "pgxstore replay, synchronous_commit off", op: func(ctx context.Context, round, w, i int) (int, error) {
+			return 1, b.replay(ctx, b.store, w*7919+i)
+		}},
+	}
+	if !b.claims {
+		return ws
 	}
 	for _, n := range []int{1, 100, 1000} {
 		plain := fmt.Sprintf("plain INSERT … ON CONFLICT DO NOTHING, %d id(s)", n)
@@ -211,6 +280,16 @@ func (b *bench) workloads() []workload {
 		}})
 	}
 	return ws
+}
+
+// replay begins a completed key on s and checks that it is a replay.
+func (b *bench) replay(ctx context.Context, s *pgxstore.Store, i int) error {
+	k := b.replayKey(i)
+	bg, err := s.Begin(ctx, k, b.fp, time.Minute)
+	if err == nil && (bg.Outcome != idem.Replay || len(bg.Result) != len(b.result)) {
+		err = fmt.Errorf("begin %s: %v", k, bg.Outcome)
+	}
+	return err
 }
 
 // measure runs w with workers goroutines for d and returns rows per second.
@@ -263,7 +342,7 @@ func median(xs []float64) float64 {
 // over rounds of the per-round cost ratio to its floor (the two ran back to
 // back, so the ratio cancels most of the load other processes put on the
 // machine, which the absolute rates do not).
-func report(out io.Writer, ws []workload, rates map[string][]float64, rounds int, d time.Duration, workers int, mode string) {
+func report(out io.Writer, ws []workload, rates map[string][]float64, rounds int, d time.Duration, workers int, mode string, claims bool) {
 	fmt.Fprintf(out, "%d rounds × %v per workload, %d workers, claims: %s, GOMAXPROCS %d\n\n", rounds, d, workers, mode, runtime.GOMAXPROCS(0))
 	fmt.Fprintln(out, "| workload | rows/s (median) | min | max | cost vs floor (median of per-round ratios) |")
 	fmt.Fprintln(out, "| --- | ---: | ---: | ---: | ---: |")
@@ -273,6 +352,9 @@ func report(out io.Writer, ws []workload, rates map[string][]float64, rounds int
 			ratio = fmt.Sprintf("%.2f×", median(ratios(rates[w.floor], rates[w.name])))
 		}
 		fmt.Fprintf(out, "| %s | %.0f | %.0f | %.0f | %s |\n", w.name, median(rates[w.name]), slices.Min(rates[w.name]), slices.Max(rates[w.name]), ratio)
+	}
+	if !claims {
+		return
 	}
 	single := rates["pgxstore Claim"]
 	fmt.Fprintf(out, "\nids/s of ClaimBatch over ids/s of single Claim (median of per-round ratios): batch of 100: %.1f×, of 1000: %.1f×.\n",

@@ -15,10 +15,18 @@ func TestRunSmoke(t *testing.T) {
 	dsn := testenv.Need(t, "IDEM_POSTGRES_DSN")
 	for _, tx := range []string{"-tx=false", "-tx=true"} {
 		var out bytes.Buffer
-		if err := run(context.Background(), []string{"-dsn", dsn, "-rounds", "1", "-dur", "30ms", "-workers", "2", tx}, &out, io.Discard); err != nil {
+		args := []string{"-dsn", dsn, "-rounds", "1", "-dur", "30ms", "-workers", "2", "-replay-keys", "20", tx}
+		if tx == "-tx=false" {
+			args = append(args, "-costs", "5", "-stats-wait", "0s")
+		}
+		if err := run(context.Background(), args, &out, io.Discard); err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"pgxstore begin+complete pair", "pgxstore Claim", "pgxstore ClaimBatch, 1000 ids", "cost vs floor"} {
+		wants := []string{"pgxstore begin+complete pair", "pgxstore replay, synchronous_commit off", "pgxstore Claim", "pgxstore ClaimBatch, 1000 ids", "cost vs floor"}
+		if tx == "-tx=false" {
+			wants = append(wants, "takeover (lease expired)", "total bytes/row after VACUUM FULL")
+		}
+		for _, want := range wants {
 			if !strings.Contains(out.String(), want) {
 				t.Fatalf("%s: report lacks %q:\n%s", tx, want, out.String())
 			}
