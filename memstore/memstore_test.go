@@ -7,14 +7,14 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/idemkit/idem/internal/leakcheck"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/memstore"
 	"github.com/idemkit/idem/storetest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
 
 // clock is a fake store clock, safe for concurrent use.
 type clock struct {

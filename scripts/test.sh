@@ -3,9 +3,14 @@
 #
 # Installs (Debian packages, if missing) and starts on loopback everything the
 # tests need: a standalone redis-server, a 3-master Redis Cluster, a throwaway
-# PostgreSQL cluster and a nats-server with JetStream. Then runs gofmt, go vet,
-# every test under -race, and a short fuzz pass over every parser. Stops and
-# removes the services at the end, whatever happened.
+# PostgreSQL cluster and a nats-server with JetStream. Then runs gofmt, and in
+# every module of the repository (every directory with a go.mod: the core at
+# the root, each store, each broker integration, cmd/idemproxy, faults,
+# examples, bench) go mod tidy -diff, go vet, staticcheck, every test under
+# -race, and a short fuzz pass over every parser. Each module is checked on its
+# own (GOWORK=off), as a user who requires it sees it: its go.mod's replace
+# directives point at the other modules of the tree. Stops and removes the
+# services at the end, whatever happened.
 #
 # Environment:
 #   IDEM_FUZZTIME   fuzz time per target (default 5s; 0 skips the fuzz pass)
@@ -52,29 +57,49 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 
+# Every module: the directories holding a go.mod, the core (.) first.
+mapfile -t modules < <(find . -name go.mod -not -path './vendor/*' -not -path '*/testdata/*' -printf '%h\n' | sort)
+echo "test.sh: modules: ${modules[*]}" >&2
+
+# in_modules CMD...: runs CMD in every module's directory, outside the
+# workspace (go.work), so each module builds with its own go.mod.
+in_modules() {
+	local m
+	for m in "${modules[@]}"; do
+		echo "-- $m: $*" >&2
+		(cd "$m" && GOWORK=off "$@")
+	done
+}
+
 echo "== go mod tidy -diff" >&2
-go mod tidy -diff
+in_modules go mod tidy -diff
 
 echo "== go vet" >&2
-go vet ./...
+in_modules go vet ./...
 
 echo "== staticcheck" >&2
-go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+in_modules go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 echo "== fuzz seed corpora and tests (-race)" >&2
 tags=""
 [ "${IDEM_SOAK:-0}" = 1 ] && tags="-tags=soak"
-go test -race -count=1 -timeout 14m $tags ./...
+# The modules one after another, each go test running its packages in parallel.
+in_modules go test -race -count=1 -timeout 14m $tags ./...
 
 fuzztime=${IDEM_FUZZTIME:-5s}
 if [ "$fuzztime" != 0 ]; then
 	echo "== fuzz ($fuzztime per target)" >&2
-	# Every FuzzXxx in the module, found by grep, run alone for a short time.
-	grep -rl --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]+\(' . | while read -r f; do
+	# Every FuzzXxx in the tree, found by grep, run alone for a short time
+	# from within the module that holds its package (the nearest directory up
+	# with a go.mod).
+	grep -rl --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]+\(' . | sort | while read -r f; do
 		dir=$(dirname "$f")
+		m=$dir
+		while [ ! -f "$m/go.mod" ]; do m=$(dirname "$m"); done
+		pkg=.${dir#"$m"}
 		grep -oE '^func Fuzz[A-Za-z0-9_]+' "$f" | sed 's/^func //' | while read -r fz; do
 			echo "fuzz $dir $fz" >&2
-			if ! go test -run '^$' -fuzz "^${fz}\$" -fuzztime "$fuzztime" "$dir" >"$IDEM_SVC_DIR/fuzz.log" 2>&1; then
+			if ! (cd "$m" && GOWORK=off go test -run '^$' -fuzz "^${fz}\$" -fuzztime "$fuzztime" "$pkg") >"$IDEM_SVC_DIR/fuzz.log" 2>&1; then
 				cat "$IDEM_SVC_DIR/fuzz.log" >&2
 				exit 1
 			fi

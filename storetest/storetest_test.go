@@ -2,7 +2,7 @@ package storetest_test
 
 import (
 	"context"
-	"go.uber.org/goleak"
+	"github.com/idemkit/idem/internal/leakcheck"
 	"os"
 	"os/exec"
 	"regexp"
@@ -196,4 +196,4 @@ func TestRunDetectsBrokenStores(t *testing.T) {
 	}
 }
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }

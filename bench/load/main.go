@@ -282,11 +282,13 @@ func buildIdemproxy() (bin string, cleanup func(), err error) {
 		return "", nil, err
 	}
 	bin = filepath.Join(dir, "idemproxy")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/idemproxy")
+	// cmd/idemproxy is a module of its own: build it in its directory.
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = filepath.Join("cmd", "idemproxy")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("go build ./cmd/idemproxy (run from the module root, or give -proxy-bin): %w", err)
+		return "", nil, fmt.Errorf("go build ./cmd/idemproxy (run from the repository root, or give -proxy-bin): %w", err)
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
 }

@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/cmd/idemproxy/internal/proxyconfig"
 	"github.com/idemkit/idem/idemhttp"
-	"github.com/idemkit/idem/internal/proxyconfig"
 )
 
 // newAdmin returns the admin handler:

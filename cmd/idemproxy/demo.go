@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/idemkit/idem/internal/proxyconfig"
+	"github.com/idemkit/idem/cmd/idemproxy/internal/proxyconfig"
 )
 
 // demoSlow is how long the demo's slow endpoint takes: long enough to send

@@ -17,7 +17,7 @@
 //
 // Every flag can also be set by an IDEMPROXY_* environment variable
 // (IDEMPROXY_LISTEN for -listen); the command line wins. -config names a
-// YAML or JSON file with per-route policy (see internal/proxyconfig). The
+// YAML or JSON file with per-route policy (see cmd/idemproxy/internal/proxyconfig). The
 // admin listener (-admin) serves /healthz, /readyz, /metrics and, with
 // -admin-token, /keys. SIGTERM or SIGINT shuts down gracefully.
 //

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/idemkit/idem/internal/proxyconfig"
+	"github.com/idemkit/idem/cmd/idemproxy/internal/proxyconfig"
 )
 
 // version is set at link time: -ldflags "-X main.version=v1.2.3". When

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/cmd/idemproxy/internal/proxyconfig"
 	"github.com/idemkit/idem/idemhttp"
-	"github.com/idemkit/idem/internal/proxyconfig"
 )
 
 // HeaderFence is the request header that carries the lease's fence to the

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/idemkit/idem/internal/leakcheck"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemmsg"
@@ -20,7 +20,7 @@ import (
 	"github.com/idemkit/idem/idemmsg/webhook"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
 
 func post(h http.Handler, path, body string, hdr ...string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))

@@ -3,7 +3,7 @@ package proxyconfig_test
 import (
 	"fmt"
 
-	"github.com/idemkit/idem/internal/proxyconfig"
+	"github.com/idemkit/idem/cmd/idemproxy/internal/proxyconfig"
 )
 
 func ExampleParse() {

@@ -5,12 +5,15 @@
 // behind a build tag so that ordinary test runs do not compile the SQLite
 // driver:
 //
-//	go test -tags backendcompare -run '^$' -bench BenchmarkBackend -benchtime 1s ./filestore/
+//	cd bench && go test -tags backendcompare -run '^$' -bench BenchmarkBackend -benchtime 1s ./backendcompare/
+//
+// It lives in the bench module (not in filestore's) so that no module a user
+// imports requires modernc.org/sqlite.
 //
 // Every variant runs 32 goroutines, each writing a new key and then
 // overwriting it with a larger value (a begin and a complete: two durable
 // writes), through the same leader/follower group commit.
-package filestore
+package backendcompare
 
 import (
 	"database/sql"
