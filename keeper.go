@@ -36,6 +36,63 @@ type Keeper struct {
 	// for an in-process store, where concurrent calls only add scheduling
 	// cost.
 	BatchParallelism int
+	// Clock, if set, is the Keeper's time source: lease deadlines, renewal
+	// timers, the backoff between completion and inspection retries,
+	// BeginWait's polling and the durations reported to the Observer. If
+	// nil, the real clock is used. Tests set a fake clock (with the same
+	// one given to the store, such as memstore.Options.Now) to drive
+	// renewal without sleeping. Context deadlines handed to the store
+	// (for example the bound on one extension attempt) stay on the real
+	// clock.
+	Clock Clock
+}
+
+// Clock is a time source for a Keeper (see Keeper.Clock).
+type Clock interface {
+	// Now returns the current time.
+	Now() time.Time
+	// AfterFunc calls f, in its own goroutine or (for a fake clock) when
+	// time is advanced, once d has elapsed, like time.AfterFunc.
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// Timer is a timer made by Clock.AfterFunc. *time.Timer implements it.
+type Timer interface {
+	// Stop prevents the timer from firing; it reports whether it was active.
+	Stop() bool
+	// Reset makes the timer fire after d; it reports whether it was active.
+	Reset(d time.Duration) bool
+}
+
+// realClock is the Clock used when Keeper.Clock is nil.
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
+func (k *Keeper) clock() Clock {
+	if k.Clock != nil {
+		return k.Clock
+	}
+	return realClock{}
+}
+
+func (k *Keeper) now() time.Time { return k.clock().Now() }
+
+func (k *Keeper) since(t time.Time) time.Duration { return k.now().Sub(t) }
+
+// sleep waits d on the Keeper's clock, or until ctx is done.
+func (k *Keeper) sleep(ctx context.Context, d time.Duration) error {
+	done := make(chan struct{})
+	t := k.clock().AfterFunc(d, func() { close(done) })
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return ctx.Err()
+	case <-done:
+		return nil
+	}
 }
 
 func (k *Keeper) lease() time.Duration {
@@ -91,10 +148,10 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 		return Attempt{}, fmt.Errorf("%w: empty", ErrInvalidKey)
 	}
 	rk := RecordKey(scope, key)
-	start := time.Now()
+	start := k.now()
 	b, err := k.Store.Begin(ctx, rk, fp, k.lease())
 	if err != nil {
-		return Attempt{}, k.storeErr(ctx, "begin", rk, 0, time.Since(start), err)
+		return Attempt{}, k.storeErr(ctx, "begin", rk, 0, k.since(start), err)
 	}
 	return k.attempt(ctx, rk, fp, b, start)
 }
@@ -176,14 +233,14 @@ func (k *Keeper) BeginBatch(ctx context.Context, scope string, keys []string, fp
 	for j, i := range idx {
 		bfps[j] = fp(i)
 	}
-	start := time.Now()
+	start := k.now()
 	res, err := bb.BeginBatch(ctx, rks, bfps, k.lease())
 	if err == nil && len(res) != len(rks) {
 		err = fmt.Errorf("store returned %d results for %d keys", len(res), len(rks))
 	}
 	for j, i := range idx {
 		if err != nil {
-			errs[i] = k.storeErr(ctx, "begin", rks[j], 0, time.Since(start), err)
+			errs[i] = k.storeErr(ctx, "begin", rks[j], 0, k.since(start), err)
 			continue
 		}
 		out[i], errs[i] = k.attempt(ctx, rks[j], bfps[j], res[j], start)
@@ -224,7 +281,7 @@ func (k *Keeper) each(n int, f func(i int)) {
 // reported to the Observer, so a wait shows as conflicts followed by the
 // final outcome.
 func (k *Keeper) BeginWait(ctx context.Context, scope, key string, fp []byte, maxWait time.Duration) (Attempt, error) {
-	deadline := time.Now().Add(maxWait)
+	deadline := k.now().Add(maxWait)
 	poll := 5 * time.Millisecond
 	for {
 		a, err := k.Begin(ctx, scope, key, fp)
@@ -232,7 +289,7 @@ func (k *Keeper) BeginWait(ctx context.Context, scope, key string, fp []byte, ma
 		if !errors.As(err, &inflight) {
 			return a, err
 		}
-		left := time.Until(deadline)
+		left := deadline.Sub(k.now())
 		if left <= 0 {
 			return a, err
 		}
@@ -249,12 +306,8 @@ func (k *Keeper) BeginWait(ctx context.Context, scope, key string, fp []byte, ma
 		}
 		d = min(d, poll)
 		poll = min(poll*2, 250*time.Millisecond)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return Attempt{}, ctx.Err()
-		case <-t.C:
+		if err := k.sleep(ctx, d); err != nil {
+			return Attempt{}, err
 		}
 	}
 }
@@ -272,7 +325,7 @@ type Lease struct {
 	mu       sync.Mutex
 	finished bool           // Complete, Release or MarkCompleted was called
 	external bool           // MarkCompleted: the caller completed the record
-	timer    *time.Timer    // renewal timer; nil until StartRenewal
+	timer    Timer          // renewal timer; nil until StartRenewal
 	every    time.Duration  // renewal period after a successful extension
 	backoff  time.Duration  // pause before the next attempt after a failed one
 	deadline time.Time      // the lease ends no earlier than this (local clock)
@@ -296,7 +349,7 @@ func (l *Lease) Takeover() bool { return l.takeover }
 
 // Retention returns how long the record is kept once completed: the
 // Keeper's retention. Callers that complete the record themselves (for
-// example pgxstore's CompleteTx) pass it to the store.
+// example pgxstore's CompleteIn) pass it to the store.
 func (l *Lease) Retention() time.Duration { return l.k.retention() }
 
 // Context returns ctx carrying the lease (see LeaseFromContext) and its
@@ -334,7 +387,7 @@ func LeaseFromContext(ctx context.Context) (*Lease, bool) {
 }
 
 // MarkCompleted records that the caller completed the record itself, in the
-// same database transaction as its business writes (pgxstore's CompleteTx),
+// same database transaction as its business writes (pgxstore's CompleteIn),
 // and that the transaction committed. It stops renewal; a later Complete or
 // Release then does nothing and returns nil, so the layer that began the
 // lease (idemhttp, Do) does not complete the record a second time. Call it
@@ -352,7 +405,7 @@ func (l *Lease) MarkCompleted() {
 	}
 	l.mu.Unlock()
 	l.extends.Wait()
-	l.k.observe(context.Background(), Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: "complete", Duration: time.Since(l.start)})
+	l.k.observe(context.Background(), Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: "complete", Duration: l.k.since(l.start)})
 }
 
 // Complete stores result and ends the lease. It returns ErrLeaseLost
@@ -395,7 +448,7 @@ func (l *Lease) end(ctx context.Context, op string, result []byte, call func(con
 		ctx, cancel = context.WithTimeout(ctx, l.k.lease())
 		defer cancel()
 	}
-	start := time.Now()
+	start := l.k.now()
 	backoff := 10 * time.Millisecond
 	unknown := false // an earlier attempt may have applied
 	for {
@@ -408,26 +461,22 @@ func (l *Lease) end(ctx context.Context, op string, result []byte, call func(con
 			err = nil
 		}
 		if err == nil || errors.Is(err, ErrLeaseLost) || !l.transient(ctx, err) {
-			l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: op, Duration: time.Since(l.start)})
+			l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: op, Duration: l.k.since(l.start)})
 			if err != nil {
 				if errors.Is(err, ErrLeaseLost) {
 					l.markLost()
 				} else {
 					l.unfinish() // the caller may try again
 				}
-				return l.k.storeErr(ctx, op, l.key, l.fence, time.Since(start), err)
+				return l.k.storeErr(ctx, op, l.key, l.fence, l.k.since(start), err)
 			}
 			return nil
 		}
 		unknown = true
-		l.k.observe(ctx, Event{Kind: EventStoreError, Key: l.key, Fence: l.fence, Op: op, Duration: time.Since(start), Err: err})
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		l.k.observe(ctx, Event{Kind: EventStoreError, Key: l.key, Fence: l.fence, Op: op, Duration: l.k.since(start), Err: err})
+		if serr := l.k.sleep(ctx, backoff); serr != nil {
 			l.unfinish()
-			return l.k.storeErr(ctx, op, l.key, l.fence, time.Since(start), errors.Join(err, ctx.Err()))
-		case <-t.C:
+			return l.k.storeErr(ctx, op, l.key, l.fence, l.k.since(start), errors.Join(err, serr))
 		}
 		backoff = min(backoff*2, 500*time.Millisecond)
 	}
@@ -475,12 +524,8 @@ func (l *Lease) inspect(ctx context.Context) (Record, bool, error) {
 		if err == nil || !l.transient(ctx, err) {
 			return rec, found, err
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return Record{}, false, errors.Join(err, ctx.Err())
-		case <-t.C:
+		if serr := l.k.sleep(ctx, backoff); serr != nil {
+			return Record{}, false, errors.Join(err, serr)
 		}
 		backoff = min(backoff*2, 250*time.Millisecond)
 	}
@@ -562,12 +607,12 @@ func (l *Lease) Extend(ctx context.Context) error {
 	if finished {
 		return errFinished
 	}
-	start := time.Now()
+	start := l.k.now()
 	if err := x.Extend(ctx, l.key, l.fence, l.k.lease()); err != nil {
 		if errors.Is(err, ErrLeaseLost) {
 			l.markLost()
 		}
-		return l.k.storeErr(ctx, "extend", l.key, l.fence, time.Since(start), err)
+		return l.k.storeErr(ctx, "extend", l.key, l.fence, l.k.since(start), err)
 	}
 	l.mu.Lock()
 	if d := start.Add(l.k.lease()); d.After(l.deadline) {
@@ -604,7 +649,7 @@ func (l *Lease) StartRenewal() {
 		return
 	}
 	l.every = max(l.k.lease()/4, time.Millisecond)
-	l.timer = time.AfterFunc(max(l.every-time.Since(l.start), time.Millisecond), l.tick)
+	l.timer = l.k.clock().AfterFunc(max(l.every-l.k.since(l.start), time.Millisecond), l.tick)
 }
 
 // tick extends the lease once and schedules the next attempt.
@@ -619,7 +664,7 @@ func (l *Lease) tick() {
 	// later), and at least one renewal period once the lease may have
 	// lapsed: the fence alone decides, so a late extension still holds
 	// the record when nobody took it over.
-	bound := max(time.Until(l.deadline), l.every)
+	bound := max(l.deadline.Sub(l.k.now()), l.every)
 	l.mu.Unlock()
 	defer l.extends.Done()
 

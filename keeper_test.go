@@ -17,17 +17,80 @@ import (
 
 func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
 
-// clock is a fake store clock.
+// clock is a fake clock, for the store (memstore.Options.Now) and the
+// Keeper (idem.Keeper.Clock). Its timers fire only in Advance, in order of
+// their due time, each in the calling goroutine with the clock set to that
+// time, so a test that advances the clock sees every timer that came due
+// run to completion.
 type clock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
 }
 
 func newClock() *clock { return &clock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
 
 func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 
-func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+// Advance moves the clock d forward, running the timers that come due.
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	target := c.now.Add(d)
+	for {
+		var next *fakeTimer
+		for _, t := range c.timers {
+			if t.active && !t.when.After(target) && (next == nil || t.when.Before(next.when)) {
+				next = t
+			}
+		}
+		if next == nil {
+			break
+		}
+		if next.when.After(c.now) {
+			c.now = next.when
+		}
+		next.active = false
+		c.mu.Unlock()
+		next.f()
+		c.mu.Lock()
+	}
+	c.now = target
+	c.mu.Unlock()
+}
+
+func (c *clock) AfterFunc(d time.Duration, f func()) idem.Timer {
+	t := &fakeTimer{c: c, f: f}
+	t.Reset(d)
+	return t
+}
+
+type fakeTimer struct {
+	c      *clock
+	f      func()
+	when   time.Time
+	active bool
+	added  bool
+}
+
+func (t *fakeTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	was := t.active
+	t.active = false
+	return was
+}
+
+func (t *fakeTimer) Reset(d time.Duration) bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	was := t.active
+	t.when, t.active = t.c.now.Add(d), true
+	if !t.added {
+		t.added = true
+		t.c.timers = append(t.c.timers, t)
+	}
+	return was
+}
 
 // recorder is an Observer that counts events by kind.
 type recorder struct {
@@ -342,27 +405,27 @@ func TestDo(t *testing.T) {
 }
 
 // A lease that outlives three lease periods is renewed and never taken over.
+// The store and the Keeper share a fake clock: renewal runs as the test
+// advances it.
 func TestRenewal(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	lease := 60 * time.Millisecond
-	k := &idem.Keeper{Store: memstore.New(memstore.Options{}), Lease: lease}
+	c := newClock()
+	k := &idem.Keeper{Store: memstore.New(memstore.Options{Now: c.Now}), Lease: lease, Clock: c}
 	a, err := k.Begin(ctx, "", "long", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.Lease.StartRenewal()
-	deadline := time.Now().Add(4 * lease)
-	for time.Now().Before(deadline) {
+	for range 24 { // four leases
 		if _, err := k.Begin(ctx, "", "long", nil); !errors.Is(err, idem.ErrInFlight) {
 			t.Fatalf("Begin during a renewed lease = %v, want ErrInFlight", err)
 		}
-		time.Sleep(lease / 6)
+		c.Advance(lease / 6)
 	}
-	select {
-	case <-a.Lease.Lost():
+	if a.Lease.IsLost() {
 		t.Fatal("renewed lease reported lost")
-	default:
 	}
 	if err := a.Lease.Complete(ctx, []byte("done")); err != nil {
 		t.Fatalf("Complete after renewal: %v", err)
@@ -373,22 +436,23 @@ func TestRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(lease + 20*time.Millisecond)
-	c, err := k.Begin(ctx, "", "dead", nil)
-	if err != nil || c.Replayed() || c.Lease.Fence() != b.Lease.Fence()+1 {
-		t.Fatalf("takeover of an unrenewed lease = %+v, %v", c, err)
+	c.Advance(lease + time.Millisecond)
+	d, err := k.Begin(ctx, "", "dead", nil)
+	if err != nil || d.Replayed() || d.Lease.Fence() != b.Lease.Fence()+1 {
+		t.Fatalf("takeover of an unrenewed lease = %+v, %v", d, err)
 	}
 	// The stale holder's renewal now fails and reports the loss.
 	b.Lease.StartRenewal()
+	c.Advance(lease)
 	select {
 	case <-b.Lease.Lost():
-	case <-time.After(time.Second):
+	default:
 		t.Fatal("renewal of a lost lease did not report it")
 	}
 	if err := b.Lease.Complete(ctx, nil); !errors.Is(err, idem.ErrLeaseLost) {
 		t.Fatalf("stale Complete = %v, want ErrLeaseLost", err)
 	}
-	if err := c.Lease.Release(ctx); err != nil {
+	if err := d.Lease.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -572,27 +636,31 @@ func waitUntil(t *testing.T, cond func() bool) {
 
 // TestRenewalRetriesWithinLease: an extension that fails fast (store
 // unreachable) is retried at once with backoff rather than at the next
-// period, and renewal resumes when the store is back.
+// period, and renewal resumes when the store is back. The store and the
+// Keeper share a fake clock.
 func TestRenewalRetriesWithinLease(t *testing.T) {
+	t.Parallel()
 	const lease = 300 * time.Millisecond
-	mem := memstore.New(memstore.Options{})
+	c := newClock()
+	mem := memstore.New(memstore.Options{Now: c.Now})
 	st := &flakyExtend{Store: mem}
 	st.down.Store(true)
-	k := &idem.Keeper{Store: st, Lease: lease}
+	k := &idem.Keeper{Store: st, Lease: lease, Clock: c}
 	a, err := k.Begin(context.Background(), "s", "flaky", []byte("fp"))
 	if err != nil || a.Lease == nil {
 		t.Fatal(a, err)
 	}
 	a.Lease.StartRenewal()
-	// Down from the first renewal (at lease/4) for another 40% of the lease.
-	time.Sleep(lease/4 + lease*4/10)
+	// Down from the first renewal (at lease/4) for another 40% of the lease:
+	// retries after 10, 20 and 30 ms (backoff capped at a tenth of the
+	// lease), then every 30 ms.
+	c.Advance(lease/4 + lease*4/10)
 	st.down.Store(false)
-	n := st.calls.Load()
-	if n < 3 {
+	if n := st.calls.Load(); n < 3 {
 		t.Errorf("%d extension attempts while the store was down, want retries within the lease", n)
 	}
-	time.Sleep(lease)
-	other := &idem.Keeper{Store: mem, Lease: lease}
+	c.Advance(lease)
+	other := &idem.Keeper{Store: mem, Lease: lease, Clock: c}
 	if _, err := other.Begin(context.Background(), "s", "flaky", []byte("fp")); !errors.Is(err, idem.ErrInFlight) {
 		t.Fatalf("duplicate got %v: the lease lapsed", err)
 	}

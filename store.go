@@ -5,13 +5,13 @@ import (
 	"time"
 )
 
-// Outcome is what Store.Begin found and did (SPEC §2).
-type Outcome uint8
+// BeginOutcome is what Store.Begin found and did (SPEC §2).
+type BeginOutcome uint8
 
 const (
 	// Acquired: the caller now holds the record's lease and must execute,
 	// then Complete or Release with Begun.Fence.
-	Acquired Outcome = iota + 1
+	Acquired BeginOutcome = iota + 1
 	// InFlight: another executor holds a live lease; nothing changed.
 	InFlight
 	// Replay: the record is completed with the same fingerprint; Begun.Result
@@ -23,7 +23,7 @@ const (
 )
 
 // String returns the outcome's lower-case name.
-func (o Outcome) String() string {
+func (o BeginOutcome) String() string {
 	switch o {
 	case Acquired:
 		return "acquired"
@@ -39,7 +39,7 @@ func (o Outcome) String() string {
 
 // Begun is the result of Store.Begin.
 type Begun struct {
-	Outcome Outcome
+	Outcome BeginOutcome
 	// Fence is the new fence when Acquired, and the holder's fence when
 	// InFlight. Zero otherwise.
 	Fence uint64

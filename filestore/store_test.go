@@ -21,7 +21,7 @@ var (
 	fp2 = idem.Fingerprint([]byte("two"))
 )
 
-func mustBegin(t *testing.T, s *Store, key string, fp []byte, lease time.Duration, want idem.Outcome) idem.Begun {
+func mustBegin(t *testing.T, s *Store, key string, fp []byte, lease time.Duration, want idem.BeginOutcome) idem.Begun {
 	t.Helper()
 	b, err := s.Begin(context.Background(), key, fp, lease)
 	if err != nil {

@@ -77,7 +77,7 @@ func BenchmarkOverhead(b *testing.B) {
 	})
 	b.Run("post-new-key-observed", func(b *testing.B) {
 		var n int
-		tr := &Transport{Base: newCanned(), OnAttempt: func(a Attempt) { n += a.N }}
+		tr := &Transport{Base: newCanned(), OnAttempt: func(a AttemptInfo) { n += a.N }}
 		runRoundTrips(b, tr, benchRequest(b, http.MethodPost, "http://api.test/charges"))
 	})
 }

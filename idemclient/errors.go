@@ -7,10 +7,15 @@ import (
 )
 
 // Errors a caller can branch on with errors.Is, through the *url.Error that
-// http.Client wraps around them. All but ErrInvalidKey are reasons to stop
-// retrying: they appear as Error.Stop, and the first three also as
-// Attempt.GiveUp when the Transport returns a response it would otherwise
-// have retried.
+// http.Client wraps around them. They are reasons to stop retrying: they
+// appear as Error.Stop, and the first three also as AttemptInfo.GiveUp when
+// the Transport returns a response it would otherwise have retried.
+//
+// A key that cannot be sent fails the request with an error matching
+// idem.ErrInvalidKey, before anything is sent: an empty key from
+// Transport.KeyFunc, or a key (from KeyFunc or the caller) containing a
+// control character, which net/http refuses in a header value. The Transport
+// does not otherwise judge keys: the server does.
 var (
 	// ErrBodyNotReplayable reports that a retryable outcome was not retried
 	// because the request body cannot be sent again: it has no GetBody and is
@@ -26,12 +31,6 @@ var (
 	// (Transport.KeyMaxAge) or the request context's deadline. It is also the
 	// reason when a Retry-After asks for a wait longer than the time left.
 	ErrBudgetExhausted = errors.New("idemclient: retry time budget exhausted")
-
-	// ErrInvalidKey reports a key that cannot be sent: an empty key from
-	// Transport.KeyFunc, or a key (from KeyFunc or the caller) containing a
-	// control character, which net/http refuses in a header value. Nothing
-	// was sent. The Transport does not otherwise judge keys: the server does.
-	ErrInvalidKey = errors.New("idemclient: invalid idempotency key")
 
 	// ErrKeyExpired reports that a caller-provided key, first used at the
 	// time given to WithKeyTime, is older than Transport.KeyMaxAge: the

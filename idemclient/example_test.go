@@ -36,7 +36,7 @@ func Example() {
 
 	client := &http.Client{Transport: &idemclient.Transport{
 		Base: srv.Client().Transport, // usually left nil: http.DefaultTransport
-		OnAttempt: func(a idemclient.Attempt) {
+		OnAttempt: func(a idemclient.AttemptInfo) {
 			fmt.Printf("attempt %d: status %d, retry %v after %v\n", a.N, a.Status, a.Retry, a.Delay)
 		},
 	}}

@@ -161,7 +161,7 @@ func testExactlyOnce(t *testing.T, keepAlive bool, calls int) {
 		BaseDelay:   time.Millisecond,
 		MaxDelay:    5 * time.Millisecond,
 		MaxAttempts: 50,
-		OnAttempt: func(a Attempt) {
+		OnAttempt: func(a AttemptInfo) {
 			if a.Err != nil {
 				errorsSeen.Add(1)
 			}
@@ -276,10 +276,10 @@ func TestConcurrentDuplicateWaitsForRetryAfter(t *testing.T) {
 	}()
 	<-ps.in // the first call is inside the handler, holding the key
 
-	var attempts []Attempt
+	var attempts []AttemptInfo
 	var once sync.Once
 	start := time.Now()
-	resp, body, err := post(&Transport{Base: base, OnAttempt: func(a Attempt) {
+	resp, body, err := post(&Transport{Base: base, OnAttempt: func(a AttemptInfo) {
 		attempts = append(attempts, a)
 		if a.Status == http.StatusConflict {
 			once.Do(func() { close(ps.hold) }) // let the first call finish
@@ -330,7 +330,7 @@ func TestClientErrorsReturnedAtOnce(t *testing.T) {
 	var n atomic.Int32
 	var sentKeys []string
 	var mu sync.Mutex
-	tr := &Transport{Base: newBase(t), OnAttempt: func(a Attempt) {
+	tr := &Transport{Base: newBase(t), OnAttempt: func(a AttemptInfo) {
 		n.Add(1)
 		mu.Lock()
 		sentKeys = append(sentKeys, a.Request.Header.Get(DefaultHeader))
@@ -402,7 +402,7 @@ func TestCancelDuringRetryAfter(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var delay time.Duration
-	tr := &Transport{Base: base, OnAttempt: func(a Attempt) {
+	tr := &Transport{Base: base, OnAttempt: func(a AttemptInfo) {
 		if a.Retry {
 			delay = a.Delay
 			time.AfterFunc(10*time.Millisecond, cancel)

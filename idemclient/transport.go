@@ -14,6 +14,8 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
+
+	"github.com/idemkit/idem"
 )
 
 // Defaults used by a Transport whose corresponding field is zero.
@@ -116,7 +118,7 @@ const drainLimit = 64 << 10
 // body is streamed once, unbuffered, and not retried: a retryable response is
 // returned as it is and a retryable error is returned as an *Error whose
 // Stop is ErrBodyNotReplayable; the observer sees the same reason in
-// Attempt.GiveUp.
+// AttemptInfo.GiveUp.
 type Transport struct {
 	// Base sends each attempt. If nil, http.DefaultTransport is used.
 	Base http.RoundTripper
@@ -133,7 +135,7 @@ type Transport struct {
 	// KeyFunc returns the key for a request that needs one. If nil, NewKey
 	// is used. A KeyFunc may derive the key from the request (an order id,
 	// say). An error from it, an empty key or one with control characters
-	// (ErrInvalidKey) fails the request before anything is sent.
+	// (idem.ErrInvalidKey) fails the request before anything is sent.
 	KeyFunc func(*http.Request) (string, error)
 
 	// MaxAttempts is the most attempts made for one request, the first
@@ -174,17 +176,17 @@ type Transport struct {
 
 	// OnAttempt, if set, is called after every attempt, on the goroutine
 	// running RoundTrip, before the Transport waits. It must not read or
-	// close Attempt.Response.Body nor keep the Attempt after it returns.
-	OnAttempt func(Attempt)
+	// close AttemptInfo.Response.Body nor keep the AttemptInfo after it returns.
+	OnAttempt func(AttemptInfo)
 
 	// now and wait replace the clock and the backoff sleep in tests.
 	now  func() time.Time
 	wait func(ctx context.Context, d time.Duration) error
 }
 
-// Attempt describes one attempt, for logging and metrics (see
+// AttemptInfo describes one attempt, for logging and metrics (see
 // Transport.OnAttempt).
-type Attempt struct {
+type AttemptInfo struct {
 	// Request is the request as sent, key included.
 	Request *http.Request
 	// N is the attempt number, starting at 1.
@@ -239,7 +241,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	addKey := !callerKey && t.keyMethod(req.Method)
 	if !callerKey && !addKey && !idempotent(req.Method) {
 		resp, err := base.RoundTrip(req)
-		t.observe(Attempt{Request: req, N: 1, Response: resp, Status: status(resp), Err: err})
+		t.observe(AttemptInfo{Request: req, N: 1, Response: resp, Status: status(resp), Err: err})
 		return resp, err
 	}
 	keyed := callerKey || addKey
@@ -249,7 +251,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if callerKey && !sendable(key) {
 		// net/http would refuse it on every attempt.
 		closeBody(req)
-		return fail(0, nil, fmt.Errorf("%w: control character in %s", ErrInvalidKey, hdr))
+		return fail(0, nil, fmt.Errorf("%w: control character in %s", idem.ErrInvalidKey, hdr))
 	}
 
 	// The first attempt sends req itself unless a key or a buffered body
@@ -259,7 +261,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if t.KeyFunc != nil {
 			k, err := t.KeyFunc(req)
 			if err == nil && (k == "" || !sendable(k)) {
-				err = fmt.Errorf("%w: KeyFunc returned %q", ErrInvalidKey, k)
+				err = fmt.Errorf("%w: KeyFunc returned %q", idem.ErrInvalidKey, k)
 			}
 			if err != nil {
 				closeBody(req)
@@ -390,7 +392,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if stop != nil || !retry {
 			retry, delay = false, 0
 		}
-		t.observe(Attempt{Request: out, N: n, Key: key, Response: resp, Status: status(resp),
+		t.observe(AttemptInfo{Request: out, N: n, Key: key, Response: resp, Status: status(resp),
 			Err: err, Retry: retry, Delay: delay, GiveUp: stop})
 		if !retry {
 			if err != nil {
@@ -497,7 +499,7 @@ func (t *Transport) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (t *Transport) observe(a Attempt) {
+func (t *Transport) observe(a AttemptInfo) {
 	if t.OnAttempt != nil {
 		t.OnAttempt(a)
 	}

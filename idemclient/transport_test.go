@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem"
 )
 
 // roundTripFunc adapts a function to http.RoundTripper.
@@ -469,8 +471,8 @@ func TestBodyOverLimitIsNotRetried(t *testing.T) {
 		srv := &fakeServer{replies: []reply{{status: 503}, {status: 200}}}
 		tr, _ := newTestTransport(srv)
 		tr.BodyLimit = 10
-		var last Attempt
-		tr.OnAttempt = func(a Attempt) { last = a }
+		var last AttemptInfo
+		tr.OnAttempt = func(a AttemptInfo) { last = a }
 		body := &closeRecorder{Reader: strings.NewReader(payload)}
 		req, _ := http.NewRequest(http.MethodPost, "http://example.test/x", body)
 		resp, err := tr.RoundTrip(req)
@@ -676,8 +678,8 @@ func TestTimeBudget(t *testing.T) {
 			tr.MaxDelay = 2 * time.Second
 			tr.now = clock.Now
 			tr.wait = func(_ context.Context, d time.Duration) error { clock.Advance(d); return nil }
-			var last Attempt
-			tr.OnAttempt = func(a Attempt) { last = a }
+			var last AttemptInfo
+			tr.OnAttempt = func(a AttemptInfo) { last = a }
 			ctx := context.Background()
 			if c.ctx != nil {
 				// Context deadlines are in real time.
@@ -749,7 +751,7 @@ func TestContextCancelStopsBackoffAtOnce(t *testing.T) {
 	srv := &fakeServer{replies: []reply{{status: 503, header: retryAfter("3600")}, {status: 200}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	tr := &Transport{Base: srv, MaxElapsed: -1, OnAttempt: func(a Attempt) {
+	tr := &Transport{Base: srv, MaxElapsed: -1, OnAttempt: func(a AttemptInfo) {
 		if a.Retry {
 			time.AfterFunc(20*time.Millisecond, cancel)
 		}
@@ -804,8 +806,8 @@ func TestObserver(t *testing.T) {
 	t.Parallel()
 	srv := &fakeServer{replies: []reply{{status: 0}, {status: 409, header: retryAfter("1")}, {status: 201}}}
 	tr, _ := newTestTransport(srv)
-	var got []Attempt
-	tr.OnAttempt = func(a Attempt) { got = append(got, a) }
+	var got []AttemptInfo
+	tr.OnAttempt = func(a AttemptInfo) { got = append(got, a) }
 	resp, err := tr.RoundTrip(mustPost(t))
 	if err != nil {
 		t.Fatal(err)
@@ -1052,8 +1054,8 @@ func TestUnsendableKeysFailBeforeSending(t *testing.T) {
 			}
 			_, err := tr.RoundTrip(req)
 			var e *Error
-			if !errors.Is(err, ErrInvalidKey) || !errors.As(err, &e) || e.Attempts != 0 || len(srv.attempts()) != 0 {
-				t.Fatalf("err = %v, %d attempts; want ErrInvalidKey and nothing sent", err, len(srv.attempts()))
+			if !errors.Is(err, idem.ErrInvalidKey) || !errors.As(err, &e) || e.Attempts != 0 || len(srv.attempts()) != 0 {
+				t.Fatalf("err = %v, %d attempts; want idem.ErrInvalidKey and nothing sent", err, len(srv.attempts()))
 			}
 		})
 	}
@@ -1145,7 +1147,7 @@ func TestBaseTimeoutRetried(t *testing.T) {
 	base := &http.Transport{ResponseHeaderTimeout: 300 * time.Millisecond}
 	defer base.CloseIdleConnections()
 	var errs []error
-	tr := &Transport{Base: base, BaseDelay: time.Millisecond, OnAttempt: func(a Attempt) {
+	tr := &Transport{Base: base, BaseDelay: time.Millisecond, OnAttempt: func(a AttemptInfo) {
 		if a.Err != nil {
 			errs = append(errs, a.Err)
 		}

@@ -11,8 +11,8 @@ import (
 	"github.com/idemkit/idem"
 )
 
-// Outcome is what Batch or BatchTx did with one message of a batch.
-type Outcome struct {
+// BatchResult is what Batch or BatchTx did with one message of a batch.
+type BatchResult struct {
 	Status Status
 	// Err is the error for this message: fn's error (Failed), an
 	// *idem.InFlightError (InFlight), a store or key error (NotRun), an
@@ -35,13 +35,13 @@ type Outcome struct {
 // processed once; its later occurrences are Duplicate when the first one is
 // acknowledged, and share its outcome otherwise. If fn panics, every lease
 // not yet completed is released and the panic is re-raised.
-func (d *Deduper) Batch(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error) []Outcome {
+func (d *Deduper) Batch(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error) []BatchResult {
 	return d.batch(ctx, scope, messages(ids), fn, false)
 }
 
 // BatchMessages is Batch for messages with their payloads (see
 // OnceMessage).
-func (d *Deduper) BatchMessages(ctx context.Context, scope string, msgs []Message, fn func(ctx context.Context, i int) error) []Outcome {
+func (d *Deduper) BatchMessages(ctx context.Context, scope string, msgs []Message, fn func(ctx context.Context, i int) error) []BatchResult {
 	return d.batch(ctx, scope, msgs, fn, false)
 }
 
@@ -67,24 +67,24 @@ var ErrSkipped = errors.New("idemmsg: skipped after an earlier message was not p
 // ErrSkipped, without running fn, and its claim is released. So the
 // acknowledged messages are always a prefix of ids: commit the offset of the
 // last one, and resume from the first one that is not.
-func (d *Deduper) BatchInOrder(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error) []Outcome {
+func (d *Deduper) BatchInOrder(ctx context.Context, scope string, ids []string, fn func(ctx context.Context, i int) error) []BatchResult {
 	return d.batch(ctx, scope, messages(ids), fn, true)
 }
 
 // BatchMessagesInOrder is BatchInOrder for messages with their payloads
 // (see OnceMessage).
-func (d *Deduper) BatchMessagesInOrder(ctx context.Context, scope string, msgs []Message, fn func(ctx context.Context, i int) error) []Outcome {
+func (d *Deduper) BatchMessagesInOrder(ctx context.Context, scope string, msgs []Message, fn func(ctx context.Context, i int) error) []BatchResult {
 	return d.batch(ctx, scope, msgs, fn, true)
 }
 
-func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn func(ctx context.Context, i int) error, ordered bool) []Outcome {
-	out := make([]Outcome, len(msgs))
+func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn func(ctx context.Context, i int) error, ordered bool) []BatchResult {
+	out := make([]BatchResult, len(msgs))
 	if len(msgs) == 0 {
 		return out
 	}
 	if d.Store == nil {
 		for i := range out {
-			out[i] = Outcome{NotRun, ErrNoStore}
+			out[i] = BatchResult{NotRun, ErrNoStore}
 		}
 		return out
 	}
@@ -96,7 +96,7 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 	for i, m := range msgs {
 		if m.ID == "" {
 			firstOf[i] = -1
-			out[i] = Outcome{NotRun, fmt.Errorf("idemmsg: message %d: %w: empty", i, idem.ErrInvalidKey)}
+			out[i] = BatchResult{NotRun, fmt.Errorf("idemmsg: message %d: %w: empty", i, idem.ErrInvalidKey)}
 			continue
 		}
 		f, ok := seen[m.ID]
@@ -124,7 +124,7 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 		case errs[j] != nil:
 			out[i] = beginFailed(ids[j], errs[j])
 		case atts[j].Replayed():
-			out[i] = Outcome{Status: Duplicate}
+			out[i] = BatchResult{Status: Duplicate}
 			if d.MaxAttempts > 0 {
 				d.tries.forget(idem.RecordKey(scope, ids[j]))
 			}
@@ -135,7 +135,7 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 	}
 
 	if len(claims) > 0 {
-		res := make([]Outcome, len(claims))
+		res := make([]BatchResult, len(claims))
 		// stop is the index of the first message that will not be
 		// acknowledged, for an ordered batch.
 		stop := len(msgs)
@@ -157,11 +157,11 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 			}()
 			for c, cl := range claims {
 				if cl.i > stop {
-					res[c] = Outcome{NotRun, ErrSkipped}
+					res[c] = BatchResult{NotRun, ErrSkipped}
 					continue
 				}
 				st, err := d.execute(ctx, scope, msgs[cl.i], cl.l, func(ctx context.Context) error { return fn(ctx, cl.i) })
-				res[c] = Outcome{st, err}
+				res[c] = BatchResult{st, err}
 				if ordered && !st.Ack() {
 					stop = cl.i
 				}
@@ -180,7 +180,7 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 	for i, f := range firstOf {
 		if ordered && stopped {
 			if out[i].Status.Ack() || out[i].Status == 0 || f != i {
-				out[i] = Outcome{NotRun, ErrSkipped}
+				out[i] = BatchResult{NotRun, ErrSkipped}
 			}
 			continue
 		}
@@ -197,7 +197,7 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 			case out[f].Status == Mismatched:
 				out[i] = out[f]
 			case out[f].Status.Ack():
-				out[i] = Outcome{Status: Duplicate}
+				out[i] = BatchResult{Status: Duplicate}
 			default:
 				out[i] = out[f]
 			}

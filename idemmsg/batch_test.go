@@ -12,7 +12,7 @@ import (
 	"github.com/idemkit/idem/idemmsg/internal/fakestore"
 )
 
-func statuses(out []idemmsg.Outcome) []idemmsg.Status {
+func statuses(out []idemmsg.BatchResult) []idemmsg.Status {
 	s := make([]idemmsg.Status, len(out))
 	for i, o := range out {
 		s[i] = o.Status
@@ -300,7 +300,7 @@ func TestBatchInOrder(t *testing.T) {
 	}
 }
 
-func countExecuted(out []idemmsg.Outcome) int {
+func countExecuted(out []idemmsg.BatchResult) int {
 	n := 0
 	for _, o := range out {
 		if o.Status == idemmsg.Executed {

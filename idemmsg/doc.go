@@ -44,7 +44,7 @@
 //
 // Retention is a correctness parameter: a duplicate that arrives after the
 // record's retention has passed is processed again. The default,
-// [DefaultRetention] (30 days), covers the redelivery horizons of common
+// [DefaultMessageRetention] (30 days), covers the redelivery horizons of common
 // brokers (Kafka's default 7-day log retention, JetStream and Redis Streams
 // limits in days, webhook senders retrying for up to 3 days).
 //

@@ -11,9 +11,9 @@ import (
 	"github.com/idemkit/idem"
 )
 
-// DefaultRetention is how long a processed id is remembered when
+// DefaultMessageRetention is how long a processed id is remembered when
 // Deduper.Retention is zero: 30 days (SPEC §1).
-const DefaultRetention = 30 * 24 * time.Hour
+const DefaultMessageRetention = 30 * 24 * time.Hour
 
 // ErrNotRecorded reports that the handler succeeded but its completion could
 // not be stored (the store failed, or the lease was taken over because the
@@ -136,7 +136,7 @@ type Deduper struct {
 	// idem.DefaultLease (30 s) is used.
 	Lease time.Duration
 	// Retention is how long a processed id is remembered; a duplicate older
-	// than that is processed again. If zero, DefaultRetention (30 days) is
+	// than that is processed again. If zero, DefaultMessageRetention (30 days) is
 	// used.
 	Retention time.Duration
 	// Observer, if set, receives every outcome (see idem.Observer).
@@ -218,7 +218,7 @@ func (d *Deduper) retention() time.Duration {
 	if d.Retention > 0 {
 		return d.Retention
 	}
-	return DefaultRetention
+	return DefaultMessageRetention
 }
 
 // Once runs fn unless the message id was already processed in scope (SPEC
@@ -276,19 +276,19 @@ func (d *Deduper) OnceMessage(ctx context.Context, scope string, m Message, fn f
 	}()
 	st, err := d.execute(ctx, scope, m, l, fn)
 	finished = true
-	o := d.finish(ctx, l, Outcome{st, err})
+	o := d.finish(ctx, l, BatchResult{st, err})
 	return o.Status, o.Err
 }
 
 // beginFailed is the outcome of a message whose begin returned err.
-func beginFailed(id string, err error) Outcome {
+func beginFailed(id string, err error) BatchResult {
 	switch {
 	case errors.Is(err, idem.ErrInFlight):
-		return Outcome{InFlight, err}
+		return BatchResult{InFlight, err}
 	case errors.Is(err, idem.ErrMismatch):
-		return Outcome{Mismatched, fmt.Errorf("idemmsg: id %q reused with a different payload: %w", id, err)}
+		return BatchResult{Mismatched, fmt.Errorf("idemmsg: id %q reused with a different payload: %w", id, err)}
 	}
-	return Outcome{NotRun, err}
+	return BatchResult{NotRun, err}
 }
 
 // execute runs fn under l, counts its failures and applies MaxAttempts. It
@@ -353,7 +353,7 @@ func (d *Deduper) poison(ctx context.Context, scope string, m Message, key strin
 
 // finish completes l (Executed, Poisoned) or releases it (otherwise) and
 // adds the store's error to o.
-func (d *Deduper) finish(ctx context.Context, l *idem.Lease, o Outcome) Outcome {
+func (d *Deduper) finish(ctx context.Context, l *idem.Lease, o BatchResult) BatchResult {
 	sctx := context.WithoutCancel(ctx)
 	if o.Status == Executed || o.Status == Poisoned {
 		if err := l.Complete(sctx, result); err != nil {

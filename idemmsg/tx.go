@@ -93,11 +93,11 @@ func OnceTx(ctx context.Context, c Claimer, scope, id string, fn func(context.Co
 // Duplicate for every other message: commit, then acknowledge them all.
 // When fn or the claim fails, every outcome is Failed or NotRun with the
 // error and the caller rolls the whole transaction back.
-func BatchTx(ctx context.Context, c BatchClaimer, scope string, ids []string, fn func(ctx context.Context, fresh []int) error) ([]Outcome, error) {
-	out := make([]Outcome, len(ids))
-	fail := func(s Status, err error) ([]Outcome, error) {
+func BatchTx(ctx context.Context, c BatchClaimer, scope string, ids []string, fn func(ctx context.Context, fresh []int) error) ([]BatchResult, error) {
+	out := make([]BatchResult, len(ids))
+	fail := func(s Status, err error) ([]BatchResult, error) {
 		for i := range out {
-			out[i] = Outcome{s, err}
+			out[i] = BatchResult{s, err}
 		}
 		return out, err
 	}
@@ -134,9 +134,9 @@ func BatchTx(ctx context.Context, c BatchClaimer, scope string, ids []string, fn
 		if isFresh[id] {
 			idx = append(idx, i)
 			delete(isFresh, id) // later occurrences are duplicates
-			out[i] = Outcome{Status: Executed}
+			out[i] = BatchResult{Status: Executed}
 		} else {
-			out[i] = Outcome{Status: Duplicate}
+			out[i] = BatchResult{Status: Duplicate}
 		}
 	}
 	if len(idx) > 0 {

@@ -29,7 +29,7 @@
 //
 // # Same-transaction completion
 //
-// With(tx) (or CompleteTx) runs the store's statements in the caller's
+// CompleteIn runs the store's statements in the caller's
 // transaction, so a handler can write its business rows and complete its
 // idempotency record atomically: both commit, or neither does. Begin runs on
 // the pool (autocommit) so that the lease is visible to other executors at
@@ -41,8 +41,7 @@
 //
 // After the commit, call idem.Lease.MarkCompleted on the executing lease
 // (idem.LeaseFromContext finds it in the context idemhttp and idem.Do give
-// the handler; its Key, Fence and Retention are the arguments to pass to
-// CompleteTx). The wrapper's own later Complete or Release then does
+// the handler; CompleteIn takes it whole). The wrapper's own later Complete or Release then does
 // nothing and returns nil. Without it, that second Complete is refused with
 // idem.ErrLeaseLost: the store never completes a record twice (SPEC §2).
 // If the transaction did not commit, do not call MarkCompleted; the lease is

@@ -47,7 +47,7 @@ func TestReplayWritesNothing(t *testing.T) {
 	type probe struct {
 		key  string
 		fp   []byte
-		want idem.Outcome
+		want idem.BeginOutcome
 	}
 	probes := []probe{{"done", fpA, idem.Replay}, {"busy", fpA, idem.InFlight}, {"done", fpB, idem.Mismatch}, {"busy", fpB, idem.Mismatch}}
 	check := func(db pgxstore.DBTX) {

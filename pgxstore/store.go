@@ -128,38 +128,44 @@ func New(db DBTX, o Options) *Store {
 func (s *Store) Options() Options { return s.opts }
 
 // With returns a Store that shares s's tables and options but runs its
-// statements on db, typically the caller's pgx.Tx. This is how a handler
-// completes its idempotency record in the same transaction as its business
-// writes, so that both commit or neither does:
-//
-//	lease, _ := idem.LeaseFromContext(ctx) // or Keeper.Begin's Attempt.Lease
-//	tx, _ := pool.Begin(ctx)
-//	defer tx.Rollback(ctx)
-//	_, _ = tx.Exec(ctx, "INSERT INTO charges …")
-//	err := store.With(tx).Complete(ctx, lease.Key(), lease.Fence(), result, lease.Retention())
-//	if err != nil {
-//		return err // ErrLeaseLost: a newer executor holds the key; roll back
-//	}
-//	if err := tx.Commit(ctx); err != nil {
-//		return err // the lease is released as usual
-//	}
-//	lease.MarkCompleted() // the layer that began the lease must not complete it again
-//
-// The returned Store is as safe for concurrent use as db is.
+// statements on db, typically the caller's pgx.Tx (for example to Begin or
+// Claim inside a transaction). To complete a lease's record in the caller's
+// transaction, use CompleteIn. The returned Store is as safe for concurrent
+// use as db is.
 func (s *Store) With(db DBTX) *Store {
 	c := *s
 	c.db = db
 	return &c
 }
 
-// CompleteTx is s.With(tx).Complete(ctx, key, fence, result, retention): it
-// completes the record inside tx, so the completion commits or rolls back
-// with tx. Once tx has committed, call the lease's idem.Lease.MarkCompleted,
-// so that the layer that began the lease (idemhttp, idem.Do) does not
-// complete the record a second time: the store refuses that second Complete
-// with ErrLeaseLost, as SPEC §2 requires.
-func (s *Store) CompleteTx(ctx context.Context, tx DBTX, key string, fence uint64, result []byte, retention time.Duration) error {
-	return s.With(tx).Complete(ctx, key, fence, result, retention)
+// CompleteIn completes the record held by lease with result inside tx, the
+// caller's transaction, so that the completion commits or rolls back with
+// the caller's business writes: the one way to complete a record in the
+// same transaction. It takes the record key, fence and retention from the
+// lease. Once tx has committed, call lease.MarkCompleted, so that the layer
+// that began the lease (idemhttp, idem.Do, idemmsg) does not complete the
+// record a second time (the store would refuse that with ErrLeaseLost, as
+// SPEC §2 requires); if tx rolled back, do not, and the lease is released
+// as usual:
+//
+//	lease, _ := idem.LeaseFromContext(ctx) // or Keeper.Begin's Attempt.Lease
+//	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+//		if _, err := tx.Exec(ctx, "INSERT INTO charges …"); err != nil {
+//			return err
+//		}
+//		return store.CompleteIn(ctx, tx, lease, result) // ErrLeaseLost: a newer executor holds the key; roll back
+//	})
+//	if err == nil {
+//		lease.MarkCompleted()
+//	}
+//
+// For idemhttp, result is the idemhttp.Response's MarshalBinary, and the
+// handler then writes exactly that response.
+func (s *Store) CompleteIn(ctx context.Context, tx DBTX, lease *idem.Lease, result []byte) error {
+	if lease == nil {
+		return errors.New("pgxstore: CompleteIn: nil lease")
+	}
+	return s.With(tx).Complete(ctx, lease.Key(), lease.Fence(), result, lease.Retention())
 }
 
 // Outcome codes returned by the begin statement; 0 means the statement's

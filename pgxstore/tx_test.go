@@ -52,7 +52,7 @@ func (p *payments) pay(ctx context.Context, key string, release bool, hook func(
 		if _, err := tx.Exec(ctx, `INSERT INTO `+p.charges+` (key, fence) VALUES ($1, $2)`, key, int64(l.Fence())); err != nil {
 			return err
 		}
-		if err := p.s.CompleteTx(ctx, tx, l.Key(), l.Fence(), []byte("charged"), time.Hour); err != nil {
+		if err := p.s.With(tx).Complete(ctx, l.Key(), l.Fence(), []byte("charged"), time.Hour); err != nil {
 			return err
 		}
 		if hook != nil {
@@ -159,9 +159,9 @@ func TestSameTransactionCompletion(t *testing.T) {
 					t.Fatalf("pg_terminate_backend(%d) = %v, %v", pid, ok, err)
 				}
 				// The store reports the dead connection as unavailable.
-				err := p.s.CompleteTx(ctx, tx, idem.RecordKey("tenant", "k"), 1, nil, time.Hour)
+				err := p.s.With(tx).Complete(ctx, idem.RecordKey("tenant", "k"), 1, nil, time.Hour)
 				if !errors.Is(err, idem.ErrStoreUnavailable) {
-					t.Errorf("CompleteTx on a killed connection = %v, want ErrStoreUnavailable", err)
+					t.Errorf("Complete in a tx on a killed connection = %v, want ErrStoreUnavailable", err)
 				}
 				return nil
 			})
@@ -215,10 +215,10 @@ func TestSameTransactionCompletion(t *testing.T) {
 			if _, err := tx.Exec(ctx, `INSERT INTO `+p.charges+` (key, fence) VALUES ('k', $1)`, int64(a.Lease.Fence())); err != nil {
 				return err
 			}
-			return p.s.CompleteTx(ctx, tx, a.Lease.Key(), a.Lease.Fence(), []byte("stale"), time.Hour)
+			return p.s.CompleteIn(ctx, tx, a.Lease, []byte("stale"))
 		})
 		if !errors.Is(err, idem.ErrLeaseLost) {
-			t.Fatalf("stale CompleteTx = %v, want ErrLeaseLost", err)
+			t.Fatalf("stale CompleteIn = %v, want ErrLeaseLost", err)
 		}
 		if n := p.charged("k"); n != 1 {
 			t.Fatalf("%d charges, want 1 (the stale write rolled back)", n)
@@ -237,14 +237,14 @@ func TestMarkCompleted(t *testing.T) {
 	ctx := context.Background()
 	const scope, key = "tenant", "order-1"
 
-	// inTx runs CompleteTx for l with result in a transaction that charges
+	// inTx runs CompleteIn for l with result in a transaction that charges
 	// once, and commits it unless fail is set.
 	inTx := func(t *testing.T, s *pgxstore.Store, charges string, l *idem.Lease, result string, fail error) error {
 		return pgx.BeginFunc(ctx, sharedPool(t), func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `INSERT INTO `+charges+` (key, fence) VALUES ($1, $2)`, l.Key(), int64(l.Fence())); err != nil {
 				return err
 			}
-			if err := s.CompleteTx(ctx, tx, l.Key(), l.Fence(), []byte(result), l.Retention()); err != nil {
+			if err := s.CompleteIn(ctx, tx, l, []byte(result)); err != nil {
 				return err
 			}
 			return fail

@@ -52,7 +52,7 @@ func TestBeginBatch(t *testing.T) {
 		if _, ok := c.(*redis.Client); ok && trips != 1 {
 			t.Errorf("BeginBatch on one server: %d round trips, want 1", trips)
 		}
-		want := func(i int, o idem.Outcome) {
+		want := func(i int, o idem.BeginOutcome) {
 			t.Helper()
 			if res[i].Outcome != o {
 				t.Errorf("%s: %+v, want %v", keys[i], res[i], o)

@@ -58,7 +58,7 @@ func (b *bench) costs(ctx context.Context, out io.Writer, n int) error {
 		prep  func(i int) error
 		op    func(i int) error
 	}
-	want := func(bg idem.Begun, err error, o idem.Outcome) error {
+	want := func(bg idem.Begun, err error, o idem.BeginOutcome) error {
 		if err == nil && bg.Outcome != o {
 			err = fmt.Errorf("begin: %v, want %v", bg.Outcome, o)
 		}

@@ -102,7 +102,7 @@ func (c *Consumer) Handle(ctx context.Context, ev Event) (st idemmsg.Status, err
 // one transaction: one ClaimBatch statement, one multi-row insert (unnest)
 // for the new events, one commit. Acknowledge all of them when err is nil; none
 // otherwise.
-func (c *Consumer) HandleBatch(ctx context.Context, evs []Event) ([]idemmsg.Outcome, error) {
+func (c *Consumer) HandleBatch(ctx context.Context, evs []Event) ([]idemmsg.BatchResult, error) {
 	tx, err := c.Pool.Begin(ctx)
 	if err != nil {
 		return nil, err

@@ -17,7 +17,7 @@
 //
 //  1. inserts the charge row, tagged with the lease's fence;
 //  2. encodes the response it is about to send as an idemhttp.Response and
-//     completes the idempotency record with it (pgxstore Store.CompleteTx
+//     completes the idempotency record with it (pgxstore Store.CompleteIn
 //     with the lease's Key, Fence and Retention);
 //  3. commits; only then it calls lease.MarkCompleted and writes that
 //     response.

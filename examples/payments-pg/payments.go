@@ -140,7 +140,7 @@ func (s *service) pay(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		if err := s.store.CompleteTx(ctx, tx, lease.Key(), lease.Fence(), result, lease.Retention()); err != nil {
+		if err := s.store.CompleteIn(ctx, tx, lease, result); err != nil {
 			return err // ErrLeaseLost: a newer executor holds the key
 		}
 		if s.beforeCommit != nil {

@@ -233,7 +233,7 @@ func (c *Consumer) partition(ctx context.Context, scope string, recs []*kgo.Reco
 		return h(ctx, recs[i])
 	})
 	if idErr != nil && (len(out) == 0 || out[len(out)-1].Status.Ack()) {
-		out = append(out, idemmsg.Outcome{Status: idemmsg.NotRun, Err: idErr})
+		out = append(out, idemmsg.BatchResult{Status: idemmsg.NotRun, Err: idErr})
 	}
 	n := 0
 	for n < len(out) && out[n].Status.Ack() {

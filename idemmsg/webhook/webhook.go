@@ -168,7 +168,7 @@ func checkVerifier(c *Config) error {
 	tol = tolerance(tol)
 	retention := c.Deduper.Retention
 	if retention <= 0 {
-		retention = idemmsg.DefaultRetention
+		retention = idemmsg.DefaultMessageRetention
 	}
 	if retention <= 2*tol {
 		// A delivery signed at t is accepted from t-tol to t+tol; its
