@@ -118,7 +118,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		for i := range keys {
 			keys[i] = "key-" + strconv.Itoa(i)
 		}
-		h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, CanonicalJSON: true}).Handler(benchApp)
+		h := (&idemhttp.Middleware{ScopeSecret: testSecret, AllowAnonymous: true, Keeper: k, Fingerprint: idemhttp.CanonicalFingerprint}).Handler(benchApp)
 		run(b, h, func(i int) string { return keys[i] })
 	})
 	b.Run("replay", func(b *testing.B) {
@@ -132,7 +132,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		r, _ := benchRequest()
 		scope, _ := (&idemhttp.IdentityScope{Secret: testSecret, Anonymous: true}).Scope(r)
 		// Another executor holds the key for this very request: 409.
-		a, err := k.Begin(context.Background(), scope, "held", idemhttp.DefaultFingerprint(r, benchJSON))
+		a, err := k.Begin(context.Background(), scope, "held", dfp(r, benchJSON))
 		if err != nil || a.Lease == nil {
 			b.Fatal(err)
 		}

@@ -379,7 +379,7 @@ func TestDeadExecutorTakenOver(t *testing.T) {
 	q := req{hdr: []string{key1}, body: "b"}
 	// The dead executor claims the key as the middleware would, then stalls.
 	hr, _ := http.ReadRequest(bufio.NewReader(strings.NewReader(string(q.bytes()))))
-	fp := idemhttp.DefaultFingerprint(hr, []byte("b"))
+	fp := dfp(hr, []byte("b"))
 	att, err := k.Begin(context.Background(), "", "k1", fp)
 	if err != nil || att.Lease == nil {
 		t.Fatalf("claim: %v", err)

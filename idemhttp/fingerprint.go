@@ -14,17 +14,20 @@ import (
 // DefaultFingerprint returns the SHA-256 fingerprint of what r asks for
 // (SPEC §3): idem.Fingerprint of the method, r.URL.RequestURI() (path and
 // query), the Content-Type header value as sent, and body. Two requests
-// have the same fingerprint exactly when these four are byte-identical.
-func DefaultFingerprint(r *http.Request, body []byte) []byte {
-	return fingerprint(r, body, false)
+// have the same fingerprint exactly when these four are byte-identical. It
+// is what the middleware uses when Middleware.Fingerprint is nil, and has
+// Middleware.Fingerprint's signature (its error is always nil).
+func DefaultFingerprint(r *http.Request, body []byte) ([]byte, error) {
+	return fingerprint(r, body, false), nil
 }
 
 // canonicalMarker is the fifth fingerprint part of a request whose JSON
 // body was canonicalised, so a canonical fingerprint never equals a raw one.
 const canonicalMarker = "rfc8785"
 
-// CanonicalFingerprint is the fingerprint used when
-// Middleware.CanonicalJSON is set. When the Content-Type is JSON
+// CanonicalFingerprint is a Middleware.Fingerprint (its error is always
+// nil) under which member order, insignificant white space, string escapes
+// and number spelling of a JSON body do not matter. When the Content-Type is JSON
 // (application/json or */*+json) and body is valid I-JSON, it is
 // idem.Fingerprint of the method, r.URL.RequestURI(), the Content-Type, the
 // RFC 8785 canonical form of body, and a fifth part marking the
@@ -32,15 +35,15 @@ const canonicalMarker = "rfc8785"
 // JSON, or invalid JSON) it is DefaultFingerprint: the raw bytes are
 // fingerprinted, and the handler, which receives the raw bytes, decides what
 // invalid JSON deserves.
-func CanonicalFingerprint(r *http.Request, body []byte) []byte {
+func CanonicalFingerprint(r *http.Request, body []byte) ([]byte, error) {
 	if !isJSON(r.Header.Get("Content-Type")) {
-		return fingerprint(r, body, false)
+		return fingerprint(r, body, false), nil
 	}
 	c, err := jcs.Canonicalize(body)
 	if err != nil {
-		return fingerprint(r, body, false)
+		return fingerprint(r, body, false), nil
 	}
-	return fingerprint(r, c, true)
+	return fingerprint(r, c, true), nil
 }
 
 // isJSON reports whether the media type of ct is application/json or ends

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/idemhttp"
 )
 
 // TestFingerprintMatchesCore pins DefaultFingerprint to its documented
@@ -33,7 +32,7 @@ func TestFingerprintMatchesCore(t *testing.T) {
 			r.Header.Set("Content-Type", c.ct)
 		}
 		want := idem.Fingerprint([]byte(c.method), []byte(r.URL.RequestURI()), []byte(c.ct), c.body)
-		if got := idemhttp.DefaultFingerprint(r, c.body); !bytes.Equal(got, want) {
+		if got := dfp(r, c.body); !bytes.Equal(got, want) {
 			t.Errorf("%s %s: %x, want %x", c.method, c.target, got, want)
 		}
 	}
@@ -41,7 +40,7 @@ func TestFingerprintMatchesCore(t *testing.T) {
 	r := httptest.NewRequest("POST", "/", nil)
 	r.URL = &url.URL{Scheme: "http", Opaque: "//host/x", RawQuery: "y"}
 	want := idem.Fingerprint([]byte("POST"), []byte(r.URL.RequestURI()), nil, nil)
-	if got := idemhttp.DefaultFingerprint(r, nil); !bytes.Equal(got, want) {
+	if got := dfp(r, nil); !bytes.Equal(got, want) {
 		t.Errorf("opaque: %x, want %x", got, want)
 	}
 }
@@ -53,7 +52,7 @@ func TestFingerprintDistinguishes(t *testing.T) {
 		r.Header.Set("Content-Type", "application/json")
 		return r
 	}
-	fp := func(r *http.Request, body string) string { return string(idemhttp.DefaultFingerprint(r, []byte(body))) }
+	fp := func(r *http.Request, body string) string { return string(dfp(r, []byte(body))) }
 	ref := fp(base(), "{}")
 	variants := map[string]func() (*http.Request, string){
 		"method": func() (*http.Request, string) { r := base(); r.Method = "PATCH"; return r, "{}" },
@@ -103,7 +102,7 @@ func FuzzFingerprint(f *testing.F) {
 			r.Header["Content-Type"] = []string{ct}
 		}
 		want := idem.Fingerprint([]byte(method), []byte(u.RequestURI()), []byte(ct), body)
-		if got := idemhttp.DefaultFingerprint(r, body); !bytes.Equal(got, want) {
+		if got := dfp(r, body); !bytes.Equal(got, want) {
 			t.Fatalf("%q %q %q: %x, want %x", method, target, ct, got, want)
 		}
 	})
@@ -116,7 +115,7 @@ func TestCanonicalFingerprint(t *testing.T) {
 		if ct != "" {
 			r.Header.Set("Content-Type", ct)
 		}
-		return idemhttp.CanonicalFingerprint(r, []byte(body))
+		return cfp(r, []byte(body))
 	}
 	a := mk("application/json", `{"b":1,"a":[1.0,2]}`)
 	for _, c := range []struct{ ct, body string }{
@@ -137,14 +136,14 @@ func TestCanonicalFingerprint(t *testing.T) {
 	// canonical one.
 	r := httptest.NewRequest("POST", "/p?q=1", nil)
 	r.Header.Set("Content-Type", "text/plain")
-	if !bytes.Equal(idemhttp.CanonicalFingerprint(r, []byte(`{"b":1}`)), idemhttp.DefaultFingerprint(r, []byte(`{"b":1}`))) {
+	if !bytes.Equal(cfp(r, []byte(`{"b":1}`)), dfp(r, []byte(`{"b":1}`))) {
 		t.Error("non-JSON body canonicalised")
 	}
 	r.Header.Set("Content-Type", "application/json")
-	if !bytes.Equal(idemhttp.CanonicalFingerprint(r, []byte(`{"b":1,"b":2}`)), idemhttp.DefaultFingerprint(r, []byte(`{"b":1,"b":2}`))) {
+	if !bytes.Equal(cfp(r, []byte(`{"b":1,"b":2}`)), dfp(r, []byte(`{"b":1,"b":2}`))) {
 		t.Error("invalid I-JSON not fingerprinted raw")
 	}
-	if bytes.Equal(idemhttp.CanonicalFingerprint(r, []byte(`{"b":1}`)), idemhttp.DefaultFingerprint(r, []byte(`{"b":1}`))) {
+	if bytes.Equal(cfp(r, []byte(`{"b":1}`)), dfp(r, []byte(`{"b":1}`))) {
 		t.Error("canonical fingerprint equals the raw one of the same bytes")
 	}
 }

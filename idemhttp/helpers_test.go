@@ -249,3 +249,15 @@ var testSecret = []byte("idemhttp-test-scope-secret-0123456789")
 // emptyScope puts every request in the scope "", for tests that look at
 // the store's records (idem.RecordKey("", key)) rather than at scoping.
 func emptyScope(*http.Request) (string, error) { return "", nil }
+
+// dfp and cfp are DefaultFingerprint and CanonicalFingerprint without
+// their (always nil) error.
+func dfp(r *http.Request, body []byte) []byte {
+	fp, _ := idemhttp.DefaultFingerprint(r, body)
+	return fp
+}
+
+func cfp(r *http.Request, body []byte) []byte {
+	fp, _ := idemhttp.CanonicalFingerprint(r, body)
+	return fp
+}

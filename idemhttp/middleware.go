@@ -134,19 +134,13 @@ type Middleware struct {
 	// Fingerprint returns the fingerprint of a request: same key with a
 	// different fingerprint is answered 422. body is the request body (read
 	// in full, at most MaxBody bytes); Fingerprint must not retain it. An
-	// error is answered 400 request-invalid. If nil, DefaultFingerprint, or
-	// CanonicalFingerprint when CanonicalJSON is set.
+	// error is answered 400 request-invalid. If nil, DefaultFingerprint.
+	// Set CanonicalFingerprint to fingerprint the RFC 8785 canonical form of
+	// JSON bodies (Content-Type application/json or */*+json), so that
+	// member order, insignificant white space, string escapes and number
+	// spelling do not matter; a body that is not valid I-JSON is
+	// fingerprinted as raw bytes, and the handler gets it unchanged.
 	Fingerprint func(r *http.Request, body []byte) ([]byte, error)
-
-	// CanonicalJSON makes the default fingerprint use the RFC 8785
-	// canonical form of JSON bodies (Content-Type application/json or
-	// */*+json), so that member order, insignificant white space, string
-	// escapes and number spelling do not matter. A body that is not valid
-	// I-JSON (RFC 7493: also no duplicate member names, no lone surrogates,
-	// no numbers outside the double range) is fingerprinted as raw bytes:
-	// the handler gets it unchanged and answers it as it sees fit.
-	// Ignored when Fingerprint is set.
-	CanonicalJSON bool
 
 	// MaxBody is the largest request body, in bytes, that a protected
 	// request may carry: larger bodies are answered 413 request-too-large
@@ -339,7 +333,6 @@ type handler struct {
 	header          string
 	scope           func(*http.Request) (string, error)
 	fingerprint     func(*http.Request, []byte) ([]byte, error)
-	canonical       bool
 	maxBody         int64
 	stored          func(int) bool
 	maxResult       int
@@ -385,7 +378,6 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 		header:          DefaultHeader,
 		scope:           scope,
 		fingerprint:     m.Fingerprint,
-		canonical:       m.CanonicalJSON,
 		maxBody:         m.MaxBody,
 		stored:          m.Stored,
 		maxResult:       m.MaxResult,
@@ -508,8 +500,6 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.report(r, Outcome{Kind: OutcomeBadRequest, Status: http.StatusBadRequest, Err: err})
 			return
 		}
-	case h.canonical:
-		fp = CanonicalFingerprint(r, body)
 	default:
 		fp = fingerprint(r, body, false)
 	}

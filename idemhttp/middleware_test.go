@@ -153,7 +153,7 @@ func TestSpecRows(t *testing.T) {
 			// The record is unchanged: the original request still replays.
 			{req: req{path: "/pay?x=1", hdr: []string{key1, ctJSON}, body: `{"a":1}`}, wantStatus: 201, wantCalls: 1, wantReplay: true, sameAs: 1},
 		}},
-		{name: "canonical JSON ignores member order", mw: func(m *idemhttp.Middleware) { m.CanonicalJSON = true }, steps: []step{
+		{name: "canonical JSON ignores member order", mw: func(m *idemhttp.Middleware) { m.Fingerprint = idemhttp.CanonicalFingerprint }, steps: []step{
 			{req: req{hdr: []string{key1, ctJSON}, body: `{"a":1,"b":[1.0,"\u0041"]}`}, wantStatus: 201, wantCalls: 1},
 			{req: req{hdr: []string{key1, ctJSON}, body: ` { "b" : [1, "A"], "a" : 1e0 } `}, wantStatus: 201, wantCalls: 1, wantReplay: true, sameAs: 1},
 			{req: req{hdr: []string{key1, ctJSON}, body: `{"b":[1,"A"],"a":2}`}, wantStatus: 422, wantCode: "idempotency-key-reused", wantCalls: 1},

@@ -109,10 +109,10 @@ SELECT r.state, r.fingerprint, r.fence,
 FROM @records r, now
 WHERE r.key = $1::bytea AND (r.state = 1 OR r.expires_at > now.t)`
 
-	// sweepRecordsSQL: $1 batch size, $2 AbandonAfter in µs, $3 the
+	// sweepRecordsSQL: $1 batch size, $2 Abandon in µs, $3 the
 	// acquired_at to start from. Deletes at most $1 completed records past
 	// retention and in-progress records whose lease expired more than
-	// AbandonAfter ago, oldest acquired first, and reports how many it
+	// Abandon ago, oldest acquired first, and reports how many it
 	// deleted and the latest acquired_at among them (where the next batch
 	// of the same sweep starts). The rows are found through the index on
 	// acquired_at, a column that Complete and Extend never change (so that

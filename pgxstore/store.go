@@ -35,8 +35,8 @@ const (
 	// DefaultClaimRetention is how long a claim is kept when
 	// Options.ClaimRetention is zero (SPEC §4: 30 days).
 	DefaultClaimRetention = 30 * 24 * time.Hour
-	// DefaultAbandonAfter is used when Options.AbandonAfter is zero.
-	DefaultAbandonAfter = 24 * time.Hour
+	// DefaultAbandon is used when Options.Abandon is zero.
+	DefaultAbandon = 24 * time.Hour
 	// DefaultSweepBatch is used when Options.SweepBatch is zero.
 	DefaultSweepBatch = 1000
 )
@@ -58,11 +58,11 @@ type Options struct {
 	// must exceed the broker's redelivery horizon. If zero,
 	// DefaultClaimRetention (30 days) is used.
 	ClaimRetention time.Duration
-	// AbandonAfter is how long an in-progress record whose lease expired is
+	// Abandon is how long an in-progress record whose lease expired is
 	// kept before Sweep removes it. Until then a late Complete by its holder
 	// still succeeds and the next Begin takes it over with fence+1. If zero,
-	// DefaultAbandonAfter (24 h) is used.
-	AbandonAfter time.Duration
+	// DefaultAbandon (24 h) is used.
+	Abandon time.Duration
 	// SweepBatch bounds the rows one DeleteExpired statement removes from
 	// each table, so retention never runs as one huge delete. If zero,
 	// DefaultSweepBatch (1000) is used.
@@ -107,8 +107,8 @@ func New(db DBTX, o Options) *Store {
 	if o.ClaimRetention <= 0 {
 		o.ClaimRetention = DefaultClaimRetention
 	}
-	if o.AbandonAfter <= 0 {
-		o.AbandonAfter = DefaultAbandonAfter
+	if o.Abandon <= 0 {
+		o.Abandon = DefaultAbandon
 	}
 	if o.SweepBatch <= 0 {
 		o.SweepBatch = DefaultSweepBatch

@@ -317,11 +317,11 @@ func TestServerErrorsAreNotUnavailable(t *testing.T) {
 
 // TestSweepIsBounded checks that one DeleteExpired removes at most
 // SweepBatch rows per table, that Sweep drains the rest in batches, and that
-// live records, lapsed leases younger than AbandonAfter and fresh claims
+// live records, lapsed leases younger than Abandon and fresh claims
 // stay.
 func TestSweepIsBounded(t *testing.T) {
 	t.Parallel()
-	s := newStore(t, pgxstore.Options{SweepBatch: 100, AbandonAfter: time.Hour, ClaimRetention: time.Hour})
+	s := newStore(t, pgxstore.Options{SweepBatch: 100, Abandon: time.Hour, ClaimRetention: time.Hour})
 	o := s.Options()
 	records := pgx.Identifier{o.Schema, o.Table}.Sanitize()
 	claims := pgx.Identifier{o.Schema, o.ClaimTable}.Sanitize()

@@ -8,7 +8,7 @@ import (
 
 // DeleteExpired runs one bounded batch of retention: it deletes at most
 // Options.SweepBatch records (completed and past retention, or in progress
-// with a lease expired more than Options.AbandonAfter ago) and at most
+// with a lease expired more than Options.Abandon ago) and at most
 // Options.SweepBatch claims older than Options.ClaimRetention, each in one
 // short DELETE that skips rows locked by live traffic. It reports how many
 // rows it deleted in all; a total below SweepBatch means both tables are
@@ -32,7 +32,7 @@ func (s *Store) deleteExpired(ctx context.Context, from pgtype.Timestamptz, clai
 		n    int
 		last pgtype.Timestamptz
 	)
-	err := s.db.QueryRow(ctx, s.q.sweepRecords, s.opts.SweepBatch, micros(s.opts.AbandonAfter), from).Scan(&n, &last)
+	err := s.db.QueryRow(ctx, s.q.sweepRecords, s.opts.SweepBatch, micros(s.opts.Abandon), from).Scan(&n, &last)
 	if err != nil {
 		return 0, from, s.fail(ctx, "sweep", err)
 	}

@@ -164,24 +164,33 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 					Retention: rt.TTL,
 					Observer:  m.observer(route, logEvent(log, route)),
 				},
-				Methods:       rt.Methods,
-				Optional:      rt.Key == proxyconfig.KeyOptional,
-				Scope:         scope.Scope,
-				CanonicalJSON: rt.Fingerprint == proxyconfig.FingerprintCanonicalJSON,
-				MaxBody:       rt.MaxBody,
-				Stored:        rt.Stored.Contains,
-				MaxResult:     int(rt.MaxResult),
-				NeverReplay:   append(idemhttp.DefaultNeverReplay(), rt.NeverReplay...),
-				Wait:          rt.Wait,
-				FailOpen:      rt.FailOpen,
-				Stream:        rt.Stream,
-				OnOutcome:     onOutcome(m, log, route, scope, keyDigest(scopeSecret)),
+				Methods:     rt.Methods,
+				Optional:    rt.Key == proxyconfig.KeyOptional,
+				Scope:       scope.Scope,
+				Fingerprint: fingerprintFunc(rt.Fingerprint),
+				MaxBody:     rt.MaxBody,
+				Stored:      rt.Stored.Contains,
+				MaxResult:   int(rt.MaxResult),
+				NeverReplay: append(idemhttp.DefaultNeverReplay(), rt.NeverReplay...),
+				Wait:        rt.Wait,
+				FailOpen:    rt.FailOpen,
+				Stream:      rt.Stream,
+				OnOutcome:   onOutcome(m, log, route, scope, keyDigest(scopeSecret)),
 			}
 			h = mw.Handler(h)
 		}
 		p.handlers = append(p.handlers, h)
 	}
 	return p
+}
+
+// fingerprintFunc is the middleware's fingerprint for a route's mode (nil:
+// the default).
+func fingerprintFunc(m proxyconfig.FingerprintMode) func(*http.Request, []byte) ([]byte, error) {
+	if m == proxyconfig.FingerprintCanonicalJSON {
+		return idemhttp.CanonicalFingerprint
+	}
+	return nil
 }
 
 // flushInterval is the reverse proxy's flush interval for a route: a

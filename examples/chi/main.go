@@ -89,9 +89,9 @@ func newRouter(store idem.Store, logger *log.Logger) http.Handler {
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)
 	mw := &idemhttp.Middleware{
-		Keeper:        &idem.Keeper{Store: store},
-		ScopeSecret:   secret,
-		CanonicalJSON: true,
+		Keeper:      &idem.Keeper{Store: store},
+		ScopeSecret: secret,
+		Fingerprint: idemhttp.CanonicalFingerprint,
 		OnOutcome: func(r *http.Request, o idemhttp.Outcome) {
 			if o.Err != nil {
 				logger.Printf("%s %s: %s (%d): %v", r.Method, r.URL.Path, o.Kind, o.Status, o.Err)
