@@ -47,6 +47,17 @@ type Keeper struct {
 	Clock Clock
 }
 
+// WithRetention returns a new Keeper with k's settings and Retention d; k is
+// not modified. A Keeper holds only its settings (its leases carry all the
+// per-operation state), so the copy shares k's Store, Observer and Clock and
+// is independent of k otherwise. idemmsg.Deduper uses it to apply its
+// message retention to the Keeper it is given.
+func (k *Keeper) WithRetention(d time.Duration) *Keeper {
+	c := *k
+	c.Retention = d
+	return &c
+}
+
 // Clock is a time source for a Keeper (see Keeper.Clock).
 type Clock interface {
 	// Now returns the current time.

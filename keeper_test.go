@@ -885,3 +885,15 @@ func TestBeginBatchLeasesRenewAndRecover(t *testing.T) {
 		}
 	}
 }
+
+func TestKeeperWithRetention(t *testing.T) {
+	t.Parallel()
+	k := &idem.Keeper{Store: memstore.New(memstore.Options{}), Lease: time.Second, Retention: time.Hour}
+	c := k.WithRetention(time.Minute)
+	if c == k || c.Retention != time.Minute || c.Lease != time.Second || c.Store != k.Store {
+		t.Fatalf("copy %+v", c)
+	}
+	if k.Retention != time.Hour {
+		t.Fatalf("original modified: %v", k.Retention)
+	}
+}

@@ -82,7 +82,7 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 	if len(msgs) == 0 {
 		return out
 	}
-	if d.Store == nil {
+	if !d.usable() {
 		for i := range out {
 			out[i] = BatchResult{NotRun, ErrNoStore}
 		}
@@ -207,9 +207,10 @@ func (d *Deduper) batch(ctx context.Context, scope string, msgs []Message, fn fu
 	return out
 }
 
+// parallelism is Parallelism, else Keeper.BatchParallelism, else 32.
 func (d *Deduper) parallelism() int {
-	if d.Parallelism > 0 {
-		return d.Parallelism
+	if p := d.keeper().BatchParallelism; p > 0 {
+		return p
 	}
 	return 32
 }

@@ -39,7 +39,7 @@ func TestBatch(t *testing.T) {
 			if batched {
 				store = fakestore.Batch{Store: fs}
 			}
-			d := &idemmsg.Deduper{Store: store}
+			d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: store}}
 			// Prior state: "done" processed, "busy" held by another consumer.
 			if st, _ := d.Once(ctx, "s", "done", func(context.Context) error { return nil }); st != E {
 				t.Fatal(st)
@@ -87,7 +87,7 @@ func TestBatchStoreErrors(t *testing.T) {
 	ctx := context.Background()
 	fs := fakestore.New(nil)
 	// A short lease: a completion is retried for one lease period.
-	d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fs}, Lease: 200 * time.Millisecond}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.Batch{Store: fs}, Lease: 200 * time.Millisecond}}
 	fs.FailNext("begin", errors.New("down"))
 	ran := 0
 	out := d.Batch(ctx, "s", []string{"x"}, func(context.Context, int) error { ran++; return nil })
@@ -108,7 +108,7 @@ func TestBatchPanicReleasesAll(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	fs := fakestore.New(nil)
-	d := &idemmsg.Deduper{Store: fs}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}}
 	func() {
 		defer func() {
 			if r := recover(); r != "kaboom" {
@@ -130,7 +130,7 @@ func TestBatchPanicReleasesAll(t *testing.T) {
 func TestBatchRenews(t *testing.T) {
 	t.Parallel()
 	fs := fakestore.New(nil)
-	d := &idemmsg.Deduper{Store: fs, Lease: 120 * time.Millisecond}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs, Lease: 120 * time.Millisecond}}
 	out := d.Batch(context.Background(), "s", []string{"a", "b"}, func(_ context.Context, i int) error {
 		time.Sleep(200 * time.Millisecond) // longer than the lease: survives only if renewed
 		return nil
@@ -267,7 +267,7 @@ func TestBatchInOrder(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			fs := fakestore.New(nil)
-			d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fs}}
+			d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.Batch{Store: fs}}}
 			d.Once(ctx, "s", "done", func(context.Context) error { return nil })
 			fs.Begin(ctx, idem.RecordKey("s", "busy"), []byte{}, time.Minute)
 			ran := ""
@@ -314,7 +314,7 @@ func TestBatchRetriesTransientCompleteFailures(t *testing.T) {
 	t.Parallel()
 	fs := fakestore.New(nil)
 	// A short lease: a completion is retried for one lease period.
-	d := &idemmsg.Deduper{Store: fs, Lease: 200 * time.Millisecond}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs, Lease: 200 * time.Millisecond}}
 	fs.FailN("complete", 2, errors.New("blip"))
 	out := d.Batch(context.Background(), "s", []string{"a"}, func(context.Context, int) error { return nil })
 	if out[0].Status != idemmsg.Executed || out[0].Err != nil {
@@ -343,7 +343,7 @@ func TestBatchLeaseLost(t *testing.T) {
 	ctx := context.Background()
 	c := newClock()
 	fs := fakestore.New(c.Now)
-	d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fs}, Lease: time.Minute}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.Batch{Store: fs}, Lease: time.Minute}}
 	out := d.Batch(ctx, "s", []string{"slow", "ok", "bad"}, func(_ context.Context, i int) error {
 		switch i {
 		case 0: // outlives its lease and is taken over meanwhile
@@ -364,5 +364,45 @@ func TestBatchLeaseLost(t *testing.T) {
 	}
 	if fs.Calls("beginbatch") != 1 {
 		t.Fatalf("beginbatch %d", fs.Calls("beginbatch"))
+	}
+}
+
+func TestNoKeeperStore(t *testing.T) {
+	t.Parallel()
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{}}
+	if st, err := d.Once(context.Background(), "s", "m", nil); st != idemmsg.NotRun || !errors.Is(err, idemmsg.ErrNoStore) {
+		t.Fatal(st, err)
+	}
+}
+
+func TestRetentionPrecedence(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		deduper, keeper, want time.Duration
+	}{
+		{0, 0, idemmsg.DefaultMessageRetention},
+		{0, time.Hour, time.Hour},
+		{time.Minute, time.Hour, time.Minute},
+		{time.Minute, 0, time.Minute},
+	} {
+		c := newClock()
+		k := &idem.Keeper{Store: fakestore.New(c.Now), Retention: tc.keeper}
+		d := &idemmsg.Deduper{Keeper: k, Retention: tc.deduper}
+		ok := func(context.Context) error { return nil }
+		for _, step := range []struct {
+			advance time.Duration
+			want    idemmsg.Status
+		}{{0, idemmsg.Executed}, {tc.want - time.Second, idemmsg.Duplicate}, {2 * time.Second, idemmsg.Executed}} {
+			c.Advance(step.advance)
+			if st, err := d.Once(context.Background(), "s", "m", ok); st != step.want || err != nil {
+				t.Fatalf("%+v after %v: %v %v, want %v", tc, step.advance, st, err, step.want)
+			}
+		}
+		if got := d.EffectiveRetention(); got != tc.want {
+			t.Errorf("%+v: EffectiveRetention = %v", tc, got)
+		}
+		if k.Retention != tc.keeper {
+			t.Errorf("%+v: the caller's Keeper was modified: Retention = %v", tc, k.Retention)
+		}
 	}
 }

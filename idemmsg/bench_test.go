@@ -2,6 +2,7 @@ package idemmsg_test
 
 import (
 	"context"
+	"github.com/idemkit/idem"
 	"strconv"
 	"testing"
 
@@ -12,7 +13,7 @@ import (
 // BenchmarkOnce is the per-message cost of Once on memstore (a new id each
 // time: begin, run, complete).
 func BenchmarkOnce(b *testing.B) {
-	d := &idemmsg.Deduper{Store: memstore.New(memstore.Options{})}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}}
 	ctx := context.Background()
 	fn := func(context.Context) error { return nil }
 	i := 0
@@ -38,7 +39,7 @@ func BenchmarkBatch(b *testing.B) {
 			for b.Loop() {
 				if n%20_000 == 0 { // a store holding at most 20,000 ids, like one broker poll window
 					b.StopTimer()
-					d = &idemmsg.Deduper{Store: memstore.New(memstore.Options{}), Parallelism: par}
+					d = &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}, Parallelism: par}
 					b.StartTimer()
 				}
 				for i := range ids {

@@ -5,17 +5,19 @@
 // There are two forms.
 //
 // The store form, [Deduper.Once] and [Deduper.Batch], works on any
-// [idem.Store] (memory, Redis, PostgreSQL, ...). It claims the id with a
-// short lease, runs the handler, then completes the record on success or
-// releases it on error, so that the redelivery runs the handler again. It
-// never marks an id before the work is done, so a failure never drops a
-// message. Because the store and the handler's own effects are separate
-// systems, the guarantee is at-least-once effects with no concurrent double
-// execution: a consumer that dies after its side effect but before the
-// record is completed leaves an in-progress record whose lease expires, and
-// the redelivery then runs the handler again. Leases and fences make that
-// window as small as the lease; make the side effect itself idempotent (or
-// fenced with idem.FenceFromContext) when even that window matters.
+// [idem.Store] (memory, Redis, PostgreSQL, ...) through an [idem.Keeper]
+// (Deduper.Keeper), which holds the store, lease, observer and clock. It
+// claims the id with a short lease, runs the handler, then completes the
+// record on success or releases it on error, so that the redelivery runs the
+// handler again. It never marks an id before the work is done, so a failure
+// never drops a message. Because the store and the handler's own effects are
+// separate systems, the guarantee is at-least-once effects with no
+// concurrent double execution: a consumer that dies after its side effect
+// but before the record is completed leaves an in-progress record whose
+// lease expires, and the redelivery then runs the handler again. Leases and
+// fences make that window as small as the lease; make the side effect itself
+// idempotent (or fenced with idem.FenceFromContext) when even that window
+// matters.
 //
 // The transactional form, [OnceTx] and [BatchTx], is for handlers whose
 // effects are writes to a SQL database: the claim is an
@@ -47,6 +49,10 @@
 // [DefaultMessageRetention] (30 days), covers the redelivery horizons of common
 // brokers (Kafka's default 7-day log retention, JetStream and Redis Streams
 // limits in days, webhook senders retrying for up to 3 days).
+// It applies when neither [Deduper.Retention] nor the Keeper's Retention is
+// set: a Keeper's zero Retention means 24 hours for HTTP
+// ([idem.DefaultRetention]) but 30 days for messages. The Deduper never
+// modifies the Keeper it is given.
 //
 // Broker integrations live in their own packages so that this package
 // imports the standard library only: kafkadedup (franz-go), natsdedup

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/idemkit/idem"
 
 	"github.com/idemkit/idem/idemmsg"
 	"github.com/idemkit/idem/memstore"
@@ -13,7 +14,7 @@ import (
 // the handler runs again on the redelivery, and the last copy is skipped.
 func ExampleDeduper_Once() {
 	ctx := context.Background()
-	d := &idemmsg.Deduper{Store: memstore.New(memstore.Options{})}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}}
 
 	sent, attempts := 0, 0
 	send := func(context.Context) error {
@@ -40,7 +41,7 @@ func ExampleDeduper_Once() {
 // handler for the new ones only.
 func ExampleDeduper_Batch() {
 	ctx := context.Background()
-	d := &idemmsg.Deduper{Store: memstore.New(memstore.Options{})}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}}
 
 	ids := []string{"evt_1", "evt_2", "evt_1", "evt_3"}
 	out := d.Batch(ctx, "notifications", ids, func(ctx context.Context, i int) error {
@@ -92,7 +93,7 @@ func ExampleOnceTx() {
 func ExampleDeduper_OnceMessage() {
 	ctx := context.Background()
 	d := &idemmsg.Deduper{
-		Store:       memstore.New(memstore.Options{}),
+		Keeper:      &idem.Keeper{Store: memstore.New(memstore.Options{})},
 		MaxAttempts: 3,
 		OnPoison: func(_ context.Context, p idemmsg.Poison) error {
 			fmt.Printf("dead-letter %s %q after %d attempts: %v\n", p.ID, p.Payload, p.Attempts, p.Err)

@@ -12,7 +12,8 @@ import (
 )
 
 // DefaultMessageRetention is how long a processed id is remembered when
-// Deduper.Retention is zero: 30 days (SPEC §1).
+// neither Deduper.Retention nor its Keeper's Retention is set: 30 days
+// (SPEC §1).
 const DefaultMessageRetention = 30 * 24 * time.Hour
 
 // ErrNotRecorded reports that the handler succeeded but its completion could
@@ -22,8 +23,9 @@ const DefaultMessageRetention = 30 * 24 * time.Hour
 // the handler again, which is why Status.Ack is true for it.
 var ErrNotRecorded = errors.New("idemmsg: processed but not recorded")
 
-// ErrNoStore is returned (with NotRun) by a Deduper whose Store is nil.
-var ErrNoStore = errors.New("idemmsg: Deduper.Store is nil")
+// ErrNoStore is returned (with NotRun) by a Deduper whose Keeper, or the
+// Keeper's Store, is nil.
+var ErrNoStore = errors.New("idemmsg: Deduper.Keeper or its Store is nil")
 
 // ErrPoisoned reports a poison message: its handler failed
 // Deduper.MaxAttempts times, and OnPoison took it (see Poisoned).
@@ -123,28 +125,31 @@ type Poison struct {
 	Err error
 }
 
-// Deduper runs message handlers once per (scope, id) on an idem.Store.
-// Set the fields before first use and do not change them afterwards. The zero
-// value is not usable: Store must be set. A Deduper is safe for concurrent
-// use.
+// Deduper runs message handlers once per (scope, id) through an
+// *idem.Keeper, which holds the store, the lease, the observer and the clock.
+// Set the fields before first use and do not change them afterwards (nor
+// those of the Keeper). The zero value is not usable: Keeper, with its Store,
+// must be set. A Deduper is safe for concurrent use.
 type Deduper struct {
-	// Store holds the records. Required.
-	Store idem.Store
-	// Lease is how long a consumer holds an id before another consumer may
-	// take it over; it is renewed while the handler runs (when the store
-	// implements idem.Extender; see idem.Lease.StartRenewal). If zero,
-	// idem.DefaultLease (30 s) is used.
-	Lease time.Duration
+	// Keeper claims, renews, completes and releases the message records.
+	// Required, with its Store set. Its Lease is how long a consumer holds
+	// an id before another consumer may take it over; it is renewed while
+	// the handler runs (when the store implements idem.Extender; see
+	// idem.Lease.StartRenewal). Its Observer, if set, receives every
+	// outcome. The same Keeper may serve HTTP handlers and other Dedupers.
+	// The Deduper never modifies it: it works on a copy made by
+	// Keeper.WithRetention on first use.
+	Keeper *idem.Keeper
 	// Retention is how long a processed id is remembered; a duplicate older
-	// than that is processed again. If zero, DefaultMessageRetention (30 days) is
-	// used.
+	// than that is processed again. If zero, Keeper.Retention is used, and if
+	// that is zero too, DefaultMessageRetention (30 days), not
+	// idem.DefaultRetention: message redeliveries span days.
 	Retention time.Duration
-	// Observer, if set, receives every outcome (see idem.Observer).
-	Observer idem.Observer
 	// Parallelism bounds the concurrent store calls Batch makes when the
 	// store does not implement idem.BatchBeginner, and when it completes and
-	// releases leases. If zero, 32 is used. Set it to 1 for an in-process
-	// store, where concurrent calls only add scheduling cost.
+	// releases leases. If zero, Keeper.BatchParallelism is used (itself 32
+	// when zero). Set it to 1 for an in-process store, where concurrent
+	// calls only add scheduling cost.
 	Parallelism int
 
 	// MaxAttempts, if positive, bounds the failed attempts at one message:
@@ -200,23 +205,32 @@ func (d *Deduper) fp(m Message) []byte {
 // result is the stored result of every processed message.
 var result = []byte{}
 
+// keeper returns the Deduper's copy of d.Keeper, with the message
+// retention and Parallelism applied, made on first use.
 func (d *Deduper) keeper() *idem.Keeper {
 	d.once.Do(func() {
-		d.k = &idem.Keeper{Store: d.Store, Lease: d.lease(), Retention: d.retention(), Observer: d.Observer, BatchParallelism: d.Parallelism}
+		k := d.Keeper.WithRetention(d.retention())
+		if d.Parallelism > 0 {
+			k.BatchParallelism = d.Parallelism
+		}
+		d.k = k
 	})
 	return d.k
 }
 
-func (d *Deduper) lease() time.Duration {
-	if d.Lease > 0 {
-		return d.Lease
-	}
-	return idem.DefaultLease
-}
+// usable reports whether d has a Keeper with a Store.
+func (d *Deduper) usable() bool { return d.Keeper != nil && d.Keeper.Store != nil }
+
+// EffectiveRetention returns how long d remembers a processed id: Retention,
+// else Keeper.Retention, else DefaultMessageRetention.
+func (d *Deduper) EffectiveRetention() time.Duration { return d.retention() }
 
 func (d *Deduper) retention() time.Duration {
 	if d.Retention > 0 {
 		return d.Retention
+	}
+	if d.Keeper != nil && d.Keeper.Retention > 0 {
+		return d.Keeper.Retention
 	}
 	return DefaultMessageRetention
 }
@@ -252,7 +266,7 @@ func (d *Deduper) Once(ctx context.Context, scope, id string, fn func(context.Co
 // FingerprintPayload (a reused id with another payload is Mismatched) and
 // OnPoison (which receives the payload).
 func (d *Deduper) OnceMessage(ctx context.Context, scope string, m Message, fn func(context.Context) error) (Status, error) {
-	if d.Store == nil {
+	if !d.usable() {
 		return NotRun, ErrNoStore
 	}
 	a, err := d.keeper().Begin(ctx, scope, m.ID, d.fp(m))

@@ -41,7 +41,7 @@ func newDeduper(t *testing.T) (*idemmsg.Deduper, *fakestore.Store, *clock) {
 	t.Helper()
 	c := newClock()
 	s := fakestore.New(c.Now)
-	return &idemmsg.Deduper{Store: s}, s, c
+	return &idemmsg.Deduper{Keeper: &idem.Keeper{Store: s}}, s, c
 }
 
 var errBoom = errors.New("boom")
@@ -124,7 +124,7 @@ func TestOnceSequences(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			d, s, c := newDeduper(t)
-			d.Lease = tc.lease
+			d.Keeper.Lease = tc.lease
 			ctx := context.Background()
 			for n, st := range tc.steps {
 				c.Advance(st.advance)
@@ -334,7 +334,7 @@ func TestOnceConcurrentDuplicatesOneExecutes(t *testing.T) {
 func TestOnceRenewsLongHandlers(t *testing.T) {
 	t.Parallel()
 	s := fakestore.New(nil) // real clock: renewal runs on a real ticker
-	d := &idemmsg.Deduper{Store: s, Lease: 150 * time.Millisecond}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: s, Lease: 150 * time.Millisecond}}
 	started, release := make(chan struct{}), make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -379,7 +379,7 @@ func TestPropertyMemoryForm(t *testing.T) {
 			distinct++
 		}
 	}
-	d := &idemmsg.Deduper{Store: fakestore.New(nil)}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}}
 	var (
 		mu       sync.Mutex
 		running  = map[string]bool{}

@@ -34,7 +34,7 @@ func TestMaxAttemptsOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	p := &poisons{fail: errors.New("dead-letter queue down")}
-	d := &idemmsg.Deduper{Store: fakestore.New(nil), MaxAttempts: 3, OnPoison: p.hook}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, MaxAttempts: 3, OnPoison: p.hook}
 	m := idemmsg.Message{ID: "m", Payload: []byte("body")}
 	runs := 0
 	fn := func(context.Context) error { runs++; return errBoom }
@@ -68,7 +68,7 @@ func TestMaxAttemptsOnce(t *testing.T) {
 func TestMaxAttemptsWithoutHook(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	d := &idemmsg.Deduper{Store: fakestore.New(nil), MaxAttempts: 2}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, MaxAttempts: 2}
 	fail := func(context.Context) error { return errBoom }
 	ok := func(context.Context) error { return nil }
 	if st, _ := d.Once(ctx, "s", "x", fail); st != idemmsg.Failed {
@@ -93,7 +93,7 @@ func TestMaxAttemptsCountsTakeovers(t *testing.T) {
 	c := newClock()
 	fs := fakestore.New(c.Now)
 	p := &poisons{}
-	d := &idemmsg.Deduper{Store: fs, Lease: time.Minute, MaxAttempts: 2, OnPoison: p.hook}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs, Lease: time.Minute}, MaxAttempts: 2, OnPoison: p.hook}
 	// A consumer claimed "m" and died.
 	if _, err := fs.Begin(ctx, idem.RecordKey("s", "m"), []byte{}, time.Minute); err != nil {
 		t.Fatal(err)
@@ -109,7 +109,7 @@ func TestMaxAttemptsBatchInOrder(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	p := &poisons{}
-	d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fakestore.New(nil)}, MaxAttempts: 2, OnPoison: p.hook}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.Batch{Store: fakestore.New(nil)}}, MaxAttempts: 2, OnPoison: p.hook}
 	msgs := []idemmsg.Message{{ID: "a"}, {ID: "poison", Payload: []byte("p")}, {ID: "c"}}
 	var ran []string
 	fn := func(ctx context.Context, i int) error {
@@ -138,7 +138,7 @@ func TestMaxAttemptsBatchInOrder(t *testing.T) {
 func TestFingerprintPayload(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	d := &idemmsg.Deduper{Store: fakestore.New(nil), FingerprintPayload: true}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, FingerprintPayload: true}
 	ok := func(context.Context) error { return nil }
 	if st, err := d.OnceMessage(ctx, "s", idemmsg.Message{ID: "m", Payload: []byte("v1")}, ok); st != idemmsg.Executed || err != nil {
 		t.Fatal(st, err)

@@ -3,6 +3,7 @@ package kafkadedup_test
 import (
 	"context"
 	"fmt"
+	"github.com/idemkit/idem"
 	"sync"
 	"testing"
 	"time"
@@ -112,7 +113,7 @@ func BenchmarkConsume(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("handler=%v/memstore", d), func(b *testing.B) {
 			run(b, func(cl *kgo.Client) func() int {
-				c := &kafkadedup.Consumer{Client: cl, Deduper: &idemmsg.Deduper{Store: memstore.New(memstore.Options{}), Parallelism: 1}}
+				c := &kafkadedup.Consumer{Client: cl, Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}, Parallelism: 1}}
 				return func() int {
 					n, err := c.Poll(context.Background(), handler)
 					if err != nil {

@@ -2,6 +2,7 @@ package kafkadedup_test
 
 import (
 	"context"
+	"github.com/idemkit/idem"
 	"log"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -28,7 +29,7 @@ func ExampleConsumer() {
 
 	c := &kafkadedup.Consumer{
 		Client:  cl,
-		Deduper: &idemmsg.Deduper{Store: memstore.New(memstore.Options{})},
+		Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}},
 		OnError: func(r *kgo.Record, st idemmsg.Status, err error) { log.Printf("%v: %v", st, err) },
 	}
 	err = c.Run(context.Background(), func(ctx context.Context, r *kgo.Record) error {

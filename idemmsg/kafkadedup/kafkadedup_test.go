@@ -160,7 +160,7 @@ func (e *effects) exactlyOnce(ids ...string) {
 func TestMisconfigured(t *testing.T) {
 	t.Parallel()
 	addrs := cluster(t, 1)
-	d := &idemmsg.Deduper{Store: fakestore.New(nil)}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}}
 	for name, cl := range map[string]*kgo.Client{
 		"autocommit on":     client(t, addrs, "g1", kgo.BlockRebalanceOnPoll()),
 		"rebalance blocked": client(t, addrs, "g2", kgo.DisableAutoCommit()),
@@ -218,7 +218,7 @@ func TestProcessCommitAndDuplicates(t *testing.T) {
 	}
 	produce(t, addrs, recs...)
 	fx := newEffects(t)
-	c := &kafkadedup.Consumer{Client: client(t, addrs, "mailer", kafkadedup.ClientOpts()...), Deduper: &idemmsg.Deduper{Store: fakestore.Batch{Store: fakestore.New(nil)}}}
+	c := &kafkadedup.Consumer{Client: client(t, addrs, "mailer", kafkadedup.ClientOpts()...), Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.Batch{Store: fakestore.New(nil)}}}}
 	pollUntil(t, c, fx.handler, 100)
 	fx.exactlyOnce(distinct...)
 	c.Client.CloseAllowingRebalance()
@@ -229,7 +229,7 @@ func TestCrashAfterEffectBeforeCommit(t *testing.T) {
 	t.Parallel()
 	addrs := cluster(t, 1)
 	produce(t, addrs, rec{"a", 0}, rec{"b", 0}, rec{"c", 0})
-	d := &idemmsg.Deduper{Store: fakestore.New(nil)}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}}
 	fx := newEffects(t)
 	// The first consumer processes every record through the same Deduper
 	// and scope, then dies before committing anything.
@@ -279,7 +279,7 @@ func TestCrashBeforeEffect(t *testing.T) {
 	var mu sync.Mutex
 	c := &kafkadedup.Consumer{
 		Client:  client(t, addrs, "mailer", kafkadedup.ClientOpts()...),
-		Deduper: &idemmsg.Deduper{Store: fs, Lease: lease},
+		Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs, Lease: lease}},
 		OnError: func(_ *kgo.Record, st idemmsg.Status, _ error) {
 			mu.Lock()
 			statuses = append(statuses, st)
@@ -312,7 +312,7 @@ func TestHandlerErrorRetriedInOrder(t *testing.T) {
 	fails := 0
 	c := &kafkadedup.Consumer{
 		Client:       client(t, addrs, "mailer", kafkadedup.ClientOpts()...),
-		Deduper:      &idemmsg.Deduper{Store: fakestore.New(nil)},
+		Deduper:      &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}},
 		RetryBackoff: 10 * time.Millisecond,
 	}
 	pollUntil(t, c, func(ctx context.Context, r *kgo.Record) error {
@@ -340,7 +340,7 @@ func TestConcurrentCopiesOneExecutes(t *testing.T) {
 	var runs atomic.Int32
 	c := &kafkadedup.Consumer{
 		Client:          client(t, addrs, "mailer", kafkadedup.ClientOpts()...),
-		Deduper:         &idemmsg.Deduper{Store: fakestore.New(nil), Lease: 5 * time.Second},
+		Deduper:         &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil), Lease: 5 * time.Second}},
 		MaxRetryBackoff: 50 * time.Millisecond,
 		OnError: func(_ *kgo.Record, st idemmsg.Status, _ error) {
 			if st == idemmsg.InFlight {
@@ -386,7 +386,7 @@ func TestRebalance(t *testing.T) {
 	}
 	produce(t, addrs, recs...)
 	fx := newEffects(t)
-	d := &idemmsg.Deduper{Store: fakestore.Batch{Store: fakestore.New(nil)}}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.Batch{Store: fakestore.New(nil)}}}
 	var acked atomic.Int32
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -29,7 +29,7 @@ func TestPoisonRecordUnblocksPartition(t *testing.T) {
 		done     []string
 		tries    int
 	)
-	d := &idemmsg.Deduper{Store: fakestore.New(nil), MaxAttempts: 3, OnPoison: func(_ context.Context, p idemmsg.Poison) error {
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, MaxAttempts: 3, OnPoison: func(_ context.Context, p idemmsg.Poison) error {
 		mu.Lock()
 		defer mu.Unlock()
 		poisoned = append(poisoned, p)
@@ -92,7 +92,7 @@ func TestMismatchedRecordReported(t *testing.T) {
 	var mu sync.Mutex
 	var reported []error
 	c := &kafkadedup.Consumer{
-		Client: client(t, addrs, "g-mismatch", kafkadedup.ClientOpts()...), Deduper: &idemmsg.Deduper{Store: fakestore.New(nil), FingerprintPayload: true},
+		Client: client(t, addrs, "g-mismatch", kafkadedup.ClientOpts()...), Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, FingerprintPayload: true},
 		OnError: func(_ *kgo.Record, st idemmsg.Status, err error) {
 			mu.Lock()
 			defer mu.Unlock()

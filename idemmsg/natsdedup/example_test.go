@@ -2,6 +2,7 @@ package natsdedup_test
 
 import (
 	"context"
+	"github.com/idemkit/idem"
 	"log"
 
 	"github.com/nats-io/nats.go"
@@ -30,7 +31,7 @@ func ExampleConsumer() {
 		log.Fatal(err)
 	}
 
-	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: memstore.New(memstore.Options{})}}
+	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}}}
 	cc, err := cons.Consume(c.MessageHandler(ctx, func(ctx context.Context, msg jetstream.Msg) error {
 		return sendEmail(ctx, msg.Data()) // acked after it returns nil; nak'ed on error
 	}))

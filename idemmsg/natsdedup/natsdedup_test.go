@@ -57,7 +57,7 @@ func TestHandleOutcomes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	fs := fakestore.New(nil)
-	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fs, Lease: 5 * time.Second}, RetryDelay: time.Second}
+	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs, Lease: 5 * time.Second}}, RetryDelay: time.Second}
 	ok := func(context.Context, jetstream.Msg) error { return nil }
 	fail := func(context.Context, jetstream.Msg) error { return errBoom }
 
@@ -113,7 +113,7 @@ func TestHandleInFlightDelay(t *testing.T) {
 		if _, err := fs.Begin(ctx, idem.RecordKey("s", id), []byte{}, tc.lease); err != nil {
 			t.Fatal(err)
 		}
-		c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fs}, Scope: "s", MaxInFlightDelay: tc.max}
+		c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}}, Scope: "s", MaxInFlightDelay: tc.max}
 		m := msg(id, 1)
 		st, err := c.Handle(ctx, m, func(context.Context, jetstream.Msg) error { t.Error("ran"); return nil })
 		if st != idemmsg.InFlight || m.acks[0] != "nakdelay" {
@@ -129,7 +129,7 @@ func TestHandleDoubleAckAndCustomID(t *testing.T) {
 	t.Parallel()
 	var reported []idemmsg.Status
 	c := &natsdedup.Consumer{
-		Deduper:   &idemmsg.Deduper{Store: fakestore.New(nil)},
+		Deduper:   &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}},
 		DoubleAck: true,
 		ID:        func(m jetstream.Msg) (string, error) { return m.Headers().Get("event-id"), nil },
 		OnError:   func(_ jetstream.Msg, st idemmsg.Status, _ error) { reported = append(reported, st) },

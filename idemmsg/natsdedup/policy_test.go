@@ -24,7 +24,7 @@ func TestServerPoisonMessage(t *testing.T) {
 	ctx := context.Background()
 	var mu sync.Mutex
 	var poisoned []idemmsg.Poison
-	d := &idemmsg.Deduper{Store: fakestore.New(nil), MaxAttempts: 3, OnPoison: func(_ context.Context, p idemmsg.Poison) error {
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, MaxAttempts: 3, OnPoison: func(_ context.Context, p idemmsg.Poison) error {
 		mu.Lock()
 		defer mu.Unlock()
 		poisoned = append(poisoned, p)

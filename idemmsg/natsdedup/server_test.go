@@ -98,7 +98,7 @@ func TestServerCrashAfterEffectBeforeAck(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
-	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fakestore.New(nil)}}
+	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}}}
 	var fx effects
 	e.publish(t, "Nats-Msg-Id", "evt-1")
 	if st, _ := c.Handle(ctx, noAck{e.next(t, time.Second)}, fx.handler); st != idemmsg.Executed {
@@ -123,7 +123,7 @@ func TestServerCrashBeforeEffect(t *testing.T) {
 	ctx := context.Background()
 	fs := fakestore.New(nil)
 	const lease = 1500 * time.Millisecond // long enough to be seen in flight on a loaded machine
-	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fs, Lease: lease}}
+	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs, Lease: lease}}}
 	var fx effects
 	e.publish(t, "Nats-Msg-Id", "evt-1")
 	m := e.next(t, time.Second)
@@ -153,7 +153,7 @@ func TestServerHandlerErrorRedelivered(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
-	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fakestore.New(nil)}}
+	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}}}
 	e.publish(t, "Nats-Msg-Id", "evt-1")
 	tries := 0
 	h := func(context.Context, jetstream.Msg) error {
@@ -182,7 +182,7 @@ func TestServerConcurrentDuplicatesOneExecutes(t *testing.T) {
 	ctx := context.Background()
 	// Two publishes of one event (the publisher retried after the server's
 	// dedup window): same event-id, no Nats-Msg-Id.
-	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fakestore.New(nil)}, IDHeader: "event-id", MaxInFlightDelay: 200 * time.Millisecond}
+	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}}, IDHeader: "event-id", MaxInFlightDelay: 200 * time.Millisecond}
 	e.publish(t, "event-id", "evt-1")
 	e.publish(t, "event-id", "evt-1")
 	var fx effects
@@ -225,7 +225,7 @@ func TestServerConsumeWithDuplicates(t *testing.T) {
 	for i := range distinct + dups {
 		e.publish(t, "event-id", fmt.Sprintf("evt-%d", i%distinct))
 	}
-	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Store: fakestore.New(nil)}, IDHeader: "event-id", MaxInFlightDelay: 100 * time.Millisecond}
+	c := &natsdedup.Consumer{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}}, IDHeader: "event-id", MaxInFlightDelay: 100 * time.Millisecond}
 	var mu sync.Mutex
 	ran := map[string]int{}
 	acked := make(chan struct{}, distinct+dups)

@@ -3,6 +3,7 @@ package redisstreams_test
 import (
 	"context"
 	"fmt"
+	"github.com/idemkit/idem"
 	"testing"
 	"time"
 
@@ -81,7 +82,7 @@ func BenchmarkConsume(b *testing.B) {
 			if c == nil || c.Group != g {
 				store := redisstore.New(rc, redisstore.Options{Prefix: base + ":" + g + ":"})
 				c = &redisstreams.Consumer{Client: rc, Stream: stream, Group: g, Name: "c", Count: 500, Block: -1,
-					Deduper: &idemmsg.Deduper{Store: store, Retention: time.Minute, Parallelism: 64}}
+					Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: store}, Retention: time.Minute, Parallelism: 64}}
 			}
 			n, err := c.Poll(ctx, handler)
 			if err != nil {

@@ -2,6 +2,7 @@ package redisstreams_test
 
 import (
 	"context"
+	"github.com/idemkit/idem"
 	"log"
 
 	"github.com/redis/go-redis/v9"
@@ -21,7 +22,7 @@ func ExampleConsumer() {
 	c := &redisstreams.Consumer{
 		Client: rc, Stream: "notifications", Group: "mailer", Name: "mailer-1",
 		CreateGroup: true,
-		Deduper:     &idemmsg.Deduper{Store: redisstore.New(rc, redisstore.Options{})},
+		Deduper:     &idemmsg.Deduper{Keeper: &idem.Keeper{Store: redisstore.New(rc, redisstore.Options{})}},
 	}
 	err := c.Run(context.Background(), func(ctx context.Context, m redis.XMessage) error {
 		return sendEmail(ctx, m.Values["to"])

@@ -57,7 +57,7 @@ func newEnv(t *testing.T) *env {
 // deduper returns a Deduper on the test's store whose records expire a
 // minute after completion, so tests leave nothing behind in the shared Redis.
 func (e *env) deduper() *idemmsg.Deduper {
-	return &idemmsg.Deduper{Store: e.store, Retention: time.Minute}
+	return &idemmsg.Deduper{Keeper: &idem.Keeper{Store: e.store}, Retention: time.Minute}
 }
 
 func (e *env) add(t *testing.T, ids ...string) {
@@ -228,7 +228,7 @@ func TestCrashBeforeEffect(t *testing.T) {
 	e.add(t, "a")
 	const lease = 1500 * time.Millisecond // long enough to be seen in flight on a loaded machine
 	d := e.deduper()
-	d.Lease = lease
+	d.Keeper.Lease = lease
 	ctx := context.Background()
 	if err := e.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "mailer", Consumer: "dead", Streams: []string{e.stream, ">"}, Count: 10}).Err(); err != nil {
 		t.Fatal(err)

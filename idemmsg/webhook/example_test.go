@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/idemkit/idem"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -23,7 +24,7 @@ func ExampleHandler() {
 	sent := time.Unix(1614265330, 0)
 	now := func() time.Time { return sent.Add(30 * time.Second) } // the receiver's clock (time.Now in production)
 
-	d := &idemmsg.Deduper{Store: memstore.New(memstore.Options{})}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}}
 	notified := 0
 	h := webhook.Handler(webhook.Config{
 		Deduper:  d,
@@ -64,7 +65,7 @@ func ExampleHandler_stripe() {
 	sent := time.Unix(1700000000, 0)
 	now := func() time.Time { return sent.Add(2 * time.Second) }
 	h := webhook.Handler(webhook.Config{
-		Deduper:  &idemmsg.Deduper{Store: memstore.New(memstore.Options{})},
+		Deduper:  &idemmsg.Deduper{Keeper: &idem.Keeper{Store: memstore.New(memstore.Options{})}},
 		Verifier: webhook.Stripe{Secrets: []string{secret}, Now: now},
 	}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 

@@ -22,7 +22,7 @@ func TestHandlerLeasePoisonMismatch(t *testing.T) {
 	var mu sync.Mutex
 	var poisoned []idemmsg.Poison
 	var reported []error
-	d := &idemmsg.Deduper{Store: fakestore.New(nil), MaxAttempts: 2, FingerprintPayload: true,
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, MaxAttempts: 2, FingerprintPayload: true,
 		OnPoison: func(_ context.Context, p idemmsg.Poison) error {
 			mu.Lock()
 			defer mu.Unlock()

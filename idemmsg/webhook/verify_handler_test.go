@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/idemkit/idem"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -77,7 +78,7 @@ func TestHandlerRefusesBeforeDedup(t *testing.T) {
 	var gotBody string
 	var errs []error
 	h := webhook.Handler(webhook.Config{
-		Deduper:  &idemmsg.Deduper{Store: fs},
+		Deduper:  &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}},
 		Verifier: webhook.Standard{Secrets: []string{refSecret}, Now: clk.Now},
 		OnError:  func(_ *http.Request, err error) { errs = append(errs, err) },
 	}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -190,7 +191,7 @@ func TestHandlerReplayAfterRetentionRefused(t *testing.T) {
 	fs := fakestore.New(clk.Now)
 	runs := 0
 	h := webhook.Handler(webhook.Config{
-		Deduper:  &idemmsg.Deduper{Store: fs, Retention: time.Hour},
+		Deduper:  &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}, Retention: time.Hour},
 		Verifier: webhook.Standard{Secrets: []string{refSecret}, Now: clk.Now},
 	}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { runs++ }))
 	captured := func() *http.Request { return signedStandard(t, refSecret, "/", refID, refTime, refBody) }
@@ -217,7 +218,7 @@ func TestHandlerStripe(t *testing.T) {
 	fs := fakestore.New(clk.Now)
 	runs := 0
 	h := webhook.Handler(webhook.Config{
-		Deduper:  &idemmsg.Deduper{Store: fs},
+		Deduper:  &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}},
 		Verifier: &webhook.Stripe{Secrets: []string{stripeSecret}, Now: clk.Now},
 		MaxBody:  100,
 	}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -287,7 +288,7 @@ func TestHandlerCustomVerifier(t *testing.T) {
 	} {
 		fs := fakestore.New(nil)
 		h := webhook.Handler(webhook.Config{
-			Deduper: &idemmsg.Deduper{Store: fs},
+			Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}},
 			Verifier: webhook.VerifierFunc(func(r *http.Request, body []byte) error {
 				if string(body) != "payload" {
 					t.Errorf("verifier got body %q", body)
@@ -311,7 +312,7 @@ func TestHandlerCustomVerifier(t *testing.T) {
 func TestHandlerProblems(t *testing.T) {
 	t.Parallel()
 	fs := fakestore.New(nil)
-	h := webhook.Handler(webhook.Config{Deduper: &idemmsg.Deduper{Store: fs}, Unverified: true}, http.NotFoundHandler())
+	h := webhook.Handler(webhook.Config{Deduper: &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}}, Unverified: true}, http.NotFoundHandler())
 	if w := post(h, "/", ""); w.Code != 400 || readProblem(t, w).Code != webhook.CodeIDMissing {
 		t.Fatalf("no id: %d", w.Code)
 	}
@@ -328,7 +329,7 @@ func TestHandlerConfigPanics(t *testing.T) {
 	t.Parallel()
 	std := webhook.Standard{Secrets: []string{refSecret}}
 	d := func(retention time.Duration) *idemmsg.Deduper {
-		return &idemmsg.Deduper{Store: fakestore.New(nil), Retention: retention}
+		return &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil)}, Retention: retention}
 	}
 	for _, tc := range []struct {
 		name  string
@@ -374,7 +375,7 @@ func TestHandlerStandardJSONField(t *testing.T) {
 	clk := &clock{t: refTime}
 	runs := 0
 	h := webhook.Handler(webhook.Config{
-		Deduper:   &idemmsg.Deduper{Store: fakestore.New(clk.Now)},
+		Deduper:   &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(clk.Now)}},
 		Verifier:  webhook.Standard{Secrets: []string{refSecret}, Now: clk.Now},
 		JSONField: "event",
 	}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -37,10 +37,10 @@ var (
 // With Verifier set to Standard the other fields may stay zero; with Stripe,
 // too (the id is then read from the body's "id" field).
 type Config struct {
-	// Deduper holds the claims. Required. Its Retention must cover the
-	// sender's retry horizon (Standard Webhooks senders retry for about 3
-	// days; the default 30 days covers it), and be more than twice the
-	// Verifier's tolerance (Handler checks it for Standard and Stripe).
+	// Deduper holds the claims. Required. Its retention
+	// (Deduper.EffectiveRetention) must cover the sender's retry horizon
+	// (Standard Webhooks senders retry for about 3 days; the default 30 days
+	// covers it), and be more than twice the Verifier's tolerance (Handler checks it for Standard and Stripe).
 	Deduper *idemmsg.Deduper
 	// Verifier authenticates every request before its id is claimed:
 	// Standard{Secrets: …} for Standard Webhooks senders (Svix and others),
@@ -166,10 +166,7 @@ func checkVerifier(c *Config) error {
 		return fmt.Errorf("webhook: %s verifier: %w", scheme, err)
 	}
 	tol = tolerance(tol)
-	retention := c.Deduper.Retention
-	if retention <= 0 {
-		retention = idemmsg.DefaultMessageRetention
-	}
+	retention := c.Deduper.EffectiveRetention()
 	if retention <= 2*tol {
 		// A delivery signed at t is accepted from t-tol to t+tol; its
 		// record, completed at t-tol at the earliest, must outlive t+tol.

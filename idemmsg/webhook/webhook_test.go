@@ -93,7 +93,7 @@ func TestHandler(t *testing.T) {
 			t.Parallel()
 			fs := fakestore.New(nil)
 			cfg := tc.cfg
-			cfg.Deduper = &idemmsg.Deduper{Store: fs}
+			cfg.Deduper = &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}}
 			cfg.Unverified = true // these cases test deduplication; verify_handler_test.go tests verification
 			cfg.MaxBody = 1000
 			runs := 0
@@ -131,7 +131,7 @@ func TestHandler(t *testing.T) {
 
 func TestHandlerInFlight(t *testing.T) {
 	t.Parallel()
-	d := &idemmsg.Deduper{Store: fakestore.New(nil), Lease: 10 * time.Second}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fakestore.New(nil), Lease: 10 * time.Second}}
 	started, release := make(chan struct{}), make(chan struct{})
 	var runs atomic.Int32
 	h := webhook.Handler(webhook.Config{Deduper: d, Unverified: true}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -157,7 +157,7 @@ func TestHandlerInFlight(t *testing.T) {
 func TestHandlerPanicReleases(t *testing.T) {
 	t.Parallel()
 	fs := fakestore.New(nil)
-	d := &idemmsg.Deduper{Store: fs}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}}
 	h := webhook.Handler(webhook.Config{Deduper: d, Unverified: true}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}))
@@ -173,7 +173,7 @@ func TestHandlerPanicReleases(t *testing.T) {
 func TestHandlerClientGoneStillRecords(t *testing.T) {
 	t.Parallel()
 	fs := fakestore.New(nil)
-	d := &idemmsg.Deduper{Store: fs}
+	d := &idemmsg.Deduper{Keeper: &idem.Keeper{Store: fs}}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := webhook.Handler(webhook.Config{Deduper: d, Unverified: true}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cancel() // the sender hung up while we worked
