@@ -38,9 +38,9 @@ type Execution struct {
 	Status int // what the upstream answered
 }
 
-// Replay is the answer to the final replay of a key, sent after the load
+// FinalReplay is the answer to the final replay of a key, sent after the load
 // and the faults are over.
-type Replay struct {
+type FinalReplay struct {
 	Key      string
 	Status   int // 0 when no answer was had (see Err)
 	Body     []byte
@@ -50,11 +50,11 @@ type Replay struct {
 	At       time.Time
 }
 
-// Response is an answer that no correct run gives to a client that sends
+// UnexpectedAnswer is an answer that no correct run gives to a client that sends
 // the same request with the same key every time: 422 (key reused with a
 // different request) or any status outside what clients retry (409, 500,
 // 502, 503, 504) and 2xx.
-type Response struct {
+type UnexpectedAnswer struct {
 	Key    string
 	Caller string
 	Status int
@@ -73,8 +73,8 @@ type GaveUp struct {
 type History struct {
 	Acks       []Ack
 	Executions []Execution
-	Replays    []Replay
-	Unexpected []Response
+	Replays    []FinalReplay
+	Unexpected []UnexpectedAnswer
 	GaveUp     []GaveUp
 }
 
@@ -147,7 +147,7 @@ func Check(h History) []Violation {
 		}
 		acks[a.Key] = append(acks[a.Key], a)
 	}
-	replays := map[string][]Replay{}
+	replays := map[string][]FinalReplay{}
 	for _, r := range h.Replays {
 		replays[r.Key] = append(replays[r.Key], r)
 		if isOmitted(r.Replay) {

@@ -26,7 +26,7 @@ func clean() History {
 			{Key: "a", Caller: "c2", Status: 201, Body: bodyA, Replayed: "true", At: at(12)},
 			{Key: "b", Caller: "c1", Status: 201, Body: bodyB, At: at(40)},
 		},
-		Replays: []Replay{
+		Replays: []FinalReplay{
 			{Key: "a", Status: 201, Body: bodyA, Replayed: "true", At: at(100)},
 			{Key: "b", Status: 201, Body: bodyB, Replayed: "true", At: at(101)},
 		},
@@ -64,7 +64,7 @@ func TestCheckCatches(t *testing.T) {
 			h.Replays[1].Status = 200
 		}, map[Kind]int{KindReplayMismatch: 1}},
 		{"replay not 2xx", func(h *History) {
-			h.Replays[1] = Replay{Key: "b", Status: 409, Body: []byte(`{"code":"request-in-progress"}`), Err: "gave up"}
+			h.Replays[1] = FinalReplay{Key: "b", Status: 409, Body: []byte(`{"code":"request-in-progress"}`), Err: "gave up"}
 		}, map[Kind]int{KindReplayMismatch: 1}},
 		{"no final replay", func(h *History) {
 			h.Replays = h.Replays[:1]
@@ -91,7 +91,7 @@ func TestCheckCatches(t *testing.T) {
 			h.Acks[1].Replay = "omitted"
 		}, map[Kind]int{KindOmitted: 1}},
 		{"422", func(h *History) {
-			h.Unexpected = append(h.Unexpected, Response{Key: "a", Caller: "c3", Status: 422, Body: []byte(`{"code":"idempotency-key-reused"}`)})
+			h.Unexpected = append(h.Unexpected, UnexpectedAnswer{Key: "a", Caller: "c3", Status: 422, Body: []byte(`{"code":"idempotency-key-reused"}`)})
 		}, map[Kind]int{KindUnexpected: 1}},
 		{"gave up", func(h *History) {
 			h.GaveUp = append(h.GaveUp, GaveUp{Key: "c", Caller: "c1", Attempts: 99, Last: "409"})
@@ -141,7 +141,7 @@ func TestCheckTiming(t *testing.T) {
 			{Key: "k", Caller: "late", Status: 201, Body: body, At: t0.Add(50 * time.Millisecond)},
 			{Key: "k", Caller: "early", Status: 201, Body: body, At: t0.Add(10 * time.Millisecond)},
 		},
-		Replays: []Replay{{Key: "k", Status: 201, Body: body}},
+		Replays: []FinalReplay{{Key: "k", Status: 201, Body: body}},
 	}
 	if vs := Check(h); len(vs) != 0 {
 		t.Fatalf("violations: %v", vs)

@@ -30,9 +30,9 @@ type loadConfig struct {
 type recorder struct {
 	mu         sync.Mutex
 	acks       []Ack
-	unexpected []Response
+	unexpected []UnexpectedAnswer
 	gaveUp     []GaveUp
-	replays    []Replay
+	replays    []FinalReplay
 	bodies     map[string]string // key → the request body of its operation
 	order      []string          // keys in operation order
 
@@ -243,7 +243,7 @@ func runLoad(ctx context.Context, cfg loadConfig, to *target, rec *recorder) {
 							rec.acks = append(rec.acks, Ack{Key: key, Caller: fmt.Sprintf("%s/attempt%d", caller, n),
 								Status: a.status, Body: a.body, Replayed: a.replayed, Replay: a.replay, At: a.at})
 						case a.status != 0:
-							rec.unexpected = append(rec.unexpected, Response{Key: key, Caller: caller, Status: a.status, Body: a.body})
+							rec.unexpected = append(rec.unexpected, UnexpectedAnswer{Key: key, Caller: caller, Status: a.status, Body: a.body})
 						default:
 							rec.gaveUp = append(rec.gaveUp, GaveUp{Key: key, Caller: caller, Attempts: n, Last: last})
 						}
@@ -283,7 +283,7 @@ func replayAll(ctx context.Context, cfg loadConfig, to *target, rec *recorder) {
 			rng := rand.New(rand.NewPCG(cfg.seed+1, uint64(w)))
 			for key := range work {
 				a, ok, _, last := retryUntil2xx(ctx, c, to, key, bodies[key], cfg, rng, newRecorder())
-				r := Replay{Key: key, Status: a.status, Body: a.body, Replayed: a.replayed, Replay: a.replay, At: a.at}
+				r := FinalReplay{Key: key, Status: a.status, Body: a.body, Replayed: a.replayed, Replay: a.replay, At: a.at}
 				if !ok {
 					r.Err = last
 				}
@@ -307,8 +307,8 @@ func (r *recorder) history(execs []Execution) History {
 	return History{
 		Acks:       append([]Ack(nil), r.acks...),
 		Executions: execs,
-		Replays:    append([]Replay(nil), r.replays...),
-		Unexpected: append([]Response(nil), r.unexpected...),
+		Replays:    append([]FinalReplay(nil), r.replays...),
+		Unexpected: append([]UnexpectedAnswer(nil), r.unexpected...),
 		GaveUp:     append([]GaveUp(nil), r.gaveUp...),
 	}
 }

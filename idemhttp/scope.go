@@ -4,7 +4,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"hash"
 	"net/http"
@@ -83,7 +82,6 @@ type scopeState struct {
 	mac hash.Hash
 	buf []byte
 	sum [sha256.Size]byte
-	hex [2 * sha256.Size]byte
 }
 
 // scopeVersion starts every encoded scope, so that a future encoding never
@@ -107,7 +105,12 @@ func (s *IdentityScope) init() {
 	}
 }
 
-// Scope returns the hex HMAC-SHA-256 scope of r, or ErrNoCredentials,
+// ScopeSize is the length in bytes of the scopes IdentityScope returns.
+const ScopeSize = 16
+
+// Scope returns the scope of r: the first ScopeSize bytes of its
+// HMAC-SHA-256, as a binary string (compact in every record key; print it
+// with hex.EncodeToString), or ErrNoCredentials,
 // ErrHopByHopCredential, or an error when Secret is shorter than
 // MinScopeSecret. Its signature fits Middleware.Scope.
 func (s *IdentityScope) Scope(r *http.Request) (string, error) {
@@ -155,8 +158,7 @@ func (s *IdentityScope) Scope(r *http.Request) (string, error) {
 	st.mac.Reset()
 	st.mac.Write(b)
 	st.mac.Sum(st.sum[:0])
-	hex.Encode(st.hex[:], st.sum[:])
-	out := string(st.hex[:])
+	out := string(st.sum[:ScopeSize])
 	if cap(b) > 64<<10 {
 		b = nil // do not keep huge buffers in the pool
 	}

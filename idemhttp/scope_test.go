@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
 )
 
@@ -227,11 +227,11 @@ func TestScopeSchemeCaseInsensitive(t *testing.T) {
 		t.Error("scheme ignored")
 	}
 	v := scope("Bearer secret-token")
-	if len(v) != 64 || strings.Contains(v, "secret") {
+	if len(v) != idemhttp.ScopeSize || strings.Contains(v, "secret") {
 		t.Errorf("scope %q", v)
 	}
 	// Not the unkeyed hash of the credential.
-	if sum := sha256.Sum256([]byte("Bearer secret-token")); v == hex.EncodeToString(sum[:]) {
+	if sum := sha256.Sum256([]byte("Bearer secret-token")); v == string(sum[:idemhttp.ScopeSize]) {
 		t.Error("scope is an unkeyed hash")
 	}
 }
@@ -392,8 +392,8 @@ func FuzzIdentityScope(f *testing.F) {
 		}
 		mac := hmac.New(sha256.New, []byte(secret))
 		mac.Write(scopeEncoding(host, carriers))
-		if want := hex.EncodeToString(mac.Sum(nil)); got != want {
-			t.Fatalf("scope %s, want %s", got, want)
+		if want := string(mac.Sum(nil)[:idemhttp.ScopeSize]); got != want {
+			t.Fatalf("scope %x, want %x", got, want)
 		}
 		other, _ := (&idemhttp.IdentityScope{Secret: []byte(secret + "x"), Headers: []string{"X-Api-Key"}, Anonymous: true}).Scope(r)
 		if other == got {
@@ -425,5 +425,21 @@ func TestScopeAllocs(t *testing.T) {
 	_, _ = s.Scope(r)
 	if n := testing.AllocsPerRun(100, func() { _, _ = s.Scope(r) }); n > 1 {
 		t.Errorf("%.0f allocs per scope, want ≤ 1", n)
+	}
+}
+
+// TestScopeCompactInRecordKey: a scope adds at most 20 bytes to a record
+// key (so at most 40 to a PostgreSQL record, whose key is stored in the
+// row and in its primary-key index), where a hex digest added 65.
+func TestScopeCompactInRecordKey(t *testing.T) {
+	r := httptest.NewRequest("POST", "http://api.example/pay", nil)
+	r.Header.Set("Authorization", "Bearer alice")
+	sc, err := (&idemhttp.IdentityScope{Secret: testSecret}).Scope(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "k-0123456789abcdef"
+	if extra := len(idem.RecordKey(sc, key)) - len(idem.RecordKey("", key)); extra > 20 {
+		t.Fatalf("the scope adds %d bytes to the record key", extra)
 	}
 }

@@ -142,7 +142,7 @@ func (k *keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info := keyInfo{
-		Key: key, Scope: scope, State: rec.State.String(), Fence: rec.Fence,
+		Key: key, Scope: hex.EncodeToString([]byte(scope)), State: rec.State.String(), Fence: rec.Fence,
 		AgeSeconds: rec.Age.Seconds(), RemainingSeconds: rec.Remaining.Seconds(),
 	}
 	if rec.State == idem.StateCompleted {
@@ -176,7 +176,11 @@ func (k *keysHandler) scope(q map[string][]string) (string, error) {
 		if len(s) != 1 || q["header"] != nil {
 			return "", errors.New("give scope once, or header values, not both")
 		}
-		return s[0], nil
+		b, err := hex.DecodeString(s[0])
+		if err != nil {
+			return "", errors.New("scope: want the hex scope of a log line")
+		}
+		return string(b), nil
 	}
 	name := "default"
 	if v := q["route"]; len(v) > 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -402,7 +403,7 @@ func onOutcome(m *metrics, log *slog.Logger, route string, scope *idemhttp.Ident
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.Path),
 			slog.String("key_hash", keys.of(key)),
-			slog.String("scope", sc),
+			slog.String("scope", hex.EncodeToString([]byte(sc))),
 			slog.Int("status", o.Status),
 		}
 		if lvl == slog.LevelDebug {
