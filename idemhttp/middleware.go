@@ -173,9 +173,11 @@ type Middleware struct {
 	Wait time.Duration
 
 	// MaxWaiters bounds the requests held in wait mode at once, in all and
-	// per key (a duplicate past either bound is answered 409 at once, as
-	// without wait mode), so that a flood of retries of one slow request
-	// cannot hold unbounded connections and goroutines. If zero,
+	// per key (a request holds a slot while it claims or waits for its key,
+	// not while it executes): a duplicate past either bound is answered 409
+	// at once, as without wait mode,
+	// so that a flood of retries of one slow request cannot hold unbounded
+	// connections and goroutines. If zero,
 	// DefaultMaxWaiters (1,000 in all, DefaultMaxWaitersPerKey = 16 per
 	// key); MaxWaitersPerKey likewise.
 	MaxWaiters       int
@@ -504,13 +506,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fp = fingerprint(r, body, false)
 	}
 
-	a, err := h.keeper.Begin(r.Context(), scope, key, fp)
-	var inflight *idem.InFlightError
-	if h.wait > 0 && errors.As(err, &inflight) {
-		if rk := idem.RecordKey(scope, key); h.waiters.acquire(rk) {
-			a, err = h.keeper.BeginWait(r.Context(), scope, key, fp, h.wait)
-			h.waiters.release(rk)
-		}
+	var a idem.Attempt
+	if rk := idem.RecordKey(scope, key); h.wait > 0 && h.waiters.acquire(rk) {
+		// One Begin either way: it waits only if the key is in flight.
+		a, err = h.keeper.BeginWait(r.Context(), scope, key, fp, h.wait)
+		h.waiters.release(rk)
+	} else {
+		a, err = h.keeper.Begin(r.Context(), scope, key, fp)
 	}
 	if err != nil {
 		h.refuse(w, r, body, err)
