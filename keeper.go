@@ -133,7 +133,7 @@ func (k *Keeper) storeErr(ctx context.Context, op, key string, fence uint64, d t
 	if errors.Is(err, ErrLeaseLost) {
 		kind = EventLeaseLost
 	}
-	k.observe(ctx, Event{Kind: kind, Key: key, Fence: fence, Op: op, Duration: d, Err: err})
+	k.observe(ctx, Event{Kind: kind, Key: key, Fence: fence, Op: op, Duration: d, StoreLatency: d, Err: err})
 	return fmt.Errorf("idem: %s %q: %w", op, key, err)
 }
 
@@ -170,26 +170,29 @@ func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attem
 // attempt turns the store's answer b to a begin of rk, sent at start, into
 // Begin's results, and reports the outcome.
 func (k *Keeper) attempt(ctx context.Context, rk string, fp []byte, b Begun, start time.Time) (Attempt, error) {
+	lat := k.since(start)
 	switch b.Outcome {
 	case Acquired:
+		kind := EventAcquired
 		if b.Takeover {
-			k.observe(ctx, Event{Kind: EventTakeover, Key: rk, Fence: b.Fence, Op: "begin"})
+			kind = EventTakeover
 		}
+		k.observe(ctx, Event{Kind: kind, Key: rk, Fence: b.Fence, Op: "begin", Duration: lat, StoreLatency: lat})
 		// The store started the lease after start: it ends no earlier than
 		// start+lease on this process's clock.
 		return Attempt{Lease: &Lease{k: k, key: rk, fp: fp, fence: b.Fence, takeover: b.Takeover, start: start, deadline: start.Add(k.lease())}}, nil
 	case Replay:
-		k.observe(ctx, Event{Kind: EventReplayed, Key: rk, Op: "begin"})
+		k.observe(ctx, Event{Kind: EventReplayed, Key: rk, Op: "begin", Duration: lat, StoreLatency: lat})
 		res := b.Result
 		if res == nil {
 			res = []byte{}
 		}
 		return Attempt{Result: res}, nil
 	case InFlight:
-		k.observe(ctx, Event{Kind: EventConflict, Key: rk, Fence: b.Fence, Op: "begin"})
+		k.observe(ctx, Event{Kind: EventConflict, Key: rk, Fence: b.Fence, Op: "begin", Duration: lat, StoreLatency: lat})
 		return Attempt{}, &InFlightError{LeaseLeft: b.LeaseLeft}
 	case Mismatch:
-		k.observe(ctx, Event{Kind: EventMismatch, Key: rk, Op: "begin"})
+		k.observe(ctx, Event{Kind: EventMismatch, Key: rk, Op: "begin", Duration: lat, StoreLatency: lat})
 		return Attempt{}, ErrMismatch
 	}
 	return Attempt{}, fmt.Errorf("idem: begin %q: store returned unknown outcome %d", rk, b.Outcome)
@@ -472,7 +475,7 @@ func (l *Lease) end(ctx context.Context, op string, result []byte, call func(con
 			err = nil
 		}
 		if err == nil || errors.Is(err, ErrLeaseLost) || !l.transient(ctx, err) {
-			l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: op, Duration: l.k.since(l.start)})
+			l.k.observe(ctx, Event{Kind: EventExecuted, Key: l.key, Fence: l.fence, Op: op, Duration: l.k.since(l.start), StoreLatency: l.k.since(start)})
 			if err != nil {
 				if errors.Is(err, ErrLeaseLost) {
 					l.markLost()

@@ -212,12 +212,76 @@ func TestKeeperLifecycle(t *testing.T) {
 
 	for kind, want := range map[idem.EventKind]int{
 		idem.EventExecuted: 3, idem.EventReplayed: 1, idem.EventConflict: 1, idem.EventMismatch: 2,
-		idem.EventTakeover: 0, idem.EventStoreError: 0, idem.EventLeaseLost: 0,
+		idem.EventTakeover: 0, idem.EventStoreError: 0, idem.EventLeaseLost: 0, idem.EventAcquired: 3,
 	} {
 		if got := obs.count(kind); got != want {
 			t.Errorf("%v events = %d, want %d", kind, got, want)
 		}
 	}
+}
+
+// TestKeeperEventLatency checks that every Begin is reported as one outcome
+// carrying the store's latency, and that EventExecuted carries the final
+// step's latency apart from the execution time.
+func TestKeeperEventLatency(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := newClock()
+	obs := &recorder{}
+	slow := &slowStore{Store: memstore.New(memstore.Options{Now: c.Now}), c: c, d: 3 * time.Millisecond}
+	k := &idem.Keeper{Store: slow, Clock: c, Observer: obs}
+	a, err := k.Begin(ctx, "s", "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(time.Second) // the operation runs
+	if err := a.Lease.Complete(ctx, []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Begin(ctx, "s", "k", nil); err != nil {
+		t.Fatal(err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	want := []struct {
+		kind         idem.EventKind
+		op           string
+		dur, storeLt time.Duration
+	}{
+		{idem.EventAcquired, "begin", 3 * time.Millisecond, 3 * time.Millisecond},
+		{idem.EventExecuted, "complete", 3*time.Millisecond + time.Second + 3*time.Millisecond, 3 * time.Millisecond},
+		{idem.EventReplayed, "begin", 3 * time.Millisecond, 3 * time.Millisecond},
+	}
+	if len(obs.events) != len(want) {
+		t.Fatalf("events = %+v, want %d", obs.events, len(want))
+	}
+	for i, w := range want {
+		e := obs.events[i]
+		if e.Kind != w.kind || e.Op != w.op || e.Duration != w.dur || e.StoreLatency != w.storeLt {
+			t.Errorf("event %d = %v %s duration %v store %v; want %v %s %v %v", i, e.Kind, e.Op, e.Duration, e.StoreLatency, w.kind, w.op, w.dur, w.storeLt)
+		}
+	}
+	if got := idem.EventAcquired.String(); got != "acquired" {
+		t.Errorf("EventAcquired.String() = %q", got)
+	}
+}
+
+// slowStore advances a fake clock by d in every Begin and Complete, as a
+// store that takes d to answer.
+type slowStore struct {
+	idem.Store
+	c *clock
+	d time.Duration
+}
+
+func (s *slowStore) Begin(ctx context.Context, key string, fp []byte, lease time.Duration) (idem.Begun, error) {
+	s.c.Advance(s.d)
+	return s.Store.Begin(ctx, key, fp, lease)
+}
+
+func (s *slowStore) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
+	s.c.Advance(s.d)
+	return s.Store.Complete(ctx, key, fence, result, retention)
 }
 
 func TestKeeperTakeoverAndFencing(t *testing.T) {

@@ -24,6 +24,12 @@ const (
 	EventLeaseLost
 	// EventStoreError: a store call failed.
 	EventStoreError
+	// EventAcquired: the caller acquired a key that held no record (a first
+	// execution starts). A key acquired from an expired lease is reported as
+	// EventTakeover instead. Each Begin is reported as exactly one of
+	// EventAcquired, EventTakeover, EventReplayed, EventConflict,
+	// EventMismatch or EventStoreError.
+	EventAcquired
 )
 
 // String returns the event kind's name as used in metrics labels.
@@ -43,6 +49,8 @@ func (k EventKind) String() string {
 		return "lease_lost"
 	case EventStoreError:
 		return "store_error"
+	case EventAcquired:
+		return "acquired"
 	}
 	return "unknown"
 }
@@ -60,6 +68,12 @@ type Event struct {
 	// Duration is the latency of the store call for store events, and the
 	// time the operation ran for EventExecuted.
 	Duration time.Duration
+	// StoreLatency is how long the store took to answer the step reported:
+	// the Begin for EventAcquired, EventTakeover, EventReplayed,
+	// EventConflict and EventMismatch; the completing or releasing call,
+	// retries included, for EventExecuted; the failed call for
+	// EventLeaseLost and EventStoreError (there it equals Duration).
+	StoreLatency time.Duration
 	// Err is the error for EventLeaseLost and EventStoreError.
 	Err error
 }

@@ -69,7 +69,7 @@ func newMetrics() *metrics {
 // observer returns the Keeper observer of one route.
 func (m *metrics) observer(route string, log func(context.Context, idem.Event)) idem.Observer {
 	counters := map[idem.EventKind]prometheus.Counter{}
-	for k := idem.EventExecuted; k <= idem.EventStoreError; k++ {
+	for k := idem.EventExecuted; k <= idem.EventAcquired; k++ {
 		counters[k] = m.events.WithLabelValues(route, k.String())
 	}
 	return idem.ObserverFunc(func(ctx context.Context, e idem.Event) {
