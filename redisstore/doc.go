@@ -61,7 +61,9 @@
 // # Waiting across instances
 //
 // Complete and Release publish on the record's channel from inside their
-// script (PUBLISH; SPUBLISH, sharded pub/sub, on a Cluster). Wait, used by
+// script (PUBLISH; SPUBLISH, sharded pub/sub, on a Cluster), when PUBSUB
+// NUMSUB (SHARDNUMSUB) counts a subscriber: only when a Wait is listening,
+// which subscribes before it reads the record's state. Wait, used by
 // idem.Keeper.BeginWait, listens through one subscription per Store (per
 // primary on a Cluster), started lazily by the first Wait and stopped by
 // Close. It polls only when notifications are off or the subscription is

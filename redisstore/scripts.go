@@ -43,11 +43,20 @@ local function head(s, n, l, a, fl) return struct.pack('>c1dddI4', s, n, l, a, f
 `
 
 // luaPublish wakes waiters (mode "p": PUBLISH; "s": the sharded SPUBLISH of
-// Redis Cluster 7; anything else: no notification).
+// Redis Cluster 7; anything else: no notification), and only when someone
+// waits: a Wait subscribes to the record's channel on the server that owns
+// the key (the primary of its slot on a Cluster) before it reads the
+// record's state, so a completion either counts its subscription here (and
+// publishes) or happened before that read (and the waiter sees it). A
+// completion nobody waits for costs one dictionary lookup instead of a
+// PUBLISH, which Redis would also send to every replica.
 const luaPublish = `
 local function notify(mode)
-  if mode == 'p' then redis.call('PUBLISH', KEYS[1], 'x')
-  elseif mode == 's' then redis.call('SPUBLISH', KEYS[1], 'x') end
+  if mode == 'p' then
+    if redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2] > 0 then redis.call('PUBLISH', KEYS[1], 'x') end
+  elseif mode == 's' then
+    if redis.call('PUBSUB', 'SHARDNUMSUB', KEYS[1])[2] > 0 then redis.call('SPUBLISH', KEYS[1], 'x') end
+  end
 end
 `
 

@@ -229,3 +229,73 @@ func TestTwoMiddlewareInstances(t *testing.T) {
 		}
 	})
 }
+
+// TestPublishOnlyWhenWaited: Complete and Release publish a notification
+// only when a Wait is subscribed to the record's channel. A pattern
+// subscriber (which PUBLISH reaches but PUBSUB NUMSUB does not count) sees
+// every notification: the first it receives must be the one for the key
+// somebody waited on, although two unwaited keys were completed and
+// released before it.
+func TestPublishOnlyWhenWaited(t *testing.T) {
+	ctx := context.Background()
+	c := standalone(t)
+	prefix := storetest.Prefix(t) + ":"
+	st := newStore(t, c, redisstore.Options{Prefix: prefix, PollInterval: time.Hour})
+	ps := c.PSubscribe(ctx, prefix+"*")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil { // the psubscribe confirmation
+		t.Fatal(err)
+	}
+	quiet, err := st.Begin(ctx, "quiet", nil, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Complete(ctx, "quiet", quiet.Fence, []byte("r"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := st.Begin(ctx, "released", nil, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Release(ctx, "released", gone.Fence); err != nil {
+		t.Fatal(err)
+	}
+	waited, err := st.Begin(ctx, "waited", nil, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- st.Wait(ctx, "waited", time.Minute) }()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		n, err := c.PubSubNumSub(ctx, st.Key("waited")).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n[st.Key("waited")] > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Wait did not subscribe within 5s")
+		}
+	}
+	if err := st.Complete(ctx, "waited", waited.Fence, []byte("r"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	msg, err := ps.ReceiveMessage(mctx)
+	if err != nil {
+		t.Fatalf("no notification for the waited key: %v", err)
+	}
+	if msg.Channel != st.Key("waited") {
+		t.Errorf("first notification on %q; want only %q (nobody waited on the others)", msg.Channel, st.Key("waited"))
+	}
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait was not woken by the completion")
+	}
+}
