@@ -250,6 +250,30 @@ func brokenConn(err error) bool {
 	return errors.As(err, &oe) && oe.Op != "dial" && !oe.Timeout()
 }
 
+// topologyMayHaveChanged asks a Cluster client to reload its slot map after
+// err: a connection failure or timeout (the node may be dead, its replica
+// promoted), or a CLUSTERDOWN, TRYAGAIN, MOVED or ASK reply. A dead primary
+// never answers MOVED, and go-redis otherwise reloads the map only on its
+// own period, so without this the slots of a failed-over primary would stay
+// unreachable long after the promotion. The reload runs in the background,
+// at most one at a time with a 200 ms cooldown (go-redis's LazyReload), so
+// calling this on every failure is cheap. Other Redis error replies (a
+// script error, OOM, NOSCRIPT) say nothing about the topology.
+func (s *Store) topologyMayHaveChanged(err error) {
+	if s.cluster == nil || errors.Is(err, redis.Nil) {
+		return
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		msg := re.Error()
+		if !strings.HasPrefix(msg, "CLUSTERDOWN") && !strings.HasPrefix(msg, "TRYAGAIN") &&
+			!strings.HasPrefix(msg, "MOVED") && !strings.HasPrefix(msg, "ASK") && !strings.HasPrefix(msg, "READONLY") {
+			return
+		}
+	}
+	s.cluster.ReloadState(context.Background())
+}
+
 // isNoScript reports a NOSCRIPT reply (the server lost its script cache, e.g.
 // after a restart or a failover).
 func isNoScript(err error) bool {
@@ -263,6 +287,9 @@ func (s *Store) run(ctx context.Context, sc *redis.Script, k string, durable boo
 	keys := []string{k}
 	if !durable || s.replica <= 0 {
 		v, err = sc.Run(ctx, s.sc, keys, args...).Result()
+		if err != nil {
+			s.topologyMayHaveChanged(err)
+		}
 		return v, true, err
 	}
 	// WAIT counts the writes of the connection it runs on, so it must follow
@@ -287,9 +314,7 @@ func (s *Store) run(ctx context.Context, sc *redis.Script, k string, durable boo
 		_, _ = pipe.Exec(ctx)
 	}
 	if err := ev.Err(); err != nil {
-		if s.cluster != nil {
-			s.cluster.ReloadState(ctx)
-		}
+		s.topologyMayHaveChanged(err)
 		return nil, false, err
 	}
 	n, err := w.Int64()

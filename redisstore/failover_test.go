@@ -1,0 +1,275 @@
+//go:build unix
+
+package redisstore_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem/redisstore"
+	"github.com/redis/go-redis/v9"
+)
+
+// needBinary returns the path of a program the test needs: a missing one
+// skips the test, or fails it under CI=true.
+func needBinary(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found and CI=true: the test command must install it", name)
+	}
+	t.Skipf("%s not found", name)
+	return ""
+}
+
+// failoverCluster is a Redis Cluster of 3 primaries with one replica each,
+// owned by the test: its processes are killed at cleanup.
+type failoverCluster struct {
+	addrs []string
+	procs map[string]*exec.Cmd
+}
+
+// newFailoverCluster starts 6 cluster-enabled redis-servers on free ports
+// (cluster-node-timeout 2000 ms, cluster-require-full-coverage no, as
+// docs/redis.md recommends, no persistence) and creates the cluster.
+func newFailoverCluster(t *testing.T) *failoverCluster {
+	server := needBinary(t, "redis-server")
+	cli := needBinary(t, "redis-cli")
+	fc := &failoverCluster{procs: map[string]*exec.Cmd{}}
+	t.Cleanup(func() {
+		for _, p := range fc.procs {
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		}
+	})
+	for i := range 6 {
+		port := freeTCPPort(t)
+		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+			"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
+			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+			"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		fc.procs[addr] = cmd
+		fc.addrs = append(fc.addrs, addr)
+	}
+	for _, a := range fc.addrs {
+		waitFor(t, 10*time.Second, "redis-server "+a+" answers", func() bool {
+			c := redis.NewClient(&redis.Options{Addr: a})
+			defer c.Close()
+			return c.Ping(context.Background()).Err() == nil
+		})
+	}
+	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, fc.addrs...), "--cluster-replicas", "1", "--cluster-yes")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	waitFor(t, 20*time.Second, "cluster state ok with 3 replicas in sync", func() bool {
+		replicas := 0
+		for _, a := range fc.addrs {
+			c := redis.NewClient(&redis.Options{Addr: a})
+			info, err1 := c.ClusterInfo(context.Background()).Result()
+			repl, err2 := c.Info(context.Background(), "replication").Result()
+			c.Close()
+			if err1 != nil || err2 != nil || !strings.Contains(info, "cluster_state:ok") {
+				return false
+			}
+			if strings.Contains(repl, "role:slave") && strings.Contains(repl, "master_link_status:up") {
+				replicas++
+			}
+		}
+		return replicas == 3
+	})
+	return fc
+}
+
+// replicaOf returns the address of the replica of the primary at addr.
+func (fc *failoverCluster) replicaOf(t *testing.T, addr string) string {
+	for _, a := range fc.addrs {
+		c := redis.NewClient(&redis.Options{Addr: a})
+		repl, err := c.Info(context.Background(), "replication").Result()
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(addr)
+		if strings.Contains(repl, "role:slave") && strings.Contains(repl, "master_port:"+port+"\r\n") {
+			return a
+		}
+	}
+	t.Fatalf("no replica of %s", addr)
+	return ""
+}
+
+func freeTCPPort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for: %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestClusterFailoverServedAgain kills a primary of a 3+3 Redis Cluster
+// with SIGKILL and measures how long after its replica's promotion the
+// store serves new keys on that primary's slots again. The dead node never
+// answers MOVED; go-redis alone would keep sending those slots to it until
+// its periodic slot-map reload (about a minute). redisstore asks for a
+// reload on every connection failure, so the slots must be served within
+// 3 s of the promotion. Keys on the other primaries must be served
+// throughout.
+func TestClusterFailoverServedAgain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 6-node Redis Cluster")
+	}
+	fc := newFailoverCluster(t)
+	ctx := context.Background()
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: fc.addrs, DialTimeout: 200 * time.Millisecond,
+		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	defer c.Close()
+	st := redisstore.New(c, redisstore.Options{Prefix: "fo:"})
+	defer st.Close()
+
+	// The victim is the primary of the first key; sort keys by owner.
+	master := func(key string) string {
+		n, err := c.MasterForKey(ctx, st.Key(key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Options().Addr
+	}
+	victim := master("k-0")
+	replica := fc.replicaOf(t, victim)
+	var onVictim, elsewhere []string
+	for i := 0; len(onVictim) < 400 || len(elsewhere) < 400; i++ {
+		k := "k-" + strconv.Itoa(i)
+		if master(k) == victim {
+			onVictim = append(onVictim, k)
+		} else {
+			elsewhere = append(elsewhere, k)
+		}
+	}
+	begin := func(key string) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		b, err := st.Begin(ctx, key, []byte("fp"), time.Minute)
+		if err != nil {
+			return err
+		}
+		return st.Complete(ctx, key, b.Fence, []byte("r"), time.Minute)
+	}
+	for _, k := range []string{onVictim[0], elsewhere[0]} {
+		if err := begin(k); err != nil {
+			t.Fatalf("before the failover: %v", err)
+		}
+	}
+
+	killed := time.Now()
+	if err := fc.procs[victim].Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+
+	// Watch the replica's role to time the promotion.
+	var mu sync.Mutex
+	var promoted time.Time
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		rc := redis.NewClient(&redis.Options{Addr: replica})
+		defer rc.Close()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			info, err := rc.Info(ctx, "replication").Result()
+			if err == nil && strings.Contains(info, "role:master") {
+				mu.Lock()
+				promoted = time.Now()
+				mu.Unlock()
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-watched }()
+
+	var served time.Time
+	otherFailures := 0
+	for i := 1; ; i++ {
+		if i >= len(onVictim) || time.Since(killed) > 40*time.Second {
+			t.Fatalf("the victim's slots were not served again within %v of the kill (promotion at %v)", time.Since(killed).Round(time.Millisecond), promotedAfter(&mu, &promoted, killed))
+		}
+		if err := begin(elsewhere[i]); err != nil {
+			otherFailures++
+			t.Logf("key on a live primary failed at +%v: %v", time.Since(killed).Round(time.Millisecond), err)
+		}
+		mu.Lock()
+		p := promoted
+		mu.Unlock()
+		if err := begin(onVictim[i]); err == nil && !p.IsZero() {
+			served = time.Now()
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	p := promoted
+	mu.Unlock()
+	gap := served.Sub(p)
+	t.Logf("kill → promotion %v; promotion → victim's slots served %v", p.Sub(killed).Round(time.Millisecond), gap.Round(time.Millisecond))
+	if gap > 3*time.Second {
+		t.Errorf("the victim's slots were served %v after the promotion; want ≤ 3s", gap.Round(time.Millisecond))
+	}
+	if otherFailures > 0 {
+		t.Errorf("%d operations on keys of the live primaries failed during the failover; want 0", otherFailures)
+	}
+	// The record completed before the kill lived on the replica (async
+	// replication usually has it by now); report, do not require.
+	if rec, ok, err := st.Get(ctx, onVictim[0]); err != nil || !ok {
+		t.Logf("record completed before the kill: found=%v err=%v (lost in the failover without wait_replicas)", ok, err)
+	} else if !bytes.Equal(rec.Result, []byte("r")) {
+		t.Errorf("record after failover = %+v", rec)
+	}
+}
+
+func promotedAfter(mu *sync.Mutex, promoted *time.Time, killed time.Time) string {
+	mu.Lock()
+	defer mu.Unlock()
+	if promoted.IsZero() {
+		return "not seen"
+	}
+	return fmt.Sprintf("+%v", promoted.Sub(killed).Round(time.Millisecond))
+}
