@@ -466,6 +466,7 @@ func (l *Lease) end(ctx context.Context, op string, result []byte, call func(con
 	backoff := 10 * time.Millisecond
 	unknown := false // an earlier attempt may have applied
 	for {
+		attempt := l.k.now()
 		err := call(ctx)
 		// A refusal may hide an applied earlier attempt: ours, whose answer
 		// was lost, or (for complete, which is always checked) one that a
@@ -487,7 +488,7 @@ func (l *Lease) end(ctx context.Context, op string, result []byte, call func(con
 			return nil
 		}
 		unknown = true
-		l.k.observe(ctx, Event{Kind: EventStoreError, Key: l.key, Fence: l.fence, Op: op, Duration: l.k.since(start), Err: err})
+		l.k.observe(ctx, Event{Kind: EventStoreError, Key: l.key, Fence: l.fence, Op: op, Duration: l.k.since(start), StoreLatency: l.k.since(attempt), Err: err, Retrying: true})
 		if serr := l.k.sleep(ctx, backoff); serr != nil {
 			l.unfinish()
 			return l.k.storeErr(ctx, op, l.key, l.fence, l.k.since(start), errors.Join(err, serr))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -959,5 +960,49 @@ func TestKeeperWithRetention(t *testing.T) {
 	}
 	if k.Retention != time.Hour {
 		t.Fatalf("original modified: %v", k.Retention)
+	}
+}
+
+// flakyComplete fails the first n Complete calls with ErrStoreUnavailable.
+type flakyComplete struct {
+	idem.Store
+	mu sync.Mutex
+	n  int
+}
+
+func (s *flakyComplete) Complete(ctx context.Context, key string, fence uint64, result []byte, retention time.Duration) error {
+	s.mu.Lock()
+	fail := s.n > 0
+	s.n--
+	s.mu.Unlock()
+	if fail {
+		return errDown
+	}
+	return s.Store.Complete(ctx, key, fence, result, retention)
+}
+
+// TestCompleteRetryEvents: a completion that fails once and then succeeds
+// is reported as one EventStoreError marked Retrying, then EventExecuted;
+// only the final outcome is unmarked.
+func TestCompleteRetryEvents(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	obs := &recorder{}
+	k := &idem.Keeper{Store: &flakyComplete{Store: memstore.New(memstore.Options{}), n: 1}, Observer: obs}
+	a, err := k.Begin(ctx, "s", "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Lease.Complete(ctx, []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	var kinds []string
+	for _, e := range obs.events {
+		kinds = append(kinds, fmt.Sprintf("%v/%v", e.Kind, e.Retrying))
+	}
+	if got, want := strings.Join(kinds, " "), "acquired/false store_error/true executed/false"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
 	}
 }

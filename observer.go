@@ -72,10 +72,17 @@ type Event struct {
 	// the Begin for EventAcquired, EventTakeover, EventReplayed,
 	// EventConflict and EventMismatch; the completing or releasing call,
 	// retries included, for EventExecuted; the failed call for
-	// EventLeaseLost and EventStoreError (there it equals Duration).
+	// EventLeaseLost and EventStoreError (there it equals Duration, except
+	// for a Retrying event, where it is the failed attempt's alone).
 	StoreLatency time.Duration
 	// Err is the error for EventLeaseLost and EventStoreError.
 	Err error
+	// Retrying marks an EventStoreError of a completing or releasing step
+	// that the Keeper will try again (its StoreLatency is that one
+	// attempt's; Duration is the time since the step's first attempt). The
+	// step's outcome is reported later, once: EventExecuted, or a final
+	// EventStoreError or EventLeaseLost without Retrying.
+	Retrying bool
 }
 
 // Observer receives every outcome of a Keeper. Observe is called
