@@ -281,7 +281,9 @@ func (o *Observer) entry(e *idem.Event) *entry {
 // the Keeper reports as EventExecuted, before a lease_lost or store_error
 // event of the same step. A zero StoreLatency is a step the Keeper did
 // not time: Lease.MarkCompleted (the caller completed the record in its
-// own transaction) and a failed attempt that the Keeper retries.
+// own transaction). A failed attempt that the Keeper retries
+// (idem.Event.Retrying) carries its own latency as a span event attribute,
+// but is not a step of its own: the step's EventExecuted times them all.
 func timedStep(e *idem.Event) bool {
 	return e.StoreLatency > 0 && (e.Kind == idem.EventExecuted || e.Op != "complete" && e.Op != "release")
 }
