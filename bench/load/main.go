@@ -4,6 +4,7 @@
 //
 //	go run ./bench/load                       # memory and file stores
 //	IDEM_REDIS_ADDR=127.0.0.1:6379 go run ./bench/load   # adds Redis
+//	IDEM_POSTGRES_DSN=postgres://…@127.0.0.1/db go run ./bench/load   # adds PostgreSQL
 //	go run ./bench/load -duration 5s -runs 5 -concurrency 32
 //
 // Every server runs as its own process (the upstream and the plain proxy
@@ -21,6 +22,11 @@
 // noise of a shared machine hits both alike; a second table compares them:
 //
 //	go run ./bench/load -base-bin /tmp/idemproxy-before -base-label before -label after
+//
+// Besides the rates and latencies, the table gives each server process's
+// CPU time (user + system, from /proc) and heap allocations (idemproxy's
+// go_memstats_mallocs_total on its -admin /metrics; runtime.MemStats on the
+// benchmark's own servers) per successful request, medians over runs.
 //
 // Scenarios: "unique" sends a new Idempotency-Key on every request (every
 // request is a first execution that reaches the upstream and completes a
@@ -72,6 +78,7 @@ type config struct {
 	label       string
 	stores      string
 	redisAddr   string
+	postgres    string
 	duration    time.Duration
 	warmup      time.Duration
 	runs        int
@@ -89,8 +96,9 @@ func run(args []string, stdout io.Writer) error {
 	fs.StringVar(&c.baseBin, "base-bin", "", "second idemproxy `binary` (e.g. built from an older commit) measured side by side with the current one, run by run")
 	fs.StringVar(&c.baseLabel, "base-label", "before", "`label` of the -base-bin binary in the tables")
 	fs.StringVar(&c.label, "label", "after", "`label` of the current binary in the tables when -base-bin is given")
-	fs.StringVar(&c.stores, "stores", "memory,file,redis", "idemproxy stores to measure (redis needs IDEM_REDIS_ADDR or -redis)")
+	fs.StringVar(&c.stores, "stores", "memory,file,redis,postgres", "idemproxy stores to measure (redis needs IDEM_REDIS_ADDR or -redis, postgres IDEM_POSTGRES_DSN or -postgres)")
 	fs.StringVar(&c.redisAddr, "redis", os.Getenv("IDEM_REDIS_ADDR"), "Redis host:port for the redis store (loopback)")
+	fs.StringVar(&c.postgres, "postgres", os.Getenv("IDEM_POSTGRES_DSN"), "PostgreSQL URL for the postgres store (loopback host)")
 	fs.DurationVar(&c.duration, "duration", 3*time.Second, "measured time per scenario run")
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured load before each scenario run")
 	fs.IntVar(&c.runs, "runs", 3, "runs per scenario; the median is reported")
@@ -101,13 +109,13 @@ func run(args []string, stdout io.Writer) error {
 	}
 	switch c.role {
 	case "upstream":
-		return serveRole(c.listen, upstreamHandler())
+		return serveRole(c.listen, withMallocs(upstreamHandler()))
 	case "plain":
 		u, err := url.Parse(c.upstream)
 		if err != nil {
 			return err
 		}
-		return serveRole(c.listen, plainProxy(u))
+		return serveRole(c.listen, withMallocs(plainProxy(u)))
 	case "":
 	default:
 		return fmt.Errorf("unknown -role %q", c.role)
@@ -132,6 +140,46 @@ func upstreamHandler() http.Handler {
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprintf(w, `{"id":"ch_%012d","object":"charge","amount":1000,"currency":"eur","status":"succeeded"}`, id)
 	})
+}
+
+// mallocsPath answers, on the benchmark's own servers, the number of heap
+// allocations the process made so far (runtime.MemStats.Mallocs), which
+// idemproxy reports as go_memstats_mallocs_total on its -admin /metrics.
+const mallocsPath = "/__bench/mallocs"
+
+// withMallocs serves mallocsPath and passes every other request to h.
+func withMallocs(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != mallocsPath {
+			h.ServeHTTP(w, r)
+			return
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		fmt.Fprintf(w, "go_memstats_mallocs_total %d\n", m.Mallocs)
+	})
+}
+
+// mallocs reads go_memstats_mallocs_total from a Prometheus text page at
+// url (idemproxy's /metrics, or mallocsPath on the benchmark's servers).
+func mallocs(c *http.Client, url string) (float64, bool) {
+	if url == "" {
+		return 0, false
+	}
+	res, err := c.Get(url)
+	if err != nil {
+		return 0, false
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_mallocs_total "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 // plainProxy is the baseline: httputil.ReverseProxy with the same transport
@@ -184,6 +232,7 @@ func serveRole(addr string, h http.Handler) error {
 type child struct {
 	cmd   *exec.Cmd
 	addr  string
+	admin string // idemproxy's -admin address, if any
 	stdin io.WriteCloser
 }
 
@@ -245,7 +294,11 @@ func startIdemproxy(bin, upstream, store string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "-listen", addr, "-upstream", upstream, "-store", store, "-log-level", "warn")
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-listen", addr, "-admin", admin, "-upstream", upstream, "-store", store, "-log-level", "warn")
 	cmd.Stderr = os.Stderr
 	// Newer idemproxy versions need a scope secret for shared stores; the
 	// variable (unlike a flag) is ignored by versions that have none.
@@ -260,7 +313,7 @@ func startIdemproxy(bin, upstream, store string) (*child, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	ch := &child{cmd: cmd, addr: addr, stdin: stdin}
+	ch := &child{cmd: cmd, addr: addr, admin: admin, stdin: stdin}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
@@ -301,6 +354,8 @@ type result struct {
 	n        int           // successful requests
 	cpu      time.Duration // CPU time of the server process meanwhile
 	cpuOK    bool          // cpu was measured
+	allocs   float64       // heap allocations of the server process meanwhile
+	allocsOK bool          // allocs was measured
 }
 
 // scenario is one line of the table.
@@ -308,8 +363,10 @@ type scenario struct {
 	name   string
 	target string
 	pid    int // of the server process, for its CPU time; 0 if unknown
-	replay bool
-	runs   []result
+	// mallocs is the URL of the server's allocation count ("" if unknown).
+	mallocs string
+	replay  bool
+	runs    []result
 	// With -base-bin: the binary's label, and the group of scenarios (the
 	// same store and kind on each binary) that run next to each other.
 	// group 0 is not a group.
@@ -324,8 +381,9 @@ type proxyBinary struct {
 
 // server is a running server under test: its URL and process id.
 type server struct {
-	target string
-	pid    int
+	target  string
+	pid     int
+	mallocs string
 }
 
 // idemScenarios returns the scenarios of one store for the binaries and
@@ -340,7 +398,7 @@ func idemScenarios(store string, bins []proxyBinary, servers []server, group int
 			kind = "replays"
 		}
 		for i, b := range bins {
-			s := &scenario{name: "idemproxy " + store + ", " + kind, target: servers[i].target, pid: servers[i].pid, replay: replay}
+			s := &scenario{name: "idemproxy " + store + ", " + kind, target: servers[i].target, pid: servers[i].pid, mallocs: servers[i].mallocs, replay: replay}
 			if len(bins) > 1 {
 				s.name += " (" + b.label + ")"
 				s.label, s.group = b.label, group
@@ -394,8 +452,8 @@ func bench(c config, stdout io.Writer) error {
 	defer plain.stop()
 
 	scenarios := []*scenario{
-		{name: "direct upstream", target: upURL, pid: up.cmd.Process.Pid},
-		{name: "plain ReverseProxy", target: "http://" + plain.addr, pid: plain.cmd.Process.Pid},
+		{name: "direct upstream", target: upURL, pid: up.cmd.Process.Pid, mallocs: upURL + mallocsPath},
+		{name: "plain ReverseProxy", target: "http://" + plain.addr, pid: plain.cmd.Process.Pid, mallocs: "http://" + plain.addr + mallocsPath},
 	}
 	tmp, err := os.MkdirTemp("", "idemproxy-load-store-")
 	if err != nil {
@@ -429,6 +487,16 @@ func bench(c config, stdout io.Writer) error {
 				return fmt.Errorf("-redis %s: loopback addresses only", c.redisAddr)
 			}
 			store = "redis://" + c.redisAddr + "/0"
+		case "postgres":
+			if c.postgres == "" {
+				fmt.Fprintln(os.Stderr, "load: skipping postgres (set IDEM_POSTGRES_DSN or -postgres)")
+				continue
+			}
+			u, err := url.Parse(c.postgres)
+			if err != nil || !isLoopback(net.JoinHostPort(u.Hostname(), "0")) {
+				return errors.New("-postgres: a postgres:// URL with a loopback host only")
+			}
+			store = c.postgres
 		default:
 			return fmt.Errorf("unknown store %q", s)
 		}
@@ -443,7 +511,7 @@ func bench(c config, stdout io.Writer) error {
 				return fmt.Errorf("%s: %w", b.path, err)
 			}
 			procs = append(procs, p)
-			servers = append(servers, server{target: "http://" + p.addr, pid: p.cmd.Process.Pid})
+			servers = append(servers, server{target: "http://" + p.addr, pid: p.cmd.Process.Pid, mallocs: "http://" + p.admin + "/metrics"})
 		}
 		scenarios = append(scenarios, idemScenarios(s, bins, servers, group)...)
 		group += 2
@@ -474,10 +542,14 @@ func bench(c config, stdout io.Writer) error {
 				}
 			}
 			load(client, s.target, tag+"-w", replayKeys, c.concurrency, c.warmup)
+			m0, mok0 := mallocs(client, s.mallocs)
 			cpu0, ok0 := procCPU(s.pid)
 			res := load(client, s.target, tag, replayKeys, c.concurrency, c.duration)
 			if cpu1, ok1 := procCPU(s.pid); ok0 && ok1 {
 				res.cpu, res.cpuOK = cpu1-cpu0, true
+			}
+			if m1, mok1 := mallocs(client, s.mallocs); mok0 && mok1 {
+				res.allocs, res.allocsOK = m1-m0, true
 			}
 			s.runs = append(s.runs, res)
 			fmt.Fprintf(os.Stderr, "load: run %d %-32s %9.0f req/s  p50 %v  p99 %v  errors %d\n",
@@ -608,8 +680,8 @@ func report(w io.Writer, c config, scenarios []*scenario) {
 	if c.baseBin != "" {
 		fmt.Fprintf(w, "%s: %s; %s: %s\n\n", c.baseLabel, c.baseBin, c.label, orDefault(c.proxyBin, "./cmd/idemproxy"))
 	}
-	fmt.Fprintln(w, "| scenario | req/s (median) | runs (req/s) | vs plain proxy | p50 | p99 | errors |")
-	fmt.Fprintln(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+	fmt.Fprintln(w, "| scenario | req/s (median) | runs (req/s) | vs plain proxy | vs plain, per run (median) | p50 | p99 | server CPU/req | server allocs/req | errors |")
+	fmt.Fprintln(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	plain := median(scenarios[1].runs).rps
 	for _, s := range scenarios {
 		m := median(s.runs)
@@ -619,8 +691,9 @@ func report(w io.Writer, c config, scenarios []*scenario) {
 			all = append(all, fmt.Sprintf("%.0f", r.rps))
 			errs += r.errors
 		}
-		fmt.Fprintf(w, "| %s | %.0f | %s | %.0f%% | %v | %v | %d |\n", s.name, m.rps, strings.Join(all, ", "),
-			100*m.rps/plain, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), errs)
+		fmt.Fprintf(w, "| %s | %.0f | %s | %.0f%% | %s | %v | %v | %s | %s | %d |\n", s.name, m.rps, strings.Join(all, ", "),
+			100*m.rps/plain, perRunRatio(s.runs, scenarios[1].runs), m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond),
+			cpuPerRequest(s.runs), allocsPerRequest(s.runs), errs)
 	}
 	if c.baseBin != "" {
 		compare(w, c, scenarios)
@@ -647,6 +720,21 @@ func cpuPerRequest(rs []result) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.0f µs", median(per).rps/float64(time.Microsecond))
+}
+
+// allocsPerRequest is the median over runs of the server's heap
+// allocations per successful request, or "–" when they were not measured.
+func allocsPerRequest(rs []result) string {
+	var per []result
+	for _, r := range rs {
+		if r.allocsOK && r.n > 0 {
+			per = append(per, result{rps: r.allocs / float64(r.n)})
+		}
+	}
+	if len(per) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", median(per).rps)
 }
 
 // perRunRatio is the median over runs of a's rate divided by b's in the

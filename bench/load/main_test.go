@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -51,12 +52,12 @@ func TestLoad(t *testing.T) {
 // group per store and kind, the order alternating from run to run, and the
 // comparison table.
 func TestSideBySide(t *testing.T) {
-	one := idemScenarios("file", []proxyBinary{{"after", "x"}}, []server{{"http://a", 1}}, 1)
+	one := idemScenarios("file", []proxyBinary{{"after", "x"}}, []server{{"http://a", 1, ""}}, 1)
 	if len(one) != 2 || one[0].name != "idemproxy file, unique keys" || one[1].name != "idemproxy file, replays" || one[0].group != 0 {
 		t.Fatalf("one binary: %+v %+v", one[0], one[1])
 	}
 	bins := []proxyBinary{{"before", "b"}, {"after", "a"}}
-	two := idemScenarios("memory", bins, []server{{"http://b", 2}, {"http://a", 3}}, 1)
+	two := idemScenarios("memory", bins, []server{{"http://b", 2, ""}, {"http://a", 3, "http://a-admin/metrics"}}, 1)
 	names := []string{}
 	for _, s := range two {
 		names = append(names, s.name)
@@ -66,6 +67,9 @@ func TestSideBySide(t *testing.T) {
 	if !slices.Equal(names, want) || two[0].target != "http://b" || two[1].target != "http://a" || two[1].pid != 3 || !two[2].replay ||
 		two[0].group != 1 || two[1].group != 1 || two[2].group != 2 || two[3].group != 2 {
 		t.Fatalf("two binaries: %q %+v", names, two)
+	}
+	if two[1].mallocs != "http://a-admin/metrics" || two[3].mallocs != "http://a-admin/metrics" {
+		t.Fatalf("allocation counter URL not carried: %+v", two[1])
 	}
 	all := append([]*scenario{{name: "direct"}, {name: "plain"}}, two...)
 	if got := runOrder(all, 0); !slices.Equal(got, all) {
@@ -80,7 +84,7 @@ func TestSideBySide(t *testing.T) {
 	all[1].runs = []result{{rps: 100}, {rps: 100}}
 	for i, s := range all[2:] {
 		f := float64(10 * (i + 1))
-		s.runs = []result{{rps: f, p50: time.Millisecond, n: 100, cpu: time.Duration(f) * time.Millisecond, cpuOK: true},
+		s.runs = []result{{rps: f, p50: time.Millisecond, n: 100, cpu: time.Duration(f) * time.Millisecond, cpuOK: true, allocs: 100 * f, allocsOK: true},
 			{rps: f, p50: time.Millisecond}}
 	}
 	var sb strings.Builder
@@ -90,6 +94,7 @@ func TestSideBySide(t *testing.T) {
 		"| idemproxy memory, unique keys | 10 | 20 | 200% | 200% | 10% (10%) | 20% (20%) | 1ms → 1ms | 0s → 0s | 100 µs → 200 µs |",
 		"CPU time per request of the plain ReverseProxy process: –.",
 		"| idemproxy memory, replays | 30 | 40 | 133% | 133% | 30% (30%) | 40% (40%) |",
+		"| idemproxy memory, unique keys (after) | 20 | 20, 20 | 20% | 20% | 1ms | 0s | 200 µs | 20 | 0 |",
 	} {
 		if !strings.Contains(out, w) {
 			t.Errorf("report lacks %q:\n%s", w, out)
@@ -97,5 +102,30 @@ func TestSideBySide(t *testing.T) {
 	}
 	if err := run([]string{"-base-bin", "x", "-base-label", "after"}, nil); err == nil {
 		t.Fatal("equal labels accepted")
+	}
+}
+
+// TestMallocs reads the allocation counter from a Prometheus page and from
+// the benchmark's own servers.
+func TestMallocs(t *testing.T) {
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "# HELP go_memstats_mallocs_total x\n# TYPE go_memstats_mallocs_total counter\ngo_memstats_mallocs_total 1.2345e+06\n")
+	}))
+	defer page.Close()
+	if v, ok := mallocs(http.DefaultClient, page.URL); !ok || v != 1234500 {
+		t.Fatalf("mallocs = %v, %v", v, ok)
+	}
+	own := httptest.NewServer(withMallocs(http.NotFoundHandler()))
+	defer own.Close()
+	a, ok1 := mallocs(http.DefaultClient, own.URL+mallocsPath)
+	b, ok2 := mallocs(http.DefaultClient, own.URL+mallocsPath)
+	if !ok1 || !ok2 || a <= 0 || b < a {
+		t.Fatalf("own counter: %v %v, %v %v", a, ok1, b, ok2)
+	}
+	if _, ok := mallocs(http.DefaultClient, ""); ok {
+		t.Fatal("no URL gave a count")
+	}
+	if _, ok := mallocs(http.DefaultClient, own.URL+"/other"); ok {
+		t.Fatal("a page without the counter gave a count")
 	}
 }
