@@ -21,6 +21,16 @@
 // admin listener (-admin) serves /healthz, /readyz, /metrics and, with
 // -admin-token, /keys. SIGTERM or SIGINT shuts down gracefully.
 //
+// At start the store is checked once: one that cannot be reached is a
+// warning (requests get 503 until it is back; PostgreSQL's tables are
+// migrated once it answers), or with -require-store an exit; one that
+// answers and refuses (credentials, permissions) is an exit. Every log
+// line, the dependencies' (go-redis, pgx notices, OpenTelemetry, the log
+// package) included, goes through one log/slog handler (-log-format).
+// -otel-endpoint sends a server span per request, with the idempotency
+// events, to an OTLP/HTTP collector and passes the trace context on to the
+// upstream.
+//
 // The full manual is docs/idemproxy.md; benchmarks are in
 // docs/bench/idemproxy.md and bench/load.
 package main

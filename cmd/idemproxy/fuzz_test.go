@@ -68,3 +68,33 @@ func FuzzStoreURL(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOTelEndpoint checks that parseOTelEndpoint never panics and that what
+// it accepts is usable by the exporter: a host:port with a port, an
+// absolute path, and the same result when the parsed endpoint is given
+// back as a URL.
+func FuzzOTelEndpoint(f *testing.F) {
+	for _, s := range []string{
+		"http://127.0.0.1:4318", "https://otel.example/v1/traces", "collector:4318", "[::1]:4318",
+		"http://[::1]:4318/", "collector", "ftp://x:1", "http://u:p@h:1", "http://h:1?x=1", ":", "://", "",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := parseOTelEndpoint(s)
+		if err != nil {
+			return
+		}
+		if e.host == "" || !strings.HasPrefix(e.path, "/") {
+			t.Fatalf("parseOTelEndpoint(%q) = %+v", s, e)
+		}
+		scheme := "https://"
+		if e.insecure {
+			scheme = "http://"
+		}
+		again, err := parseOTelEndpoint(scheme + e.host + e.path)
+		if err != nil || again != e {
+			t.Fatalf("parseOTelEndpoint(%q) = %+v, but its URL %q gives %+v, %v", s, e, scheme+e.host+e.path, again, err)
+		}
+	})
+}

@@ -42,7 +42,9 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "idemproxy:", err)
+		if _, logged := errors.AsType[*loggedError](err); !logged {
+			fmt.Fprintln(os.Stderr, "idemproxy:", err)
+		}
 		var ue *usageError
 		if errors.As(err, &ue) {
 			os.Exit(2)
@@ -57,6 +59,14 @@ type usageError struct{ err error }
 
 func (e *usageError) Error() string { return e.err.Error() }
 func (e *usageError) Unwrap() error { return e.err }
+
+// loggedError is an error that stopped the proxy after its logger was set
+// up, already logged through it (so that -log-format json output stays
+// JSON): main does not print it again.
+type loggedError struct{ err error }
+
+func (e *loggedError) Error() string { return e.err.Error() }
+func (e *loggedError) Unwrap() error { return e.err }
 
 // options are the resolved command-line settings.
 type options struct {
@@ -73,6 +83,12 @@ type options struct {
 	ttl, lease                     time.Duration
 	shutdownTimeout, sweepInterval time.Duration
 	demo, version                  bool
+	// requireStore is -require-store: exit 1 when the store cannot be
+	// reached at start, instead of warning (see checkStore).
+	requireStore bool
+	// otelEndpoint is -otel-endpoint: where traces go (OTLP over HTTP);
+	// empty disables tracing.
+	otelEndpoint string
 	// Store budgets for memory: and file: (see stores.go storeBudget).
 	maxRecords, maxBytes, maxScopeShare string
 	budget                              storeBudget
@@ -109,6 +125,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.maxRecords, "max-records", "auto", "most records a memory: or file: store holds (`count`, auto or off); auto is 100000 for memory:, 1000000 for file:. New keys beyond it get 503 store-full; stored keys still replay")
 	fs.StringVar(&o.maxBytes, "max-bytes", "auto", "most bytes of keys, fingerprints and responses a memory: or file: store holds (`size` such as 256MiB, auto or off); auto is 256MiB for memory:, 1GiB for file:")
 	fs.StringVar(&o.maxScopeShare, "max-scope-share", "0.5", "largest `share` of -max-records and -max-bytes one scope (caller) may hold, a fraction in (0, 1] or a percentage (1 disables the quota)")
+	fs.BoolVar(&o.requireStore, "require-store", false, "exit 1 when the store cannot be reached at start (by default the proxy warns, starts, and answers 503 store-unavailable until the store is back)")
+	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", "OTLP/HTTP `URL` (http://127.0.0.1:4318, or host:port) to send a trace span per request to, continuing the request's W3C trace context and passing it to the upstream; empty disables tracing")
 	fs.BoolVar(&o.demo, "demo", false, "run a demo payments API behind the proxy and print curl commands to try")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	return fs
@@ -198,6 +216,10 @@ func parseArgs(args []string, stdout io.Writer) (*options, error) {
 	fromFile("max-records", &o.maxRecords, o.cfg.MaxRecords)
 	fromFile("max-bytes", &o.maxBytes, o.cfg.MaxBytes)
 	fromFile("max-scope-share", &o.maxScopeShare, o.cfg.MaxScopeShare)
+	fromFile("otel-endpoint", &o.otelEndpoint, o.cfg.OTelEndpoint)
+	if !set["require-store"] && o.cfg.RequireStore {
+		o.requireStore = true
+	}
 	o.storeGiven = set["store"]
 	o.listenGiven = set["listen"]
 	o.ttl, o.lease = o.cfg.Default.TTL, o.cfg.Default.Lease
@@ -242,6 +264,11 @@ func (o *options) validate() error {
 	case o.upstream != "":
 		if err := proxyconfig.ValidateUpstream(o.upstream); err != nil {
 			errs = append(errs, fmt.Errorf("-upstream: %v", err))
+		}
+	}
+	if o.otelEndpoint != "" {
+		if _, err := parseOTelEndpoint(o.otelEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("-otel-endpoint: %v", err))
 		}
 	}
 	if _, err := parseStoreURL(o.store); err != nil {
@@ -359,5 +386,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.logFormat == "json" {
 		h = slog.NewJSONHandler(stderr, hopts)
 	}
-	return serve(ctx, o, slog.New(h), stdout)
+	log := slog.New(h)
+	// What the dependencies print goes to the same handler, with the store
+	// URL's secrets masked.
+	restore := routeLibraryLogs(log, secrets(o.store))
+	defer restore()
+	if err := serve(ctx, o, log, stdout); err != nil {
+		log.Error("exiting on error", "err", err.Error())
+		return &loggedError{err}
+	}
+	return nil
 }

@@ -154,14 +154,23 @@ func tryStartProxy(t *testing.T, args ...string) (*proc, error) {
 	}
 }
 
+// cleanEnv is the environment of the proxies the tests run: the test's,
+// without IDEMPROXY_* variables, and with the race detector's one-second
+// sleep at exit (GORACE atexit_sleep_ms) turned off, so that stopping a
+// proxy built with -race takes milliseconds.
 func cleanEnv() []string {
 	var env []string
+	gorace := "atexit_sleep_ms=0"
 	for _, kv := range os.Environ() {
+		if v, ok := strings.CutPrefix(kv, "GORACE="); ok {
+			gorace = strings.TrimSpace(v + " " + gorace)
+			continue
+		}
 		if !strings.HasPrefix(kv, envPrefix) {
 			env = append(env, kv)
 		}
 	}
-	return env
+	return append(env, "GORACE="+gorace)
 }
 
 // stop sends SIGTERM and checks a clean exit (status 0).

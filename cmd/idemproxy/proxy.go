@@ -46,9 +46,20 @@ type proxy struct {
 	// scopes are the routes' scope functions (index as routes), for the
 	// admin /keys endpoint.
 	scopes []*idemhttp.IdentityScope
+	// tr is the tracing of -otel-endpoint; nil when off.
+	tr *tracing
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.tr != nil {
+		p.tr.serve(w, r, p.routes[p.cfg.Match(r.Method, r.URL.Path)].Name, p.route)
+		return
+	}
+	p.route(w, r)
+}
+
+// route hands the request to its route's handler.
+func (p *proxy) route(w http.ResponseWriter, r *http.Request) {
 	if err := checkPath(r); err != nil {
 		writeProblem(w, http.StatusBadRequest, codePathInvalid, "Request path invalid",
 			"The request path must be absolute and free of dot segments (. and ..), empty segments (//), encoded slashes or backslashes, and control characters: "+err.Error()+".")
@@ -107,14 +118,16 @@ func checkPath(r *http.Request) error {
 }
 
 // newProxy builds the handler for cfg in front of upstream on store (already
-// instrumented).
+// instrumented). With tr (-otel-endpoint), each request runs under a server
+// span, the Keepers report to it too, and the upstream gets its trace
+// context.
 //
 // Each route's scope is an idemhttp.IdentityScope keyed with scopeSecret:
 // an HMAC of the Host and of every credential the request carries
 // (Authorization, Cookie and the route's scope_headers); requests without
 // credentials are refused unless the route says anonymous: allow.
-func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *metrics, log *slog.Logger, scopeSecret []byte) *proxy {
-	p := &proxy{cfg: cfg, routes: cfg.AllRoutes()}
+func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *metrics, log *slog.Logger, scopeSecret []byte, tr *tracing) (*proxy, error) {
+	p := &proxy{cfg: cfg, routes: cfg.AllRoutes(), tr: tr}
 	p.stop, p.abort = context.WithCancel(context.Background())
 	transport := &http.Transport{
 		Proxy: nil, // the upstream is reached directly, never via HTTP_PROXY
@@ -142,6 +155,9 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 					pr.Out.Header["X-Forwarded-For"] = xff
 				}
 				pr.SetXForwarded()
+				if tr != nil {
+					tr.inject(pr.Out)
+				}
 				pr.Out.Header.Del(HeaderFence)
 				if f, ok := idem.FenceFromContext(pr.In.Context()); ok {
 					pr.Out.Header[HeaderFence] = []string{strconv.FormatUint(f, 10)}
@@ -158,12 +174,21 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 		scope := &idemhttp.IdentityScope{Secret: scopeSecret, Headers: rt.ScopeHeaders, Anonymous: rt.Anonymous}
 		p.scopes = append(p.scopes, scope)
 		if rt.Key != proxyconfig.KeyOff { // key: off passes everything through
+			obs := m.observer(route, logEvent(log, route))
+			if tr != nil {
+				o, err := tr.observer(route)
+				if err != nil {
+					p.abort()
+					return nil, err
+				}
+				obs = observers{obs, o}
+			}
 			mw := &idemhttp.Middleware{
 				Keeper: &idem.Keeper{
 					Store:     store,
 					Lease:     rt.Lease,
 					Retention: rt.TTL,
-					Observer:  m.observer(route, logEvent(log, route)),
+					Observer:  obs,
 				},
 				Methods:     rt.Methods,
 				Optional:    rt.Key == proxyconfig.KeyOptional,
@@ -176,13 +201,13 @@ func newProxy(cfg *proxyconfig.Config, upstream *url.URL, store idem.Store, m *m
 				Wait:        rt.Wait,
 				FailOpen:    rt.FailOpen,
 				Stream:      rt.Stream,
-				OnOutcome:   onOutcome(m, log, route, scope, keyDigest(scopeSecret)),
+				OnOutcome:   onOutcome(m, log, route, scope, keyDigest(scopeSecret), tr != nil),
 			}
 			h = mw.Handler(h)
 		}
 		p.handlers = append(p.handlers, h)
 	}
-	return p
+	return p, nil
 }
 
 // fingerprintFunc is the middleware's fingerprint for a route's mode (nil:
@@ -367,7 +392,9 @@ func writeProblem(w http.ResponseWriter, status int, code, title, detail string)
 // credential). The Idempotency-Key itself is logged only at debug level;
 // at info and above the line carries key_hash, a short HMAC of it that
 // correlates lines without revealing the key.
-func onOutcome(m *metrics, log *slog.Logger, route string, scope *idemhttp.IdentityScope, keys keyDigest) func(*http.Request, idemhttp.Outcome) {
+//
+// When traced, the outcome is also noted on the request's server span.
+func onOutcome(m *metrics, log *slog.Logger, route string, scope *idemhttp.IdentityScope, keys keyDigest, traced bool) func(*http.Request, idemhttp.Outcome) {
 	counters := map[idemhttp.OutcomeKind]interface{ Inc() }{}
 	for k := idemhttp.OutcomeExecuted; k.String() != "unknown"; k++ {
 		counters[k] = m.requests.WithLabelValues(route, k.String())
@@ -377,6 +404,9 @@ func onOutcome(m *metrics, log *slog.Logger, route string, scope *idemhttp.Ident
 			c.Inc()
 		} else {
 			m.requests.WithLabelValues(route, o.Kind.String()).Inc()
+		}
+		if traced {
+			outcome(r, o.Kind.String())
 		}
 		lvl := slog.LevelInfo
 		switch o.Kind {

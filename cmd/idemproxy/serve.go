@@ -50,9 +50,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 		return err
 	}
 	spec.budget = o.budget
-	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	st, err := openStore(openCtx, spec)
-	cancel()
+	st, err := openStore(ctx, spec, log)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", redact(o.store), err)
 	}
@@ -65,12 +63,36 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 		}
 	}()
 
+	if err := checkStore(ctx, st, o.requireStore, log); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil // a signal during the check: nothing to shut down yet
+	}
+
 	scopeSecret, err := storeScopeSecret(o, spec, log)
 	if err != nil {
 		return err
 	}
+	var tr *tracing
+	if o.otelEndpoint != "" {
+		if tr, err = newTracing(o.otelEndpoint, scopeSecret); err != nil {
+			return fmt.Errorf("-otel-endpoint: %w", err)
+		}
+		defer func() {
+			// After the last request: its span is ended, and exported now.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tr.shutdown(sctx); err != nil {
+				log.Warn("exporting the last spans failed", "err", err)
+			}
+		}()
+	}
 	m := newMetrics()
-	px := newProxy(o.cfg, upstream, m.instrumentStore(st.store), m, log, scopeSecret)
+	px, err := newProxy(o.cfg, upstream, m.instrumentStore(st.store), m, log, scopeSecret, tr)
+	if err != nil {
+		return err
+	}
 	defer px.abort()
 	var active sync.WaitGroup
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -121,6 +143,9 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	}
 	if st.budget != "" {
 		attrs = append(attrs, "budget", st.budget)
+	}
+	if tr != nil {
+		attrs = append(attrs, "otel_endpoint", o.otelEndpoint)
 	}
 	log.Info("listening", attrs...)
 	if demo != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"slices"
@@ -62,7 +63,7 @@ const goRedisReadTimeout = 5 * time.Second
 //	file:PATH                       embedded file (bbolt), durable
 //	redis://[user:pass@]host:port[/db][?opts]   (rediss:// for TLS)
 //	redis+cluster://host1:port,host2:port[?opts]   (rediss+cluster:// for TLS)
-//	postgres://… or postgresql://…  (the table is migrated on start)
+//	postgres://… or postgresql://…  (the tables are migrated on first contact)
 //
 // Redis options are go-redis's URL options (dial_timeout, read_timeout,
 // pool_size, max_retries, …; on a cluster also max_redirects, addr, …),
@@ -466,24 +467,33 @@ type openedStore struct {
 	store idem.Store
 	close func() error
 	desc  string
+	// raw is the store URL as given, which may hold secrets: errors are
+	// shown through scrubbed(raw, err).
+	raw string
 	// budget describes the record and byte limits of memory: and file:;
 	// empty for servers, which apply their own.
 	budget string
+	// check checks once that the store can be reached and used, within
+	// storeCheckTimeout (PostgreSQL: then migrates, within migrateTimeout).
+	check func(ctx context.Context) error
 }
 
-// openStore opens the store named by spec. Postgres runs Migrate.
-func openStore(ctx context.Context, spec storeSpec) (*openedStore, error) {
+// openStore opens the store named by spec. It does not wait for a server:
+// Redis and PostgreSQL connect on first use (see openedStore.check), and
+// PostgreSQL's tables are migrated then (migratingStore).
+func openStore(ctx context.Context, spec storeSpec, log *slog.Logger) (*openedStore, error) {
+	var st *openedStore
 	switch spec.kind {
 	case storeMemory:
-		return &openedStore{store: memstore.New(spec.budget.memOptions()), close: func() error { return nil }, desc: "memory:",
-			budget: spec.budget.describe(defaultMemRecords, defaultMemBytes)}, nil
+		st = &openedStore{store: memstore.New(spec.budget.memOptions()), close: func() error { return nil }, desc: "memory:",
+			budget: spec.budget.describe(defaultMemRecords, defaultMemBytes)}
 	case storeFile:
 		s, err := filestore.Open(spec.path, spec.budget.fileOptions())
 		if err != nil {
 			return nil, err
 		}
-		return &openedStore{store: s, close: s.Close, desc: "file:" + spec.path,
-			budget: spec.budget.describe(defaultFileRecords, defaultFileBytes)}, nil
+		st = &openedStore{store: s, close: s.Close, desc: "file:" + spec.path,
+			budget: spec.budget.describe(defaultFileRecords, defaultFileBytes)}
 	case storeRedis, storeRedisCluster:
 		if spec.redis == nil { // a spec not made by parseStoreURL
 			rs, err := parseRedisURL(spec.raw, spec.kind == storeRedisCluster)
@@ -500,18 +510,38 @@ func openStore(ctx context.Context, spec storeSpec) (*openedStore, error) {
 		}
 		s := redisstore.New(c, spec.redis.store)
 		closeFn := func() error { return errors.Join(s.Close(), c.Close()) }
-		return &openedStore{store: s, close: closeFn, desc: redact(spec.raw)}, nil
+		st = &openedStore{store: s, close: closeFn, desc: redact(spec.raw), raw: spec.raw}
 	case storePostgres:
-		pool, err := pgxpool.New(ctx, spec.raw)
+		cfg, err := pgxpool.ParseConfig(spec.raw)
 		if err != nil {
 			return nil, safeError(spec.raw, fmt.Errorf("postgres: %w", err))
 		}
-		s := pgxstore.New(pool, pgxstore.Options{})
-		if err := s.Migrate(ctx); err != nil {
-			pool.Close()
-			return nil, safeError(spec.raw, fmt.Errorf("postgres: migrate: %w", err))
+		cfg.ConnConfig.OnNotice = pgNotice
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			return nil, safeError(spec.raw, fmt.Errorf("postgres: %w", err))
 		}
-		return &openedStore{store: s, close: func() error { pool.Close(); return nil }, desc: redact(spec.raw)}, nil
+		m := newMigratingStore(pgxstore.New(pool, pgxstore.Options{}), spec.raw, log)
+		check := func(ctx context.Context) error {
+			pctx, cancel := context.WithTimeout(ctx, storeCheckTimeout)
+			err := pool.Ping(pctx)
+			cancel()
+			if err != nil {
+				return err
+			}
+			mctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+			defer cancel()
+			return m.attempt(mctx, false)
+		}
+		return &openedStore{store: m, close: func() error { pool.Close(); return nil }, desc: redact(spec.raw), raw: spec.raw,
+			check: check}, nil
+	default:
+		return nil, errors.New("unknown store")
 	}
-	return nil, errors.New("unknown store")
+	st.check = func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, storeCheckTimeout)
+		defer cancel()
+		return probe(ctx, st.store)
+	}
+	return st, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/url"
 	"strings"
@@ -195,18 +196,24 @@ func TestStoreURLSecrets(t *testing.T) {
 			continue
 		}
 		if spec.kind == storePostgres {
-			// Open it against a port nothing listens on: the error must not
-			// show the secret either.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			// Open it against a port nothing listens on and check it at
+			// start, with -require-store: the error must not show the
+			// secret either, nor what the store logs meanwhile.
 			spec.raw = strings.Replace(spec.raw, "@h/", "@127.0.0.1:1/", 1)
 			spec.raw = strings.Replace(spec.raw, "://h/", "://127.0.0.1:1/", 1)
-			st, err := openStore(ctx, spec)
-			cancel()
+			var logs syncBuffer
+			log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			st, err := openStore(context.Background(), spec, log)
 			if err == nil {
+				err = checkStore(context.Background(), st, true, log)
 				st.close()
-				t.Errorf("openStore(%q) reached a server on port 1", in)
-			} else if leaks(err.Error()) {
-				t.Errorf("openStore(%q) error shows the secret: %v", in, err)
+				if err == nil {
+					t.Errorf("checkStore(%q) reached a server on port 1", in)
+					continue
+				}
+			}
+			if leaks(err.Error()) || leaks(logs.String()) {
+				t.Errorf("opening and checking %q shows the secret: %v\n%s", in, err, logs.String())
 			}
 		}
 	}
@@ -272,7 +279,7 @@ func testWaitReplicasFromURL(t *testing.T, base string) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		st, err := openStore(ctx, spec)
+		st, err := openStore(ctx, spec, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}

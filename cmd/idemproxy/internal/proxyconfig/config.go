@@ -284,6 +284,13 @@ type Config struct {
 	// as given (validated by ParseCount, ParseSize and ParseShare), or
 	// empty. The command line and the environment override them.
 	MaxRecords, MaxBytes, MaxScopeShare string
+	// RequireStore is the file's require_store: exit at start when the
+	// store cannot be reached instead of warning. The command line and the
+	// environment override it.
+	RequireStore bool
+	// OTelEndpoint is the file's otel_endpoint (validated by the command),
+	// or empty. The command line and the environment override it.
+	OTelEndpoint string
 	// Default is the policy of requests that match no route, and the base
 	// that routes inherit from.
 	Default Policy

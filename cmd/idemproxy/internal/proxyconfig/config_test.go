@@ -61,6 +61,8 @@ upstream: http://127.0.0.1:9000
 store: "memory:"
 admin: 127.0.0.1:9091
 scope_secret_file: /run/secrets/idem-scope
+require_store: true
+otel_endpoint: http://127.0.0.1:4318
 default:
   methods: [POST, patch, PUT]
   ttl: 48h
@@ -96,7 +98,7 @@ func TestFullYAML(t *testing.T) {
 }
 
 func TestFullJSON(t *testing.T) {
-	js := `{"listen":"127.0.0.1:8081","upstream":"http://127.0.0.1:9000","store":"memory:","admin":"127.0.0.1:9091","scope_secret_file":"/run/secrets/idem-scope",
+	js := `{"listen":"127.0.0.1:8081","upstream":"http://127.0.0.1:9000","store":"memory:","admin":"127.0.0.1:9091","scope_secret_file":"/run/secrets/idem-scope","require_store":true,"otel_endpoint":"http://127.0.0.1:4318",
 	"default":{"methods":["POST","patch","PUT"],"ttl":"48h","scope_headers":["x-api-key","X-Tenant"]},
 	"routes":[{"name":"capture","methods":["POST"],"path":"/v1/charges/*/capture","fingerprint":"canonical-json",
 	"stored_statuses":["200-299",404,"!204"],"never_replay":["X-Request-Id"],"max_body":"64KiB","max_result":"2MB",
@@ -119,6 +121,9 @@ func checkFull(t *testing.T, c *Config) {
 	}
 	if !slices.Equal(c.Default.ScopeHeaders, []string{"X-Api-Key", "X-Tenant"}) {
 		t.Fatalf("scope headers = %q", c.Default.ScopeHeaders)
+	}
+	if !c.RequireStore || c.OTelEndpoint != "http://127.0.0.1:4318" {
+		t.Fatalf("require_store %v, otel_endpoint %q", c.RequireStore, c.OTelEndpoint)
 	}
 	if c.ScopeSecretFile != "/run/secrets/idem-scope" || c.Default.Anonymous || !c.Routes[0].Anonymous || c.Routes[1].Anonymous {
 		t.Fatalf("scope secret file %q, anonymous %v %v", c.ScopeSecretFile, c.Default.Anonymous, c.Routes[0].Anonymous)
@@ -184,6 +189,9 @@ func TestBadConfigs(t *testing.T) {
 		{"bad size", "default: {max_body: -5}", "default.max_body: must be a size in bytes > 0"},
 		{"huge size", "default: {max_body: 2000000GiB}", "default.max_body: must be a size"},
 		{"bad header", `default: {scope_headers: ["X Tenant"]}`, `default.scope_headers[0]: "X Tenant" is not a header name`},
+		{"bad require_store", `require_store: yes`, `require_store: must be true or false, not "yes"`},
+		{"quoted require_store", `require_store: "true"`, `require_store: must be true or false, not "true"`},
+		{"bad otel_endpoint", `otel_endpoint: 4318`, `otel_endpoint: must be a string, not "4318"`},
 		{"bad anonymous", `default: {anonymous: yes}`, `default.anonymous: must be allow or refuse, not "yes"`},
 		{"bad method", `routes: [{methods: ["PO ST"]}]`, `routes[0].methods[0]: "PO ST" is not an HTTP method`},
 		{"empty methods", `routes: [{methods: []}]`, `routes[0].methods: must list at least one method`},

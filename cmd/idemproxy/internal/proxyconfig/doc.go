@@ -2,8 +2,10 @@
 // the per-route idempotency policy read from a YAML or JSON file, merged with
 // the values given on the command line or in IDEMPROXY_* variables.
 //
-// A file has four optional top-level address fields (listen, upstream, store,
-// admin), a default policy and an ordered list of routes:
+// A file has optional top-level fields for the command's settings (listen,
+// upstream, store, admin, scope_secret_file, max_records, max_bytes,
+// max_scope_share, require_store, otel_endpoint), a default policy and an
+// ordered list of routes:
 //
 //	upstream: http://127.0.0.1:9000
 //	default:

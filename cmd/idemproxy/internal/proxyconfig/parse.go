@@ -164,10 +164,14 @@ func (d *decoder) config(n *node, o Overrides) *Config {
 			c.MaxBytes = d.budget(k, v, func(s string) error { _, err := ParseSize(s); return err })
 		case "max_scope_share":
 			c.MaxScopeShare = d.budget(k, v, func(s string) error { _, err := ParseShare(s); return err })
+		case "require_store":
+			c.RequireStore, _ = d.boolean(k, v)
+		case "otel_endpoint":
+			c.OTelEndpoint, _ = d.str(k, v)
 		case "routes":
 			c.Routes = d.routes(k, v, c.Default)
 		default:
-			d.fail(k, "unknown field (known: listen, upstream, store, admin, scope_secret_file, max_records, max_bytes, max_scope_share, default, routes)")
+			d.fail(k, "unknown field (known: listen, upstream, store, admin, scope_secret_file, max_records, max_bytes, max_scope_share, require_store, otel_endpoint, default, routes)")
 		}
 	}
 	return c
@@ -465,6 +469,19 @@ func (d *decoder) str(f string, v *node) (string, bool) {
 		return "", false
 	}
 	return v.text, true
+}
+
+func (d *decoder) boolean(f string, v *node) (bool, bool) {
+	if v.kind == kindScalar && !v.str {
+		switch strings.ToLower(v.text) {
+		case "true":
+			return true, true
+		case "false":
+			return false, true
+		}
+	}
+	d.fail(f, "must be true or false, not %v", describe(v))
+	return false, false
 }
 
 func describe(v *node) string {
