@@ -127,14 +127,16 @@ func (k *Keeper) observe(ctx context.Context, e Event) {
 }
 
 // storeErr reports a store error to the observer and returns it wrapped with
-// the operation and key.
+// the operation. The record key stays out of the message: it holds the
+// caller's scope (an identity, or its digest in raw bytes) and the client's
+// key, and errors end up in logs; the Observer gets the key.
 func (k *Keeper) storeErr(ctx context.Context, op, key string, fence uint64, d time.Duration, err error) error {
 	kind := EventStoreError
 	if errors.Is(err, ErrLeaseLost) {
 		kind = EventLeaseLost
 	}
 	k.observe(ctx, Event{Kind: kind, Key: key, Fence: fence, Op: op, Duration: d, StoreLatency: d, Err: err})
-	return fmt.Errorf("idem: %s %q: %w", op, key, err)
+	return fmt.Errorf("idem: %s: %w", op, err)
 }
 
 // Attempt is the result of Keeper.Begin. Exactly one of these holds:
@@ -152,7 +154,7 @@ func (a Attempt) Replayed() bool { return a.Lease == nil }
 // It returns an Attempt holding a Lease when the caller must execute, or the
 // stored result to replay. Otherwise it returns an *InFlightError (matches
 // ErrInFlight), ErrMismatch, ErrInvalidKey for an empty key, or a store error
-// wrapped with the step and key. Begin does not apply ValidateKey: message
+// wrapped with the step. Begin does not apply ValidateKey: message
 // ids may be any non-empty string; HTTP callers validate the header first.
 func (k *Keeper) Begin(ctx context.Context, scope, key string, fp []byte) (Attempt, error) {
 	if key == "" {
@@ -386,7 +388,7 @@ func (l *Lease) Context(ctx context.Context) context.Context {
 
 // lostErr is the cancellation cause of a lost lease's contexts.
 func (l *Lease) lostErr() error {
-	return fmt.Errorf("idem: lease of %q with fence %d: %w", l.key, l.fence, ErrLeaseLost)
+	return fmt.Errorf("idem: lease with fence %d: %w", l.fence, ErrLeaseLost)
 }
 
 // leaseKey is the context key for the executing lease.
