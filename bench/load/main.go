@@ -79,6 +79,8 @@ type config struct {
 	stores      string
 	redisAddr   string
 	postgres    string
+	drive       string
+	replay      bool
 	duration    time.Duration
 	warmup      time.Duration
 	runs        int
@@ -104,6 +106,8 @@ func run(args []string, stdout io.Writer) error {
 	fs.IntVar(&c.runs, "runs", 3, "runs per scenario; the median is reported")
 	fs.IntVar(&c.concurrency, "concurrency", 32, "requests in flight")
 	fs.IntVar(&c.keys, "keys", 1000, "keys executed before a replay scenario")
+	fs.StringVar(&c.drive, "drive", "", "only drive the server at `URL` (e.g. an idemproxy under a profiler) with the load of one scenario for -duration, and print its rate")
+	fs.BoolVar(&c.replay, "replay", false, "with -drive: the replay scenario instead of unique keys")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -122,6 +126,9 @@ func run(args []string, stdout io.Writer) error {
 	}
 	if c.duration <= 0 || c.duration > time.Minute || c.runs < 1 || c.runs > 10 || c.concurrency < 1 || c.concurrency > 1024 {
 		return errors.New("bounds: 0 < -duration <= 1m, 1 <= -runs <= 10, 1 <= -concurrency <= 1024")
+	}
+	if c.drive != "" {
+		return drive(c, stdout)
 	}
 	if c.baseBin != "" && (c.baseLabel == "" || c.label == "" || c.baseLabel == c.label) {
 		return errors.New("-base-label and -label must be non-empty and differ")
@@ -558,6 +565,36 @@ func bench(c config, stdout io.Writer) error {
 	}
 	fmt.Fprintf(os.Stderr, "load: load average at end: %s\n", loadAvg())
 	report(stdout, c, scenarios)
+	return nil
+}
+
+// drive sends one scenario's load to c.drive for c.duration (after the
+// warm-up) and prints the rate and latencies: for profiling a server
+// started by hand.
+func drive(c config, stdout io.Writer) error {
+	u, err := url.Parse(c.drive)
+	if err != nil || u.Scheme != "http" || !isLoopback(net.JoinHostPort(u.Hostname(), "0")) {
+		return errors.New("-drive: an http:// URL with a loopback host only")
+	}
+	target := strings.TrimSuffix(c.drive, "/")
+	client := &http.Client{Transport: &http.Transport{
+		Proxy: nil, MaxIdleConns: 2 * c.concurrency, MaxIdleConnsPerHost: 2 * c.concurrency, IdleConnTimeout: time.Minute,
+	}}
+	defer client.CloseIdleConnections()
+	tag := randHex()
+	var replayKeys []string
+	if c.replay {
+		replayKeys = make([]string, c.keys)
+		for k := range replayKeys {
+			replayKeys[k] = fmt.Sprintf("%s-r%d", tag, k)
+			if err := post(client, target, replayKeys[k]); err != nil {
+				return fmt.Errorf("priming: %w", err)
+			}
+		}
+	}
+	load(client, target, tag+"-w", replayKeys, c.concurrency, c.warmup)
+	res := load(client, target, tag, replayKeys, c.concurrency, c.duration)
+	fmt.Fprintf(stdout, "%.0f req/s  p50 %v  p99 %v  errors %d\n", res.rps, res.p50, res.p99, res.errors)
 	return nil
 }
 
