@@ -91,6 +91,21 @@ func TestConformanceScripter(t *testing.T) {
 	}, storetest.Features{Extend: true, Wait: true, Inspect: true, MinLease: 25 * time.Millisecond})
 }
 
+// TestConformanceAutoPipeline runs the suite with Options.AutoPipeline on
+// a single server and on the cluster (each client's own AutoPipeliner, closed
+// with the client), and checks that the option took effect.
+func TestConformanceAutoPipeline(t *testing.T) {
+	backends(t, func(t *testing.T, c redis.UniversalClient) {
+		st := newStore(t, c, redisstore.Options{AutoPipeline: true})
+		if !st.AutoPipelined() {
+			t.Fatal("AutoPipeline did not take effect")
+		}
+		storetest.Run(t, func(t testing.TB) idem.Store {
+			return newStore(t, c, redisstore.Options{AutoPipeline: true})
+		}, storetest.Features{Extend: true, Wait: true, Inspect: true, MinLease: 25 * time.Millisecond})
+	})
+}
+
 // counter is a go-redis hook that counts round trips: one per command sent
 // alone, one per pipeline.
 type counter struct{ n atomic.Int64 }
