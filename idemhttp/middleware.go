@@ -507,7 +507,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	var a idem.Attempt
-	if rk := idem.RecordKey(scope, key); h.wait > 0 && h.waiters.acquire(rk) {
+	var rk string // the waiters' key, only in wait mode (Begin makes its own)
+	if h.wait > 0 {
+		rk = idem.RecordKey(scope, key)
+	}
+	if h.wait > 0 && h.waiters.acquire(rk) {
 		// One Begin either way: it waits only if the key is in flight.
 		a, err = h.keeper.BeginWait(r.Context(), scope, key, fp, h.wait)
 		h.waiters.release(rk)
