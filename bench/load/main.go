@@ -7,6 +7,11 @@
 //	IDEM_POSTGRES_DSN=postgres://…@127.0.0.1/db go run ./bench/load   # adds PostgreSQL
 //	go run ./bench/load -duration 5s -runs 5 -concurrency 32
 //
+// Two baselines run beside idemproxy: httputil.ReverseProxy with the same
+// transport settings ("plain ReverseProxy", the reference of the ratios),
+// and the same with a BufferPool ("+ BufferPool"), as idemproxy has since
+// its profile showed the 32 KiB copy buffer per request.
+//
 // Every server runs as its own process (the upstream and the plain proxy
 // are this program re-executed with -role; idemproxy is built from
 // ./cmd/idemproxy unless -proxy-bin is given), so that the three set-ups pay
@@ -91,7 +96,7 @@ type config struct {
 func run(args []string, stdout io.Writer) error {
 	var c config
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
-	fs.StringVar(&c.role, "role", "", "internal: run as `upstream` or `plain` (a server for the benchmark)")
+	fs.StringVar(&c.role, "role", "", "internal: run as `upstream`, plain or plain-pooled (a server for the benchmark)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "internal: listen address for -role")
 	fs.StringVar(&c.upstream, "upstream", "", "internal: upstream URL for -role plain")
 	fs.StringVar(&c.proxyBin, "proxy-bin", "", "idemproxy binary (default: go build ./cmd/idemproxy into a temp dir)")
@@ -114,12 +119,16 @@ func run(args []string, stdout io.Writer) error {
 	switch c.role {
 	case "upstream":
 		return serveRole(c.listen, withMallocs(upstreamHandler()))
-	case "plain":
+	case "plain", "plain-pooled":
 		u, err := url.Parse(c.upstream)
 		if err != nil {
 			return err
 		}
-		return serveRole(c.listen, withMallocs(plainProxy(u)))
+		rp := plainProxy(u)
+		if c.role == "plain-pooled" {
+			rp.BufferPool = &bufferPool{}
+		}
+		return serveRole(c.listen, withMallocs(rp))
 	case "":
 	default:
 		return fmt.Errorf("unknown -role %q", c.role)
@@ -147,6 +156,25 @@ func upstreamHandler() http.Handler {
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprintf(w, `{"id":"ch_%012d","object":"charge","amount":1000,"currency":"eur","status":"succeeded"}`, id)
 	})
+}
+
+// bufferPool is the httputil.BufferPool of the "plain-pooled" baseline: the
+// same 32 KiB buffers ReverseProxy would allocate per request, reused
+// (idemproxy lends its ReverseProxy such a pool).
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) == 32<<10 {
+		buf = buf[:cap(buf)]
+		b.p.Put(&buf)
+	}
 }
 
 // mallocsPath answers, on the benchmark's own servers, the number of heap
@@ -191,7 +219,7 @@ func mallocs(c *http.Client, url string) (float64, bool) {
 
 // plainProxy is the baseline: httputil.ReverseProxy with the same transport
 // settings and flush behaviour as idemproxy.
-func plainProxy(u *url.URL) http.Handler {
+func plainProxy(u *url.URL) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
@@ -457,10 +485,16 @@ func bench(c config, stdout io.Writer) error {
 		return err
 	}
 	defer plain.stop()
+	pooled, err := startRole("plain-pooled", "-upstream", upURL)
+	if err != nil {
+		return err
+	}
+	defer pooled.stop()
 
 	scenarios := []*scenario{
 		{name: "direct upstream", target: upURL, pid: up.cmd.Process.Pid, mallocs: upURL + mallocsPath},
 		{name: "plain ReverseProxy", target: "http://" + plain.addr, pid: plain.cmd.Process.Pid, mallocs: "http://" + plain.addr + mallocsPath},
+		{name: "plain ReverseProxy + BufferPool", target: "http://" + pooled.addr, pid: pooled.cmd.Process.Pid, mallocs: "http://" + pooled.addr + mallocsPath},
 	}
 	tmp, err := os.MkdirTemp("", "idemproxy-load-store-")
 	if err != nil {
