@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -16,6 +17,9 @@ func FuzzStoreURL(f *testing.F) {
 		"postgresql://h/db", "mongodb://x", "", ":", "file:", "redis://[::1", "redis+cluster://",
 		"redis://h?wait_replicas=1&wait_timeout=50ms", "redis+cluster://h1:1?password=hunter2&wait_timeout=x",
 		"postgres://h/db?sslpassword=hunter2&sslmode=bogus", "redis://u:hun/ter2@h:1",
+		"redis+sentinel://u:hunter2@s1:26379,s2/mymaster/1?sentinel_password=hunter3&wait_replicas=1",
+		"rediss+sentinel://s1/m?skip_verify=true&sentinel_username=x", "redis+sentinel://s1:1", "redis+sentinel://s1/m?db=x&addr=s2:1",
+		"redis+cluster://h1:1?sentinel_password=hunter2", "rediss+cluster://h1?skip_verify=1&read_timeout=2",
 	} {
 		f.Add(s)
 	}
@@ -60,8 +64,20 @@ func FuzzStoreURL(f *testing.F) {
 		if spec.kind == storeFile && spec.path == "" {
 			t.Fatalf("%q: empty file path accepted", s)
 		}
-		if spec.kind == storeRedisCluster && len(spec.addr) == 0 {
-			t.Fatalf("%q: cluster without addresses", s)
+		if (spec.kind == storeRedisCluster || spec.kind == storeRedisSentinel) && len(spec.addr) == 0 {
+			t.Fatalf("%q: cluster or sentinel without addresses", s)
+		}
+		if spec.kind == storeRedisSentinel && spec.redis.failover.MasterName == "" {
+			t.Fatalf("%q: sentinel without a master name", s)
+		}
+		if r := spec.redis; r != nil {
+			// The same URL gives the same options (the parse is a
+			// function of the URL), and no client resends a command
+			// unless max_retries was given.
+			again, err := parseStoreURL(s)
+			if err != nil || !reflect.DeepEqual(again.redis, r) {
+				t.Fatalf("%q parsed twice: %+v, then %+v, %v", s, r, again.redis, err)
+			}
 		}
 		if leaks(redact(s)) {
 			t.Fatalf("redact(%q) leaks the password", s)

@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +28,7 @@ const (
 	storeFile
 	storeRedis
 	storeRedisCluster
+	storeRedisSentinel
 	storePostgres
 )
 
@@ -39,21 +37,34 @@ type storeSpec struct {
 	kind  storeKind
 	path  string     // file
 	raw   string     // redis, postgres: the URL given; may hold a secret, print redact(raw)
-	addr  []string   // redis+cluster: the seed host:port list
-	redis *redisSpec // redis, redis+cluster: what the URL configures
+	addr  []string   // redis+cluster: the seed host:port list; redis+sentinel: the sentinels
+	redis *redisSpec // redis, redis+cluster, redis+sentinel: what the URL configures
 	// budget bounds memory: and file: (set by the caller, not the URL).
 	budget storeBudget
 }
 
-// redisSpec is what a redis:// or redis+cluster:// URL configures.
+// redisSpec is what a redis://, redis+cluster:// or redis+sentinel:// URL
+// configures (see parseRedisURL).
 type redisSpec struct {
-	single  *redis.Options        // redis, rediss
-	cluster *redis.ClusterOptions // redis+cluster, rediss+cluster
-	store   redisstore.Options    // wait_replicas, wait_timeout
+	single   *redis.Options         // redis, rediss
+	cluster  *redis.ClusterOptions  // redis+cluster, rediss+cluster
+	failover *redis.FailoverOptions // redis+sentinel, rediss+sentinel
+	store    redisstore.Options     // wait_replicas, wait_timeout
 }
 
-// goRedisReadTimeout is go-redis's default ReadTimeout (single server and
-// cluster), which caps wait_timeout when read_timeout is not given.
+// topology returns the topology of a Redis store kind.
+func (k storeKind) topology() redisTopology {
+	switch k {
+	case storeRedisCluster:
+		return topoCluster
+	case storeRedisSentinel:
+		return topoSentinel
+	}
+	return topoSingle
+}
+
+// goRedisReadTimeout is go-redis's default ReadTimeout (single server,
+// cluster and Sentinel), which caps wait_timeout when read_timeout is not given.
 // TestGoRedisReadTimeout checks it against the library.
 const goRedisReadTimeout = 5 * time.Second
 
@@ -62,21 +73,17 @@ const goRedisReadTimeout = 5 * time.Second
 //	memory:                         in-process, lost on exit
 //	file:PATH                       embedded file (bbolt), durable
 //	redis://[user:pass@]host:port[/db][?opts]   (rediss:// for TLS)
-//	redis+cluster://host1:port,host2:port[?opts]   (rediss+cluster:// for TLS)
+//	redis+cluster://[user:pass@]host1:port,host2:port[?opts]   (rediss+cluster:// for TLS)
+//	redis+sentinel://[user:pass@]host1:port,host2:port/master-name[/db][?opts]
+//	                                (rediss+sentinel:// for TLS)
 //	postgres://… or postgresql://…  (the tables are migrated on first contact)
 //
-// Redis options are go-redis's URL options (dial_timeout, read_timeout,
-// pool_size, max_retries, …; on a cluster also max_redirects, addr, …),
-// plus:
-//
-//	password=…        the password (instead of user info; cluster URLs
-//	                  have no room for it otherwise)
-//	wait_replicas=N   redisstore.Options.WaitReplicas: each acquiring Begin
-//	                  and each Complete waits until N replicas acknowledged
-//	                  it, or fails closed
-//	wait_timeout=D    redisstore.Options.WaitTimeout: how long that WAIT
-//	                  may take (a Go duration: 50ms, 1s); at most half of
-//	                  read_timeout
+// Every Redis scheme is parsed by parseRedisURL, and an option means the
+// same on each (redisParams lists them: timeouts, pools, retries,
+// skip_verify on TLS schemes, password=…, wait_replicas=N, wait_timeout=D,
+// and those of one topology: db, addr, max_redirects, sentinel_password,
+// …). An option that the scheme does not take is an error that lists the
+// ones it takes.
 //
 // Unless max_retries is given, the Redis clients run every command once
 // (MaxRetries -1): a resent script whose first run was applied would report
@@ -87,7 +94,7 @@ const goRedisReadTimeout = 5 * time.Second
 func parseStoreURL(s string) (storeSpec, error) {
 	scheme, rest, ok := strings.Cut(s, ":")
 	if !ok {
-		return storeSpec{}, fmt.Errorf("%q is not a store URL (memory:, file:PATH, redis://…, redis+cluster://…, postgres://…)", redact(s))
+		return storeSpec{}, fmt.Errorf("%q is not a store URL (memory:, file:PATH, redis://…, redis+cluster://…, redis+sentinel://…, postgres://…)", redact(s))
 	}
 	switch strings.ToLower(scheme) {
 	case "memory":
@@ -102,17 +109,23 @@ func parseStoreURL(s string) (storeSpec, error) {
 		}
 		return storeSpec{kind: storeFile, path: p}, nil
 	case "redis", "rediss":
-		rs, err := parseRedisURL(s, false)
+		rs, err := parseRedisURL(s, topoSingle)
 		if err != nil {
 			return storeSpec{}, err
 		}
 		return storeSpec{kind: storeRedis, raw: s, redis: rs}, nil
 	case "redis+cluster", "rediss+cluster":
-		rs, err := parseRedisURL(s, true)
+		rs, err := parseRedisURL(s, topoCluster)
 		if err != nil {
 			return storeSpec{}, err
 		}
 		return storeSpec{kind: storeRedisCluster, raw: s, addr: rs.cluster.Addrs, redis: rs}, nil
+	case "redis+sentinel", "rediss+sentinel":
+		rs, err := parseRedisURL(s, topoSentinel)
+		if err != nil {
+			return storeSpec{}, err
+		}
+		return storeSpec{kind: storeRedisSentinel, raw: s, addr: rs.failover.SentinelAddrs, redis: rs}, nil
 	case "postgres", "postgresql":
 		if !strings.HasPrefix(rest, "//") {
 			return storeSpec{}, fmt.Errorf("%s: want a URL, postgres://[user[:password]@]host[:port]/database[?options]", redact(s))
@@ -122,150 +135,7 @@ func parseStoreURL(s string) (storeSpec, error) {
 		}
 		return storeSpec{kind: storePostgres, raw: s}, nil
 	}
-	return storeSpec{}, fmt.Errorf("unknown store scheme %q (memory:, file:PATH, redis://…, redis+cluster://…, postgres://…)", redact(scheme))
-}
-
-// parseRedisURL parses a redis[s]:// or, when cluster, a redis[s]+cluster://
-// URL into go-redis options and redisstore options (see parseStoreURL).
-func parseRedisURL(s string, cluster bool) (*redisSpec, error) {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%s: "+format, append([]any{redact(s)}, args...)...)
-	}
-	u, err := url.Parse(s)
-	if err != nil {
-		return nil, bad("not a valid URL: %s", urlDetail(s))
-	}
-	if u.Opaque != "" {
-		return nil, bad("want %s://host:port…", u.Scheme)
-	}
-	q, err := url.ParseQuery(u.RawQuery)
-	if err != nil {
-		return nil, bad("bad query: %s", scrubbed(s, err))
-	}
-	one := func(name string) (string, bool, error) {
-		vs, ok := q[name]
-		if !ok {
-			return "", false, nil
-		}
-		q.Del(name)
-		if len(vs) != 1 {
-			return "", true, bad("%s given %d times", name, len(vs))
-		}
-		return vs[0], true, nil
-	}
-	rs := &redisSpec{}
-	v, given, err := one("wait_replicas")
-	if err != nil {
-		return nil, err
-	}
-	if given {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return nil, bad("wait_replicas=%q: want a whole number ≥ 0 (replicas that must acknowledge each write)", v)
-		}
-		rs.store.WaitReplicas = n
-	}
-	v, given, err = one("wait_timeout")
-	if err != nil {
-		return nil, err
-	}
-	if given {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return nil, bad("wait_timeout=%q: want a positive duration with a unit, such as 50ms or 1s", v)
-		}
-		rs.store.WaitTimeout = d
-	}
-	pw, given, err := one("password")
-	if err != nil {
-		return nil, err
-	}
-	if given {
-		if _, set := u.User.Password(); set {
-			return nil, bad("password given twice, in the user info and as ?password=")
-		}
-		u.User = url.UserPassword(u.User.Username(), pw)
-	}
-	retries := q.Has("max_retries")
-	u.RawQuery = q.Encode()
-
-	var readTimeout time.Duration
-	if cluster {
-		o, err := clusterOptions(u, s)
-		if err != nil {
-			return nil, err
-		}
-		if !retries {
-			o.MaxRetries = -1
-		}
-		rs.cluster, readTimeout = o, o.ReadTimeout
-	} else {
-		o, err := redis.ParseURL(u.String())
-		if err != nil {
-			return nil, bad("%s", scrubbed(s, err))
-		}
-		if !retries {
-			o.MaxRetries = -1
-		}
-		rs.single, readTimeout = o, o.ReadTimeout
-	}
-	if readTimeout == 0 {
-		readTimeout = goRedisReadTimeout
-	}
-	if w := rs.store.WaitTimeout; w > 0 && readTimeout > 0 && w > readTimeout/2 {
-		return nil, bad("wait_timeout=%v is more than half of read_timeout (%v): WAIT's answer must arrive before the client stops reading; lower wait_timeout or raise read_timeout", w, readTimeout)
-	}
-	return rs, nil
-}
-
-// clusterOptions turns a redis[s]+cluster://host1:port,host2:port URL (its
-// own parameters already removed from u) into go-redis cluster options:
-// every option go-redis's ParseClusterURL knows (timeouts, pool sizes,
-// retries, max_redirects, read_only, addr=…, …) applies, and the host list
-// is the seed list. s is the URL as given, for errors.
-func clusterOptions(u *url.URL, s string) (*redis.ClusterOptions, error) {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%s: "+format, append([]any{redact(s)}, args...)...)
-	}
-	if u.Host == "" {
-		return nil, bad("want redis+cluster://host1:port,host2:port")
-	}
-	if u.Path != "" && u.Path != "/" {
-		return nil, bad("a cluster has no database number; remove the path %q", u.Path)
-	}
-	var addrs []string
-	for a := range strings.SplitSeq(u.Host, ",") {
-		if a == "" {
-			return nil, bad("empty address in the host list %q", u.Host)
-		}
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			if !strings.Contains(err.Error(), "missing port") {
-				return nil, bad("address %q: want host:port", a)
-			}
-			a = net.JoinHostPort(strings.Trim(a, "[]"), "6379")
-		}
-		addrs = append(addrs, a)
-	}
-	c := *u
-	c.Scheme = strings.TrimSuffix(strings.ToLower(u.Scheme), "+cluster")
-	c.Host, c.Path = addrs[0], ""
-	q := c.Query()
-	if len(addrs) > 1 || q.Has("addr") {
-		q["addr"] = append(addrs[1:], q["addr"]...) // seeds in the order given
-	}
-	c.RawQuery = q.Encode()
-	o, err := redis.ParseClusterURL(c.String())
-	if err != nil {
-		return nil, bad("%s", scrubbed(s, err))
-	}
-	if o.TLSConfig != nil {
-		// ParseClusterURL names the first seed as every node's TLS server
-		// name; leave it empty so that each node is verified under the
-		// host it is dialled at.
-		o.TLSConfig.ServerName = ""
-		o.TLSConfig.MinVersion = tls.VersionTLS12
-	}
-	return o, nil
+	return storeSpec{}, fmt.Errorf("unknown store scheme %q (memory:, file:PATH, redis://…, redis+cluster://…, redis+sentinel://…, postgres://…)", redact(scheme))
 }
 
 // mask replaces secrets in what redact and the errors print.
@@ -412,12 +282,15 @@ func scrub(text string, secrets []string) string {
 }
 
 // scrubbed returns the text of err, a failure to parse or to open the store
-// URL s, with every secret of s masked. When a secret is short enough (under
-// 4 bytes) to be found by chance in any text, and is found, the text is
-// withheld instead, as masking would make it unreadable.
-func scrubbed(s string, err error) string {
+// URL s, with every secret of s masked (see scrubText).
+func scrubbed(s string, err error) string { return scrubText(s, err.Error()) }
+
+// scrubText returns text, about the store URL s, with every secret of s
+// masked. When a secret is short enough (under 4 bytes) to be found by
+// chance in any text, and is found, the text is withheld instead, as
+// masking would make it unreadable.
+func scrubText(s, text string) string {
 	sec := secrets(s)
-	text := err.Error()
 	for _, v := range sec {
 		if len(v) < 4 && strings.Contains(text, v) {
 			return "(details withheld: they could show a secret of the URL)"
@@ -494,19 +367,25 @@ func openStore(ctx context.Context, spec storeSpec, log *slog.Logger) (*openedSt
 		}
 		st = &openedStore{store: s, close: s.Close, desc: "file:" + spec.path,
 			budget: spec.budget.describe(defaultFileRecords, defaultFileBytes)}
-	case storeRedis, storeRedisCluster:
+	case storeRedis, storeRedisCluster, storeRedisSentinel:
 		if spec.redis == nil { // a spec not made by parseStoreURL
-			rs, err := parseRedisURL(spec.raw, spec.kind == storeRedisCluster)
+			rs, err := parseRedisURL(spec.raw, spec.kind.topology())
 			if err != nil {
 				return nil, err
 			}
 			spec.redis = rs
 		}
 		var c redis.UniversalClient
-		if spec.kind == storeRedis {
+		switch spec.kind {
+		case storeRedis:
 			c = redis.NewClient(spec.redis.single)
-		} else {
+		case storeRedisCluster:
 			c = redis.NewClusterClient(spec.redis.cluster)
+		default:
+			// Follows the master: asks the sentinels for its address at
+			// every dial, and drops the connections to the old master when
+			// a sentinel announces +switch-master.
+			c = redis.NewFailoverClient(spec.redis.failover)
 		}
 		s := redisstore.New(c, spec.redis.store)
 		closeFn := func() error { return errors.Join(s.Close(), c.Close()) }
