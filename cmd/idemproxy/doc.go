@@ -13,7 +13,8 @@
 // first still runs gets 409 with Retry-After (or waits, in wait mode); a
 // reused key with a different request gets 422. Records live in the store
 // named by -store: memory:, file:PATH (the default, file:idem.db),
-// redis://…, rediss://…, redis+cluster://host1,host2, or postgres://….
+// redis://…, rediss://…, redis+cluster://host1,host2,
+// redis+sentinel://s1,s2/master, or postgres://….
 //
 // Every flag can also be set by an IDEMPROXY_* environment variable
 // (IDEMPROXY_LISTEN for -listen); the command line wins. -config names a

@@ -109,7 +109,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("idemproxy", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", defaultListen, "`address` the proxy listens on (port 0 picks a free port; the bound address is logged)")
 	fs.StringVar(&o.upstream, "upstream", "", "`URL` of the upstream API (required unless -demo)")
-	fs.StringVar(&o.store, "store", defaultStore, "record store `URL`: memory:, file:PATH, redis://…, rediss://…, redis+cluster://host1,host2, postgres://…")
+	fs.StringVar(&o.store, "store", defaultStore, "record store `URL`: memory:, file:PATH, redis://…, rediss://…, redis+cluster://host1,host2, redis+sentinel://s1,s2/master, postgres://…")
 	fs.DurationVar(&o.ttl, "ttl", proxyconfig.DefaultTTL, "retention of completed records (`duration`); routes in -config may set their own")
 	fs.DurationVar(&o.lease, "lease", proxyconfig.DefaultLease, "lease of an executing request, renewed while it runs (`duration`, < ttl)")
 	fs.StringVar(&o.admin, "admin", "", "`address` of the admin listener (/healthz, /readyz, /metrics, /keys); empty disables it")

@@ -65,6 +65,7 @@ type redisConf struct {
 	skipVerify bool // TLS schemes
 
 	retriesGiven bool // max_retries was given
+	noPipeline   bool // auto_pipeline=false
 	jitterGiven  bool // conn_max_lifetime_jitter was given
 
 	store redisstore.Options // wait_replicas, wait_timeout
@@ -103,6 +104,14 @@ var redisParams = []redisParam{
 			return fmt.Errorf("wait_timeout=%q: want a positive duration with a unit, such as 50ms or 1s", v)
 		}
 		c.store.WaitTimeout = d
+		return nil
+	}},
+	{"auto_pipeline", topoSingle | topoSentinel, false, func(c *redisConf, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("auto_pipeline=%q: want true or false", v)
+		}
+		c.noPipeline = !b
 		return nil
 	}},
 	{"client_name", topoAll, false, strParam(func(c *redisConf) *string { return &c.o.ClientName })},
@@ -410,6 +419,11 @@ func parseRedisURL(s string, topo redisTopology) (*redisSpec, error) {
 	if !c.retriesGiven {
 		c.o.MaxRetries = -1 // see "Client retries" in docs/redis.md
 	}
+	// The scripts of concurrent requests share system calls through the
+	// client's AutoPipeliner (redisstore.Options.AutoPipeline): on by
+	// default on one server and behind Sentinel. Not on a cluster, where its
+	// routing recovered more slowly after a failover (docs/redis.md).
+	c.store.AutoPipeline = c.topo != topoCluster && !c.noPipeline
 	if c.jitterGiven {
 		c.o.ConnMaxLifetimeJitter = min(c.o.ConnMaxLifetimeJitter, c.o.ConnMaxLifetime)
 	}

@@ -137,7 +137,7 @@ func TestRedisURLErrors(t *testing.T) {
 		{"redis+cluster://h1:1,h2:2?wait_replicas=two", "wait_replicas"},
 		{"redis://u:pw@h?password=pw2", "password given twice"},
 		{"redis://h?password=aaaa1&password=bbbb2", "password given 2 times"},
-		{"redis://h?bogus=1", `unknown option "bogus"; the options of redis:// are: client_name, `},
+		{"redis://h?bogus=1", `unknown option "bogus"; the options of redis:// are: auto_pipeline, client_name, `},
 		{"redis://h?dial_timeout=soon", "dial_timeout"},
 		{"redis://h/x", "database number"},
 		{"redis+cluster://h1:7000/0", "no database number"},
@@ -451,6 +451,8 @@ func TestRedisURLOptionPerScheme(t *testing.T) {
 		{"failing_timeout_seconds=7", cluster, false, []field{{"FailingTimeoutSeconds", 7}}},
 		{"sentinel_username=su", sentinel, false, []field{{"SentinelUsername", "su"}}},
 		{"sentinel_password=sp", sentinel, false, []field{{"SentinelPassword", "sp"}, {"Password", ""}}},
+		{"auto_pipeline=false", topoSingle | sentinel, false, []field{{"store.AutoPipeline", false}}},
+		{"auto_pipeline=true", topoSingle | sentinel, false, []field{{"store.AutoPipeline", true}}},
 	}
 	covered := map[string]bool{}
 	for _, tc := range cases {
@@ -501,6 +503,15 @@ func TestRedisURLOptionPerScheme(t *testing.T) {
 					t.Errorf("%q: %s = %#v, want %#v", in, f.name, got, f.want)
 				}
 			}
+		}
+	}
+	for _, sc := range redisSchemeBases {
+		spec, err := parseStoreURL(sc.base)
+		if err != nil {
+			t.Fatalf("parseStoreURL(%q): %v", sc.base, err)
+		}
+		if want := sc.topo != topoCluster; spec.redis.store.AutoPipeline != want {
+			t.Errorf("%q: AutoPipeline = %v by default, want %v", sc.base, spec.redis.store.AutoPipeline, want)
 		}
 	}
 	for _, p := range redisParams {
