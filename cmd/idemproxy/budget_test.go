@@ -127,7 +127,9 @@ func TestBudgetStopsGrowth(t *testing.T) {
 				if fi.Size() > 48<<20 {
 					t.Fatalf("file of %d MiB with a 16 MiB budget", fi.Size()>>20)
 				}
-			} else if rss := rssMiB(p.cmd.Process.Pid); rss > 160 {
+			} else if rss := rssMiB(p.cmd.Process.Pid); rss > 200 {
+				// Under -race: 155–167 MiB with the 16 MiB budget, 255 MiB
+				// with -max-bytes 1GiB (the same 40 records kept whole).
 				t.Fatalf("proxy RSS %d MiB with a 16 MiB budget after 60 responses of 900 KiB", rss)
 			}
 		})
