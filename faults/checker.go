@@ -295,3 +295,19 @@ func short(b []byte) string {
 	}
 	return fmt.Sprintf("%q", b)
 }
+
+// Lost returns the keys, sorted, whose acknowledged 2xx the final replay
+// did not return (the keys of the replay-mismatch violations in vs): the
+// acknowledged responses a run lost. The fault suite reports their number
+// where it measures a loss instead of failing on it (a Redis failover
+// without wait_replicas, docs/reliability.md).
+func Lost(vs []Violation) []string {
+	var keys []string
+	for _, v := range vs {
+		if v.Kind == KindReplayMismatch {
+			keys = append(keys, v.Key)
+		}
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}

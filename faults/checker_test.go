@@ -183,3 +183,19 @@ func join(vs []Violation) string {
 	}
 	return b.String()
 }
+
+// TestLost: the keys of the replay mismatches, each once, sorted; nothing
+// for a clean history or for violations of other kinds.
+func TestLost(t *testing.T) {
+	if got := Lost(Check(clean())); len(got) != 0 {
+		t.Fatalf("Lost(clean) = %v", got)
+	}
+	h := clean()
+	h.Replays[0].Body = []byte("other")                        // both acks of "a" lost: two violations, one key
+	h.Replays[1].Status = 409                                  // "b" lost
+	h.GaveUp = append(h.GaveUp, GaveUp{Key: "c", Caller: "x"}) // not a loss
+	got := Lost(Check(h))
+	if strings.Join(got, ",") != "a,b" {
+		t.Fatalf("Lost = %v, want [a b]", got)
+	}
+}

@@ -4,7 +4,11 @@
 // that retry every logical operation until they get a 2xx, injects faults
 // (kill -9 and SIGTERM of the proxy, SIGSTOP and kill -9 of Redis, an
 // immediate PostgreSQL restart, a table lock and a slow upstream beyond the
-// lease), replays every key at the end, and checks the history with Check.
+// lease; kill -9 of a master of a Redis Cluster or of a Sentinel-managed
+// Redis, with one or two proxies, timing the failover), replays every key
+// at the end, and checks the history with Check (Lost counts the
+// acknowledged responses a failover lost where that is measured instead of
+// failed).
 //
 // The scenarios live in the package's tests:
 //

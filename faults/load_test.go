@@ -35,6 +35,7 @@ type recorder struct {
 	replays    []FinalReplay
 	bodies     map[string]string // key → the request body of its operation
 	order      []string          // keys in operation order
+	log        []attempt         // every request of the load, in answer order
 
 	ops, twinOps, attempts atomic.Int64
 	retries                map[string]int // "409 request-in-progress", "conn: refused", …
@@ -53,6 +54,19 @@ func (r *recorder) op(key, body string, twin bool) {
 	r.bodies[key] = body
 	r.order = append(r.order, key)
 	r.mu.Unlock()
+}
+
+func (r *recorder) attempt(a attempt) {
+	r.mu.Lock()
+	r.log = append(r.log, a)
+	r.mu.Unlock()
+}
+
+// attemptLog returns a copy of the attempt log.
+func (r *recorder) attemptLog() []attempt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]attempt(nil), r.log...)
 }
 
 func (r *recorder) retry(class string) {
@@ -157,12 +171,28 @@ func errClass(err error) string {
 	return "conn error"
 }
 
-// target is where clients send their requests: the current proxy's address,
-// which changes when a fault restarts the proxy.
-type target struct{ p atomic.Pointer[string] }
+// target is where clients send their requests: the current proxies'
+// addresses, which change when a fault restarts a proxy. With more than one
+// proxy, the attempts of an operation alternate between them.
+type target struct{ p atomic.Pointer[[]string] }
 
-func (t *target) set(addr string) { t.p.Store(&addr) }
-func (t *target) get() string     { return *t.p.Load() }
+func (t *target) set(addrs ...string) { t.p.Store(&addrs) }
+
+// get returns the first address.
+func (t *target) get() string { return (*t.p.Load())[0] }
+
+// at returns the address for the i-th attempt (from any offset).
+func (t *target) at(i int) string {
+	a := *t.p.Load()
+	return a[i%len(a)]
+}
+
+// attempt is one request of the load, as its client saw it.
+type attempt struct {
+	key      string
+	sent, at time.Time
+	status   int // 0: no answer (a transport error)
+}
 
 // retryUntil2xx sends the request until a 2xx, a status no client retries,
 // or the bound. It returns the final answer (ok = 2xx), and a description
@@ -171,10 +201,13 @@ func retryUntil2xx(ctx context.Context, c *http.Client, to *target, key, body st
 	rec *recorder) (a answer, ok bool, attempts int, last string) {
 	deadline := time.Now().Add(cfg.opBound)
 	backoff := 10 * time.Millisecond
+	offset := rng.IntN(64) // which proxy the first attempt goes to
 	for {
 		attempts++
 		rec.attempts.Add(1)
-		ans, err := send(ctx, c, to.get(), key, body, cfg.timeout)
+		sent := time.Now()
+		ans, err := send(ctx, c, to.at(offset+attempts-1), key, body, cfg.timeout)
+		rec.attempt(attempt{key: key, sent: sent, at: time.Now(), status: ans.status})
 		switch {
 		case err == nil && ans.status >= 200 && ans.status <= 299:
 			return ans, true, attempts, ""

@@ -326,27 +326,42 @@ type redisServer struct {
 	t    *testing.T
 	log  *logFile
 	bin  string
+	name string // log prefix: "redis", "redis:PORT"
 	port int
 	dir  string
+	conf string // a config file, the first argument (a sentinel's), or ""
 	args []string
 	proc *process
 	gen  int
 }
 
 func newRedis(t *testing.T, log *logFile, aof bool) *redisServer {
+	persistence := []string{"--appendonly", "no"}
+	if aof {
+		persistence = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	return newRedisWith(t, log, "redis", freePort, func(string) (string, []string) { return "", persistence })
+}
+
+// newRedisWith starts a redis-server with the suite's base flags plus the
+// flags extra(dir) returns (dir is its data dir), after the config file it
+// returns if any, on a port picked by free, logging as name (":PORT" is
+// appended when name is not "redis").
+func newRedisWith(t *testing.T, log *logFile, name string, free func() (int, error), extra func(dir string) (conf string, args []string)) *redisServer {
 	bin, err := exec.LookPath("redis-server")
 	need(t, "redis-server", err)
 	r := &redisServer{t: t, log: log, bin: bin, dir: t.TempDir()}
-	r.args = []string{"--bind", "127.0.0.1", "--dir", r.dir, "--save", "", "--daemonize", "no", "--logfile", ""}
-	if aof {
-		r.args = append(r.args, "--appendonly", "yes", "--appendfsync", "always")
-	} else {
-		r.args = append(r.args, "--appendonly", "no")
-	}
+	conf, args := extra(r.dir)
+	r.conf = conf
+	r.args = append([]string{"--bind", "127.0.0.1", "--dir", r.dir, "--save", "", "--daemonize", "no", "--logfile", ""}, args...)
 	var lastErr error
 	for range 5 { // a port picked free may be taken by the time the server binds
-		if r.port, err = freePort(); err != nil {
+		if r.port, err = free(); err != nil {
 			t.Fatal(err)
+		}
+		r.name = name
+		if name != "redis" {
+			r.name = name + ":" + strconv.Itoa(r.port)
 		}
 		if lastErr = r.start(); lastErr == nil {
 			return r
@@ -362,8 +377,11 @@ func (r *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port)
 // PING (an AOF is loaded first).
 func (r *redisServer) start() error {
 	r.gen++
-	w := &lineWriter{prefix: fmt.Sprintf("[redis#%d]", r.gen), log: r.log}
+	w := &lineWriter{prefix: fmt.Sprintf("[%s#%d]", r.name, r.gen), log: r.log}
 	args := append([]string{"--port", strconv.Itoa(r.port)}, r.args...)
+	if r.conf != "" {
+		args = append([]string{r.conf}, args...)
+	}
 	p, err := startProcess(r.t, "redis-server", w, nil, r.bin, args...)
 	if err != nil {
 		return err

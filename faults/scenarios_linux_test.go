@@ -31,14 +31,17 @@ const lease = time.Second
 type storeKind int
 
 const (
-	storeFile     storeKind = iota + 1 // file:PATH (bbolt) in the scenario's temp dir
-	storeRedis                         // a dedicated redis-server, no persistence
-	storeRedisAOF                      // a dedicated redis-server, --appendonly yes --appendfsync always
-	storePostgres                      // a dedicated PostgreSQL cluster
+	storeFile          storeKind = iota + 1 // file:PATH (bbolt) in the scenario's temp dir
+	storeRedis                              // a dedicated redis-server, no persistence
+	storeRedisAOF                           // a dedicated redis-server, --appendonly yes --appendfsync always
+	storePostgres                           // a dedicated PostgreSQL cluster
+	storeRedisCluster                       // a dedicated Redis Cluster, 3 masters (see haConfig)
+	storeRedisSentinel                      // a dedicated master, 2 replicas and 3 sentinels
 )
 
 func (k storeKind) String() string {
-	return [...]string{storeFile: "file:", storeRedis: "redis://", storeRedisAOF: "redis:// (AOF always)", storePostgres: "postgres://"}[k]
+	return [...]string{storeFile: "file:", storeRedis: "redis://", storeRedisAOF: "redis:// (AOF always)", storePostgres: "postgres://",
+		storeRedisCluster: "redis+cluster://", storeRedisSentinel: "redis+sentinel://"}[k]
 }
 
 // scenario is one fault scenario.
@@ -54,6 +57,37 @@ type scenario struct {
 	delay   func(key string) time.Duration
 	clients int // in the short form (the long form doubles it)
 	twins   int // 1 in twins operations has two concurrent callers
+	// ha configures a failover scenario (Cluster, Sentinel): one kill -9
+	// of a master in both forms, timed.
+	ha *haConfig
+	// soakOnly scenarios run in the long form only (IDEM_SOAK=1).
+	soakOnly bool
+}
+
+// haConfig is a failover scenario's set-up.
+type haConfig struct {
+	replicas int  // replicas per master (Cluster)
+	wait     bool // ?wait_replicas=1&wait_timeout=500ms on the store URL
+	proxies  int  // idemproxy instances on the store, the clients' retries alternating between them
+	// restart the killed master once its replica is promoted, as a
+	// supervisor would: it rejoins as a replica of the new master (with
+	// one replica per master, wait_replicas=1 needs it back).
+	restart bool
+	// lossAllowed: acknowledged responses lost on the dead master's keys
+	// (replay-mismatch, divergent-2xx, re-execution) are measured and
+	// reported instead of failing the scenario (without wait_replicas).
+	lossAllowed bool
+	// lag delays replication (Sentinel only: the replicas replicate
+	// through a lagRelay) so that a failover can lose what the master
+	// acknowledged in its last lag.
+	lag time.Duration
+	// expectLoss: fail unless the checker reports acknowledged responses
+	// lost (with lag and no wait_replicas: the suite must see the loss).
+	expectLoss bool
+	// maxServed bounds the time from the promotion until the dead
+	// master's keys are served again (first 2xx, end of the failures); 0:
+	// report only.
+	maxServed time.Duration
 }
 
 // stall is how long a store stays stopped, down or locked: well beyond the
@@ -86,6 +120,38 @@ func scenarios() []scenario {
 		{name: "postgres-lock-table", store: storePostgres, fault: lockTable, clients: 8, twins: 2, delay: spanning},
 		{name: "slow-upstream", store: storeFile, clients: 6, twins: 2,
 			delay: func(string) time.Duration { return 3 * lease }},
+		// Redis Cluster 3+3 (issue 17): kill -9 of the master of slot 0,
+		// restarted once its replica is promoted (as a supervisor would):
+		// with one replica per master, wait_replicas=1 needs it back.
+		{name: "cluster-failover-wait1", store: storeRedisCluster, fault: failoverRedis, clients: 6, twins: 4,
+			ha: &haConfig{replicas: 1, wait: true, proxies: 1, restart: true, maxServed: 3 * time.Second}},
+		// Redis Sentinel: a master, 2 replicas replicating 250 ms behind
+		// (a lagging link), 3 sentinels; kill -9 of the master. Without
+		// wait_replicas the failover loses what the master acknowledged in
+		// its last 250 ms, and the checker must report it; with
+		// wait_replicas=1 nothing acknowledged is lost.
+		{name: "sentinel-failover-lag-wait1", store: storeRedisSentinel, fault: failoverRedis, clients: 6, twins: 4,
+			ha: &haConfig{wait: true, proxies: 1, lag: 250 * time.Millisecond, maxServed: 3 * time.Second}},
+		{name: "sentinel-failover-lag-nowait", store: storeRedisSentinel, fault: failoverRedis, clients: 6, twins: 4,
+			ha: &haConfig{proxies: 1, lag: 250 * time.Millisecond, lossAllowed: true, expectLoss: true, maxServed: 3 * time.Second}},
+
+		// Long form only.
+		{name: "cluster-failover-nowait", store: storeRedisCluster, fault: failoverRedis, clients: 6, twins: 4, soakOnly: true,
+			ha: &haConfig{replicas: 1, proxies: 1, lossAllowed: true, maxServed: 3 * time.Second}},
+		{name: "cluster-failover-two-proxies", store: storeRedisCluster, fault: failoverRedis, clients: 6, twins: 2, soakOnly: true,
+			ha: &haConfig{replicas: 1, wait: true, proxies: 2, restart: true, maxServed: 3 * time.Second}},
+		// Two replicas per master: the second follows the promoted one, so
+		// wait_replicas=1 needs no restart.
+		{name: "cluster-failover-wait1-3x2", store: storeRedisCluster, fault: failoverRedis, clients: 6, twins: 4, soakOnly: true,
+			ha: &haConfig{replicas: 2, wait: true, proxies: 1, maxServed: 3 * time.Second}},
+		// Sentinel without lag: the other replica follows the new master,
+		// so wait_replicas=1 needs no restart.
+		{name: "sentinel-failover-wait1", store: storeRedisSentinel, fault: failoverRedis, clients: 6, twins: 4, soakOnly: true,
+			ha: &haConfig{wait: true, proxies: 1, maxServed: 3 * time.Second}},
+		{name: "sentinel-failover-nowait", store: storeRedisSentinel, fault: failoverRedis, clients: 6, twins: 4, soakOnly: true,
+			ha: &haConfig{proxies: 1, lossAllowed: true, maxServed: 3 * time.Second}},
+		{name: "sentinel-failover-two-proxies", store: storeRedisSentinel, fault: failoverRedis, clients: 6, twins: 2, soakOnly: true,
+			ha: &haConfig{wait: true, proxies: 2, maxServed: 3 * time.Second}},
 	}
 }
 
@@ -95,6 +161,9 @@ func scenarios() []scenario {
 func TestFaults(t *testing.T) {
 	for _, sc := range scenarios() {
 		t.Run(sc.name, func(t *testing.T) {
+			if sc.soakOnly && !soak {
+				t.Skip("long form only (IDEM_SOAK=1)")
+			}
 			t.Parallel()
 			runScenario(t, sc)
 		})
@@ -113,14 +182,18 @@ type run struct {
 	start time.Time
 	end   time.Time // no operation starts after end
 
-	mu     sync.Mutex
-	proxy  *proxyProc
-	gen    int
-	redis  *redisServer
-	pg     *pgServer
-	faults int
-	events []string // fault timeline
-	errs   []string // harness failures, reported at the end
+	mu      sync.Mutex
+	proxy   *proxyProc
+	others  []*proxyProc // more instances on the same store (haConfig.proxies)
+	gen     int
+	redis   *redisServer
+	pg      *pgServer
+	cluster *redisCluster
+	sent    *sentinelSet
+	fo      *failover // set by failoverRedis
+	faults  int
+	events  []string // fault timeline
+	errs    []string // harness failures, reported at the end
 }
 
 // note adds an event to the fault timeline.
@@ -171,10 +244,45 @@ func (r *run) startProxy() error {
 	return nil
 }
 
+// startProxies starts n instances on the run's store: the clients'
+// attempts alternate between them.
+func (r *run) startProxies(n int) error {
+	if err := r.startProxy(); err != nil {
+		return err
+	}
+	addrs := []string{r.proxy.addr}
+	for range n - 1 {
+		r.mu.Lock()
+		r.gen++
+		gen := r.gen
+		r.mu.Unlock()
+		p, err := startProxy(r.t, r.log, gen, r.args...)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.others = append(r.others, p)
+		r.mu.Unlock()
+		addrs = append(addrs, p.addr)
+	}
+	r.to.set(addrs...)
+	return nil
+}
+
 func runScenario(t *testing.T, sc scenario) {
 	clients, load, gap, injections := sc.clients, 4*time.Second, time.Second, max(sc.shortFaults, 1)
 	if soak {
 		clients, load, gap, injections = 2*sc.clients, 45*time.Second, 4*time.Second, 1<<30
+	}
+	firstFault := load / 4
+	if sc.ha != nil {
+		// One failover: 1.5 s of load before the kill, the failover
+		// itself (promotion after 3-5 s), then load on the new topology
+		// (20 s of it in the long form).
+		load, injections, firstFault = 11*time.Second, 1, 1500*time.Millisecond
+		if soak {
+			load = 30 * time.Second
+		}
 	}
 	delay := sc.delay
 	if delay == nil {
@@ -214,6 +322,12 @@ func runScenario(t *testing.T, sc scenario) {
 	case storePostgres:
 		r.pg = newPostgres(t, r.log)
 		store = r.pg.dsn()
+	case storeRedisCluster:
+		r.cluster = newRedisCluster(t, r.log, 3, sc.ha.replicas)
+		store = "redis+cluster://" + strings.Join(r.cluster.addrs(), ",") + sc.ha.query()
+	case storeRedisSentinel:
+		r.sent = newSentinelSet(t, r.log, 2, 3, sc.ha.lag)
+		store = "redis+sentinel://" + strings.Join(r.sent.sentinelAddrs(), ",") + "/" + sentinelMaster + sc.ha.query()
 	}
 	r.args = []string{"-upstream", r.up.srv.URL, "-store", store, "-lease", lease.String(), "-shutdown-timeout", "15s"}
 	if sc.store != storeFile {
@@ -225,7 +339,11 @@ func runScenario(t *testing.T, sc scenario) {
 		}
 		r.args = append(r.args, "-scope-secret-file", secret)
 	}
-	if err := r.startProxy(); err != nil {
+	proxies := 1
+	if sc.ha != nil {
+		proxies = sc.ha.proxies
+	}
+	if err := r.startProxies(proxies); err != nil {
 		t.Fatalf("%v\n%s", err, strings.Join(r.log.grep("", 50), "\n"))
 	}
 
@@ -239,7 +357,7 @@ func runScenario(t *testing.T, sc scenario) {
 			defer faultsDone.Done()
 			// First fault after a quarter of the load, then again a gap
 			// after the previous one is over, while the load lasts.
-			next := r.start.Add(load / 4)
+			next := r.start.Add(firstFault)
 			for range injections {
 				select {
 				case <-time.After(time.Until(next)):
@@ -267,6 +385,11 @@ func runScenario(t *testing.T, sc scenario) {
 			r.fail("the last idemproxy did not exit cleanly on SIGTERM: %v", err)
 		}
 	}
+	for _, p := range r.others {
+		if err := p.terminate(20 * time.Second); err != nil {
+			r.fail("idemproxy %s did not exit cleanly on SIGTERM: %v", p.name, err)
+		}
+	}
 	r.up.close() // waits for every execution to end
 	upClosed = true
 	execs := r.up.executions()
@@ -277,13 +400,17 @@ func runScenario(t *testing.T, sc scenario) {
 
 	h := rec.history(execs)
 	vs := Check(h)
-	r.report(cfg, rec, h, vs, loadTook, replayTook)
+	var ha *haReport
+	if sc.ha != nil {
+		ha, vs = r.failoverReport(cfg, rec, h, vs)
+	}
+	r.report(cfg, rec, h, vs, loadTook, replayTook, ha)
 }
 
 // report logs the scenario's numbers, appends them to $IDEM_FAULTS_REPORT
 // (a markdown table row) if set, and fails the test on any violation or
 // harness failure.
-func (r *run) report(cfg loadConfig, rec *recorder, h History, vs []Violation, loadTook, replayTook time.Duration) {
+func (r *run) report(cfg loadConfig, rec *recorder, h History, vs []Violation, loadTook, replayTook time.Duration, ha *haReport) {
 	t := r.t
 	keys := map[string]bool{}
 	for _, a := range h.Acks {
@@ -301,6 +428,12 @@ func (r *run) report(cfg loadConfig, rec *recorder, h History, vs []Violation, l
 	for _, e := range r.events {
 		t.Logf("    %s", e)
 	}
+	if ha != nil {
+		for _, l := range ha.lines {
+			t.Logf("  %s", l)
+		}
+		faults += " (" + ha.short + ")"
+	}
 	t.Logf("  violations: %s", Summary(vs))
 	if path := os.Getenv("IDEM_FAULTS_REPORT"); path != "" {
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -316,6 +449,11 @@ func (r *run) report(cfg loadConfig, rec *recorder, h History, vs []Violation, l
 	}
 	for _, e := range r.errs {
 		t.Errorf("harness: %s", e)
+	}
+	if ha != nil {
+		for _, e := range ha.errs {
+			t.Errorf("failover: %s", e)
+		}
 	}
 	if len(vs) == 0 {
 		return
