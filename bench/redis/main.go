@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	autopipeline := fs.Bool("autopipeline", false, "run the scripts through a go-redis AutoPipeliner (Options.Scripter)")
 	protocol := fs.Int("protocol", 3, "RESP version go-redis speaks (2 or 3)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the redisstore measurements to this file")
+	waitReplicas := fs.Int("wait-replicas", 0, "redisstore Options.WaitReplicas: WAIT for this many replicas after each acquiring Begin and each Complete (the server needs them)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := c.Ping(ctx).Err(); err != nil {
 		return err
 	}
-	o := redisstore.Options{Prefix: fmt.Sprintf("bench:%d:", time.Now().UnixNano())}
+	o := redisstore.Options{Prefix: fmt.Sprintf("bench:%d:", time.Now().UnixNano()), WaitReplicas: *waitReplicas}
 	if *autopipeline {
 		ap, err := c.AutoPipeline()
 		if err != nil {
