@@ -97,7 +97,12 @@
 // idem.Inspector, which runs again by itself on a broken connection since
 // it only reads. A Cluster client also resends a command after a network
 // error or timeout within its MaxRedirects budget (default 3), which it
-// needs to follow MOVED and ASK redirections; the same applies there.
+// needs to follow MOVED and ASK redirections. The store therefore sends its
+// scripts on a Cluster through the client of the key's primary, which
+// inherits MaxRetries, and sends one again only when the answer proves it
+// did not run (a failed dial, or a MOVED, ASK, TRYAGAIN, CLUSTERDOWN,
+// LOADING, MASTERDOWN or READONLY reply; MOVED and ASK are then followed by
+// the cluster client). A custom Options.Scripter is used as it is.
 //
 // # Durability
 //

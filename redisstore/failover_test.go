@@ -5,6 +5,7 @@ package redisstore_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/redisstore"
 	"github.com/redis/go-redis/v9"
 )
@@ -65,7 +67,8 @@ func newFailoverCluster(t *testing.T) *failoverCluster {
 		cmd := exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 			"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
 			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-			"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
+			"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
+			"--enable-debug-command", "yes")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -272,4 +275,93 @@ func promotedAfter(mu *sync.Mutex, promoted *time.Time, killed time.Time) string
 		return "not seen"
 	}
 	return fmt.Sprintf("+%v", promoted.Sub(killed).Round(time.Millisecond))
+}
+
+// TestClusterNoResend: a step whose reply is lost is not sent again. The
+// key's primary sleeps (DEBUG SLEEP) longer than the client's read timeout,
+// so Begin's script waits in its socket buffer, the read times out, and the
+// script runs when the server wakes (Redis reads what a closed connection
+// sent before it closed). A go-redis cluster client would resend
+// it after the timeout (to the same node, within MaxRedirects), a second
+// claim of the same key; the store must send it once, report the outcome
+// as unknown (ErrStoreUnavailable), and leave the verdict to Get.
+func TestClusterNoResend(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 6-node Redis Cluster")
+	}
+	fc := newFailoverCluster(t)
+	ctx := context.Background()
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: fc.addrs, ReadTimeout: 150 * time.Millisecond,
+		WriteTimeout: 150 * time.Millisecond, DialTimeout: time.Second})
+	defer c.Close()
+	st := redisstore.New(c, redisstore.Options{Prefix: "nr:"})
+	defer st.Close()
+	const key = "once"
+	// Warm the connections and load the scripts.
+	if _, _, err := st.Get(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	node, err := c.MasterForKey(ctx, st.Key(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Load the scripts on that primary (a first EVALSHA answers NOSCRIPT):
+	// begin and release a key of the same primary.
+	for i := 0; ; i++ {
+		warm := "warm-" + strconv.Itoa(i)
+		n, err := c.MasterForKey(ctx, st.Key(warm))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Options().Addr != node.Options().Addr {
+			continue
+		}
+		b, err := st.Begin(ctx, warm, nil, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Release(ctx, warm, b.Fence); err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+	admin := redis.NewClient(&redis.Options{Addr: node.Options().Addr})
+	defer admin.Close()
+	calls := func() int {
+		info, err := admin.Info(ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, name := range []string{"cmdstat_evalsha:", "cmdstat_eval:"} {
+			if i := strings.Index(info, name+"calls="); i >= 0 {
+				v := info[i+len(name)+len("calls="):]
+				v = v[:strings.IndexAny(v, ",\r\n")]
+				x, _ := strconv.Atoi(v)
+				n += x
+			}
+		}
+		return n
+	}
+	before := calls()
+	slept := make(chan error, 1)
+	go func() { slept <- admin.Do(ctx, "DEBUG", "SLEEP", "0.7").Err() }()
+	time.Sleep(100 * time.Millisecond) // the primary is asleep: scripts wait in its socket buffers
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = st.Begin(bctx, key, []byte("fp"), time.Minute)
+	cancel()
+	if serr := <-slept; serr != nil {
+		t.Fatalf("DEBUG SLEEP: %v", serr)
+	}
+	if err == nil || !errors.Is(err, idem.ErrStoreUnavailable) {
+		t.Fatalf("Begin across a paused primary = %v, want ErrStoreUnavailable (outcome unknown)", err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the woken server run what it read
+	if got := calls() - before; got != 1 {
+		t.Errorf("the begin script ran %d times on the primary, want 1 (a lost reply must not be resent)", got)
+	}
+	rec, ok, err := st.Get(ctx, key)
+	if err != nil || !ok || rec.State != idem.StateInProgress {
+		t.Errorf("after the lost reply Get = %+v, %v, %v; want the claim in progress", rec, ok, err)
+	}
 }

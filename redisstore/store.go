@@ -311,6 +311,85 @@ func (s *Store) topologyMayHaveChanged(err error) {
 	s.cluster.ReloadState(context.Background())
 }
 
+// clusterAttempts bounds how many times runOnPrimary sends one script.
+const clusterAttempts = 4
+
+// runOnPrimary runs sc on the record key k on a Redis Cluster through the
+// client of the key's primary, not through the cluster client: the cluster
+// client sends a command again after a network error or a timeout (within
+// its MaxRedirects), although the first may have run, whereas a node client
+// inherits MaxRetries (-1, no resend, unless the caller set it). The script
+// is sent again here only when the answer proves that it did not run: a
+// failed dial or pool wait, or a MOVED, ASK, TRYAGAIN, CLUSTERDOWN,
+// LOADING, MASTERDOWN or READONLY reply. A MOVED or ASK reply is followed
+// by the cluster client itself (one more attempt; it knows where the slot
+// went before the slot map reload has finished). Any other failure returns
+// at once: the outcome is unknown and the Keeper settles it with Get.
+func (s *Store) runOnPrimary(ctx context.Context, sc *redis.Script, k string, args ...any) (any, error) {
+	keys := []string{k}
+	backoff := 25 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		node, err := s.cluster.MasterForKey(ctx, k)
+		var v any
+		if err == nil {
+			v, err = sc.Run(ctx, node, keys, args...).Result()
+			if err == nil {
+				return v, nil
+			}
+		}
+		s.topologyMayHaveChanged(err)
+		if redirected(err) {
+			return sc.Run(ctx, s.c, keys, args...).Result()
+		}
+		if attempt >= clusterAttempts || ctx.Err() != nil || !notRun(err) {
+			return nil, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		backoff *= 2
+	}
+}
+
+// redirected reports a MOVED or ASK reply: the slot is served elsewhere and
+// the command did not run.
+func redirected(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")
+}
+
+// notRun reports whether err proves that a command was not run: its
+// connection could not be made, or the server refused it before running
+// it (the cluster's state or the node's role).
+func notRun(err error) bool {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return true
+	}
+	if errors.Is(err, redis.ErrPoolTimeout) {
+		return true
+	}
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	for _, p := range []string{"TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "READONLY"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // isNoScript reports a NOSCRIPT reply (the server lost its script cache, e.g.
 // after a restart or a failover).
 func isNoScript(err error) bool {
@@ -322,6 +401,10 @@ func isNoScript(err error) bool {
 // acked reports whether enough replicas acknowledged.
 func (s *Store) run(ctx context.Context, sc *redis.Script, k string, durable bool, args ...any) (v any, acked bool, err error) {
 	keys := []string{k}
+	if s.cluster != nil && s.sc == redis.Scripter(s.c) && (!durable || s.replica <= 0) {
+		v, err = s.runOnPrimary(ctx, sc, k, args...)
+		return v, true, err
+	}
 	if !durable || s.replica <= 0 {
 		v, err = sc.Run(ctx, s.sc, keys, args...).Result()
 		if err != nil {
