@@ -1,12 +1,12 @@
 package idemgrpc
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 
 	"google.golang.org/grpc/metadata"
+
+	"github.com/idemkit/idem/internal/wire"
 )
 
 // The stored result of one call: what a replay answers. Binary format,
@@ -55,67 +55,22 @@ type mdSection struct {
 	raw     []byte // the section after its key count
 }
 
-// appendMD appends md, its keys sorted, skipping keys without values and
-// the key skip.
-func appendMD(b []byte, md metadata.MD, skip string) []byte {
-	var arr [16]string
-	keys := arr[:0]
-	for k, vs := range md {
-		if len(vs) == 0 || k == skip || k == "" {
-			continue
-		}
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	b = binary.AppendUvarint(b, uint64(len(keys)))
-	for _, k := range keys {
-		vs := md[k]
-		b = binary.AppendUvarint(b, uint64(len(k)))
-		b = append(b, k...)
-		b = binary.AppendUvarint(b, uint64(len(vs)))
-		for _, v := range vs {
-			b = binary.AppendUvarint(b, uint64(len(v)))
-			b = append(b, v...)
-		}
-	}
-	return b
-}
+// isReplayed reports the replay mark's key, which is never stored.
+func isReplayed(k string) bool { return k == ReplayedTrailer }
 
 // appendHead appends the version, the kind and both metadata sections.
 // Keys named ReplayedTrailer are not stored: that trailer is the
 // interceptor's own mark on replays.
 func appendHead(b []byte, kind byte, header, trailer metadata.MD) []byte {
 	b = append(b, codecVersion, kind)
-	b = appendMD(b, header, ReplayedTrailer)
-	return appendMD(b, trailer, ReplayedTrailer)
-}
-
-// uvarint reads a minimal uvarint from b at *off.
-func uvarint(b []byte, off *int) (uint64, bool) {
-	v, n := binary.Uvarint(b[*off:])
-	if n <= 0 {
-		return 0, false
-	}
-	if n > 1 && b[*off+n-1] == 0 { // non-minimal: a trailing zero group
-		return 0, false
-	}
-	*off += n
-	return v, true
-}
-
-// length reads a uvarint length that fits in the rest of b.
-func length(b []byte, off *int) (int, bool) {
-	v, ok := uvarint(b, off)
-	if !ok || v > uint64(len(b)-*off) {
-		return 0, false
-	}
-	return int(v), true
+	b = wire.AppendMap(b, header, isReplayed)
+	return wire.AppendMap(b, trailer, isReplayed)
 }
 
 // decodeMD validates the metadata section at *off.
 func decodeMD(data []byte, off *int) (mdSection, error) {
 	var s mdSection
-	n, ok := length(data, off) // each key takes at least 3 bytes
+	n, ok := wire.Length(data, off) // each key takes at least 3 bytes
 	if !ok {
 		return s, fmt.Errorf("%w: bad metadata key count", errCodec)
 	}
@@ -123,7 +78,7 @@ func decodeMD(data []byte, off *int) (mdSection, error) {
 	start := *off
 	var prev []byte
 	for i := 0; i < n; i++ {
-		kl, ok := length(data, off)
+		kl, ok := wire.Length(data, off)
 		if !ok || kl == 0 {
 			return s, fmt.Errorf("%w: bad metadata key", errCodec)
 		}
@@ -136,13 +91,13 @@ func decodeMD(data []byte, off *int) (mdSection, error) {
 			return s, fmt.Errorf("%w: the %s key is never stored", errCodec, ReplayedTrailer)
 		}
 		prev = key
-		nv, ok := length(data, off)
+		nv, ok := wire.Length(data, off)
 		if !ok || nv == 0 {
 			return s, fmt.Errorf("%w: bad metadata value count", errCodec)
 		}
 		s.nvalues += nv
 		for j := 0; j < nv; j++ {
-			vl, ok := length(data, off)
+			vl, ok := wire.Length(data, off)
 			if !ok {
 				return s, fmt.Errorf("%w: bad metadata value", errCodec)
 			}
@@ -186,7 +141,7 @@ func decodeResult(data []byte) (result, error) {
 		r.body = data[off:]
 		return r, nil
 	}
-	n, ok := length(data, &off)
+	n, ok := wire.Length(data, &off)
 	if !ok || n == 0 {
 		return r, fmt.Errorf("%w: bad message type name", errCodec)
 	}
@@ -220,14 +175,14 @@ func (s mdSection) md(key, value string) metadata.MD {
 	off := 0
 	b := s.raw
 	for i := 0; i < s.nkeys; i++ {
-		kl, _ := length(b, &off)
+		kl, _ := wire.Length(b, &off)
 		k := str[off : off+kl]
 		off += kl
-		nv, _ := length(b, &off)
+		nv, _ := wire.Length(b, &off)
 		vs := all[:nv:nv]
 		all = all[nv:]
 		for j := range vs {
-			vl, _ := length(b, &off)
+			vl, _ := wire.Length(b, &off)
 			vs[j] = str[off : off+vl]
 			off += vl
 		}

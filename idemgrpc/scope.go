@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+
+	"github.com/idemkit/idem/internal/wire"
 )
 
 // MinScopeSecret is the shortest scope secret accepted, in bytes.
@@ -128,9 +130,9 @@ func (s *IdentityScope) Scope(ctx context.Context, _ string) (string, error) {
 	st := s.pool.Get().(*scopeState)
 	b := append(st.buf[:0], scopeVersion...)
 	n := len(b)
-	b = appendCarrier(b, "authorization", metadata.ValueFromIncomingContext(ctx, "authorization"), true)
+	b = wire.AppendCarrier(b, "authorization", metadata.ValueFromIncomingContext(ctx, "authorization"), true)
 	for _, k := range s.keys {
-		b = appendCarrier(b, k, metadata.ValueFromIncomingContext(ctx, k), false)
+		b = wire.AppendCarrier(b, k, metadata.ValueFromIncomingContext(ctx, k), false)
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
@@ -156,43 +158,4 @@ func (s *IdentityScope) Scope(ctx context.Context, _ string) (string, error) {
 	st.buf = b
 	s.pool.Put(st)
 	return out, nil
-}
-
-// appendCarrier appends the carrier's name, its number of non-blank values
-// and each value, length-prefixed; nothing when it has no non-blank value.
-// For authorization (auth) the auth-scheme (up to the first space) is
-// lower-cased; the credentials are kept as sent.
-func appendCarrier(b []byte, name string, vs []string, auth bool) []byte {
-	count := 0
-	for _, v := range vs {
-		if strings.TrimSpace(v) != "" {
-			count++
-		}
-	}
-	if count == 0 {
-		return b
-	}
-	b = binary.BigEndian.AppendUint64(b, uint64(len(name)))
-	b = append(b, name...)
-	b = binary.BigEndian.AppendUint64(b, uint64(count))
-	for _, v := range vs {
-		if strings.TrimSpace(v) == "" {
-			continue
-		}
-		b = binary.BigEndian.AppendUint64(b, uint64(len(v)))
-		if !auth {
-			b = append(b, v...)
-			continue
-		}
-		i := 0
-		for ; i < len(v) && v[i] != ' '; i++ {
-			c := v[i]
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			b = append(b, c)
-		}
-		b = append(b, v[i:]...)
-	}
-	return b
 }

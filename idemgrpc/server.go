@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/idemkit/idem/internal/waitlimit"
 )
 
 // Defaults of Server's zero-valued fields.
@@ -186,7 +188,7 @@ type interceptor struct {
 	protect         func(string) bool
 	fingerprint     func(string, any) ([]byte, error)
 	wait            time.Duration
-	waiters         *waiters
+	waiters         *waitlimit.Limiter
 	stored          func(codes.Code) bool
 	maxResult       int
 	types           protoregistry.MessageTypeResolver
@@ -261,7 +263,7 @@ func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		protect:         s.Protect,
 		fingerprint:     s.Fingerprint,
 		wait:            s.Wait,
-		waiters:         newWaiters(s.MaxWaiters, s.MaxWaitersPerKey),
+		waiters:         waitlimit.New(s.MaxWaiters, s.MaxWaitersPerKey, DefaultMaxWaiters, DefaultMaxWaitersPerKey),
 		stored:          s.Stored,
 		maxResult:       s.MaxResult,
 		types:           s.Types,
@@ -399,19 +401,7 @@ func (i *interceptor) intercept(ctx context.Context, req any, info *grpc.UnarySe
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	stream := grpc.ServerTransportStreamFromContext(ctx)
-	var a idem.Attempt
-	if i.wait > 0 {
-		rk := idem.RecordKey(scope, key)
-		if i.waiters.acquire(rk) {
-			// One Begin either way: it waits only if the key is in flight.
-			a, err = i.keeper.BeginWait(ctx, scope, key, fp, i.wait)
-			i.waiters.release(rk)
-		} else {
-			a, err = i.keeper.Begin(ctx, scope, key, fp)
-		}
-	} else {
-		a, err = i.keeper.Begin(ctx, scope, key, fp)
-	}
+	a, err := i.waiters.Begin(ctx, i.keeper, scope, key, fp, i.wait)
 	if err != nil {
 		return i.refuse(ctx, stream, method, err)
 	}

@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
+
+	"github.com/idemkit/idem/internal/wire"
 )
 
 // Response is a stored HTTP response: what a replay answers. Its binary form
@@ -71,27 +72,7 @@ func (r *Response) AppendBinary(b []byte) ([]byte, error) {
 func appendHead(b []byte, status int, flags byte, h http.Header, skip func(string) bool) []byte {
 	b = append(b, codecVersion, flags)
 	b = binary.AppendUvarint(b, uint64(status))
-	var arr [24]string
-	names := arr[:0]
-	for k, vs := range h {
-		if len(vs) == 0 || (skip != nil && skip(k)) {
-			continue
-		}
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	b = binary.AppendUvarint(b, uint64(len(names)))
-	for _, k := range names {
-		vs := h[k]
-		b = binary.AppendUvarint(b, uint64(len(k)))
-		b = append(b, k...)
-		b = binary.AppendUvarint(b, uint64(len(vs)))
-		for _, v := range vs {
-			b = binary.AppendUvarint(b, uint64(len(v)))
-			b = append(b, v...)
-		}
-	}
-	return b
+	return wire.AppendMap(b, h, skip)
 }
 
 // UnmarshalBinary decodes data, as produced by MarshalBinary, into r. Body
@@ -118,28 +99,6 @@ type decoded struct {
 	body     []byte
 }
 
-// uvarint reads a minimal uvarint from b at *off.
-func uvarint(b []byte, off *int) (uint64, bool) {
-	v, n := binary.Uvarint(b[*off:])
-	if n <= 0 {
-		return 0, false
-	}
-	if n > 1 && b[*off+n-1] == 0 { // non-minimal: trailing zero group
-		return 0, false
-	}
-	*off += n
-	return v, true
-}
-
-// length reads a uvarint length that fits in the rest of b.
-func length(b []byte, off *int) (int, bool) {
-	v, ok := uvarint(b, off)
-	if !ok || v > uint64(len(b)-*off) {
-		return 0, false
-	}
-	return int(v), true
-}
-
 func decodeResponse(data []byte) (decoded, error) {
 	var d decoded
 	if len(data) < 2 {
@@ -153,12 +112,12 @@ func decodeResponse(data []byte) (decoded, error) {
 	}
 	d.omitted = data[1]&flagOmitted != 0
 	off := 2
-	st, ok := uvarint(data, &off)
+	st, ok := wire.Uvarint(data, &off)
 	if !ok || st < 100 || st > 999 {
 		return d, fmt.Errorf("%w: bad status", errCodec)
 	}
 	d.status = int(st)
-	nh, ok := length(data, &off) // each header takes at least 3 bytes
+	nh, ok := wire.Length(data, &off) // each header takes at least 3 bytes
 	if !ok {
 		return d, fmt.Errorf("%w: bad header count", errCodec)
 	}
@@ -166,7 +125,7 @@ func decodeResponse(data []byte) (decoded, error) {
 	start := off
 	var prev []byte
 	for i := 0; i < nh; i++ {
-		n, ok := length(data, &off)
+		n, ok := wire.Length(data, &off)
 		if !ok || n == 0 {
 			return d, fmt.Errorf("%w: bad header name", errCodec)
 		}
@@ -176,13 +135,13 @@ func decodeResponse(data []byte) (decoded, error) {
 			return d, fmt.Errorf("%w: header names not strictly increasing", errCodec)
 		}
 		prev = name
-		nv, ok := length(data, &off)
+		nv, ok := wire.Length(data, &off)
 		if !ok || nv == 0 {
 			return d, fmt.Errorf("%w: bad value count", errCodec)
 		}
 		d.nvalues += nv
 		for j := 0; j < nv; j++ {
-			n, ok := length(data, &off)
+			n, ok := wire.Length(data, &off)
 			if !ok {
 				return d, fmt.Errorf("%w: bad header value", errCodec)
 			}
@@ -209,14 +168,14 @@ func (d *decoded) eachHeader(fn func(name string, values []string)) {
 	off := 0
 	b := d.headers
 	for i := 0; i < d.nheaders; i++ {
-		n, _ := length(b, &off)
+		n, _ := wire.Length(b, &off)
 		name := internName(b[off:off+n], s[off:off+n])
 		off += n
-		nv, _ := length(b, &off)
+		nv, _ := wire.Length(b, &off)
 		vs := all[:nv:nv]
 		all = all[nv:]
 		for j := range vs {
-			n, _ := length(b, &off)
+			n, _ := wire.Length(b, &off)
 			vs[j] = s[off : off+n]
 			off += n
 		}

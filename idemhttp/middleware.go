@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+
+	"github.com/idemkit/idem/internal/waitlimit"
 )
 
 // Defaults of Middleware's zero-valued fields.
@@ -340,7 +342,7 @@ type handler struct {
 	maxResult       int
 	deny            map[string]bool
 	wait            time.Duration
-	waiters         *waiters
+	waiters         *waitlimit.Limiter
 	bodyTimeout     time.Duration
 	failOpen        bool
 	completeTimeout time.Duration
@@ -384,7 +386,7 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 		stored:          m.Stored,
 		maxResult:       m.MaxResult,
 		wait:            m.Wait,
-		waiters:         newWaiters(m.MaxWaiters, m.MaxWaitersPerKey),
+		waiters:         waitlimit.New(m.MaxWaiters, m.MaxWaitersPerKey, DefaultMaxWaiters, DefaultMaxWaitersPerKey),
 		bodyTimeout:     m.BodyTimeout,
 		failOpen:        m.FailOpen,
 		completeTimeout: m.CompleteTimeout,
@@ -506,18 +508,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fp = fingerprint(r, body, false)
 	}
 
-	var a idem.Attempt
-	var rk string // the waiters' key, only in wait mode (Begin makes its own)
-	if h.wait > 0 {
-		rk = idem.RecordKey(scope, key)
-	}
-	if h.wait > 0 && h.waiters.acquire(rk) {
-		// One Begin either way: it waits only if the key is in flight.
-		a, err = h.keeper.BeginWait(r.Context(), scope, key, fp, h.wait)
-		h.waiters.release(rk)
-	} else {
-		a, err = h.keeper.Begin(r.Context(), scope, key, fp)
-	}
+	a, err := h.waiters.Begin(r.Context(), h.keeper, scope, key, fp, h.wait)
 	if err != nil {
 		h.refuse(w, r, body, err)
 		return

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/idemkit/idem/internal/wire"
 )
 
 // MinScopeSecret is the shortest scope secret accepted, in bytes.
@@ -145,10 +147,10 @@ func (s *IdentityScope) Scope(r *http.Request) (string, error) {
 		b = append(b, c)
 	}
 	n := len(b)
-	b = appendCarrier(b, h, "Authorization", true)
-	b = appendCarrier(b, h, "Cookie", false)
+	b = wire.AppendCarrier(b, "Authorization", h["Authorization"], true)
+	b = wire.AppendCarrier(b, "Cookie", h["Cookie"], false)
 	for _, name := range s.headers {
-		b = appendCarrier(b, h, name, false)
+		b = wire.AppendCarrier(b, name, h[name], false)
 	}
 	if len(b) == n && !s.Anonymous {
 		st.buf = b
@@ -175,46 +177,6 @@ func hasCredential(h http.Header, name string) bool {
 		}
 	}
 	return false
-}
-
-// appendCarrier appends the carrier's name, its number of non-blank values
-// and each value, length-prefixed; nothing when it has no non-blank value.
-// For Authorization (auth) the auth-scheme (up to the first space) is
-// lower-cased; the credentials are kept as sent.
-func appendCarrier(b []byte, h http.Header, name string, auth bool) []byte {
-	vs := h[name]
-	count := 0
-	for _, v := range vs {
-		if strings.TrimSpace(v) != "" {
-			count++
-		}
-	}
-	if count == 0 {
-		return b
-	}
-	b = binary.BigEndian.AppendUint64(b, uint64(len(name)))
-	b = append(b, name...)
-	b = binary.BigEndian.AppendUint64(b, uint64(count))
-	for _, v := range vs {
-		if strings.TrimSpace(v) == "" {
-			continue
-		}
-		b = binary.BigEndian.AppendUint64(b, uint64(len(v)))
-		if !auth {
-			b = append(b, v...)
-			continue
-		}
-		i := 0
-		for ; i < len(v) && v[i] != ' '; i++ {
-			c := v[i]
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			b = append(b, c)
-		}
-		b = append(b, v[i:]...)
-	}
-	return b
 }
 
 // connectionNames reports whether one of the comma-separated Connection
