@@ -15,8 +15,10 @@ func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
 
 func TestLimiterBounds(t *testing.T) {
 	l := New(3, 2, 100, 100)
-	if !l.Acquire("a") || !l.Acquire("a") {
-		t.Fatal("first two slots of a refused")
+	for i := range 2 {
+		if !l.Acquire("a") {
+			t.Fatalf("slot %d of a refused", i+1)
+		}
 	}
 	if l.Acquire("a") {
 		t.Fatal("third slot of a granted past perKey 2")
