@@ -64,6 +64,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func main() {
@@ -91,6 +93,9 @@ type config struct {
 	runs        int
 	concurrency int
 	keys        int
+	lib         string
+	libClient   string
+	libPrefix   string
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -113,6 +118,9 @@ func run(args []string, stdout io.Writer) error {
 	fs.IntVar(&c.keys, "keys", 1000, "keys executed before a replay scenario")
 	fs.StringVar(&c.drive, "drive", "", "only drive the server at `URL` (e.g. an idemproxy under a profiler) with the load of one scenario for -duration, and print its rate")
 	fs.BoolVar(&c.replay, "replay", false, "with -drive: the replay scenario instead of unique keys")
+	fs.StringVar(&c.lib, "lib", strings.Join(libClients, ","), "Redis clients of the in-process library rows (idemhttp + redisstore in the upstream's own server; needs -redis): go-redis, go-redis-ap, rueidis; empty for none")
+	fs.StringVar(&c.libClient, "lib-client", "", "internal: the Redis client of -role lib")
+	fs.StringVar(&c.libPrefix, "lib-prefix", "", "internal: the redisstore key prefix of -role lib")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -129,6 +137,13 @@ func run(args []string, stdout io.Writer) error {
 			rp.BufferPool = &bufferPool{}
 		}
 		return serveRole(c.listen, withMallocs(rp))
+	case "lib":
+		h, closeFn, err := libHandler(c.libClient, c.redisAddr, c.libPrefix)
+		if err != nil {
+			return err
+		}
+		defer closeFn()
+		return serveRole(c.listen, withMallocs(h))
 	case "":
 	default:
 		return fmt.Errorf("unknown -role %q", c.role)
@@ -407,6 +422,11 @@ type scenario struct {
 	// group 0 is not a group.
 	label string
 	group int
+	// lib marks the in-process library rows; probe the Redis rows, whose
+	// commands per request and record sizes are read from the server.
+	lib, probe  bool
+	commands    map[string]float64
+	recordBytes float64
 }
 
 // proxyBinary is an idemproxy binary under test.
@@ -513,6 +533,9 @@ func bench(c config, stdout io.Writer) error {
 	}
 	group := 1
 	for _, s := range strings.Split(c.stores, ",") {
+		if s == "" {
+			continue
+		}
 		var store string
 		switch s {
 		case "memory":
@@ -554,11 +577,51 @@ func bench(c config, stdout io.Writer) error {
 			procs = append(procs, p)
 			servers = append(servers, server{target: "http://" + p.addr, pid: p.cmd.Process.Pid, mallocs: "http://" + p.admin + "/metrics"})
 		}
-		scenarios = append(scenarios, idemScenarios(s, bins, servers, group)...)
+		ss := idemScenarios(s, bins, servers, group)
+		for _, sc := range ss {
+			sc.probe = s == "redis"
+		}
+		scenarios = append(scenarios, ss...)
 		group += 2
 	}
 
 	prefix := randHex()
+	var probe *redisProbe
+	if c.redisAddr != "" {
+		if !isLoopback(c.redisAddr) {
+			return fmt.Errorf("-redis %s: loopback addresses only", c.redisAddr)
+		}
+		rc := redis.NewClient(&redis.Options{Addr: c.redisAddr})
+		defer rc.Close()
+		probe = &redisProbe{c: rc}
+		// Every record of this run holds prefix in its key.
+		defer probe.cleanup(context.Background(), "*"+prefix+"-*")
+	}
+	if c.lib != "" {
+		if probe == nil {
+			fmt.Fprintln(os.Stderr, "load: skipping the library rows (set IDEM_REDIS_ADDR or -redis)")
+		} else {
+			for _, lc := range strings.Split(c.lib, ",") {
+				if !slices.Contains(libClients, lc) {
+					return fmt.Errorf("-lib: unknown client %q (want %s)", lc, strings.Join(libClients, ", "))
+				}
+				p, err := startRole("lib", "-lib-client", lc, "-redis", c.redisAddr, "-lib-prefix", "benchload:"+prefix+":"+lc+":")
+				if err != nil {
+					return err
+				}
+				procs = append(procs, p)
+				for _, replay := range []bool{false, true} {
+					kind := "unique keys"
+					if replay {
+						kind = "replays"
+					}
+					scenarios = append(scenarios, &scenario{name: "library redis (" + lc + "), " + kind, target: "http://" + p.addr,
+						pid: p.cmd.Process.Pid, mallocs: "http://" + p.addr + mallocsPath, replay: replay, lib: true, probe: true})
+				}
+			}
+		}
+	}
+
 	client := &http.Client{Transport: &http.Transport{
 		Proxy: nil, MaxIdleConns: 2 * c.concurrency, MaxIdleConnsPerHost: 2 * c.concurrency, IdleConnTimeout: time.Minute,
 	}}
@@ -583,11 +646,33 @@ func bench(c config, stdout io.Writer) error {
 				}
 			}
 			load(client, s.target, tag+"-w", replayKeys, c.concurrency, c.warmup)
+			var cmds0 map[string]int64
+			if s.probe && probe != nil {
+				if cmds0, err = probe.commands(context.Background()); err != nil {
+					return err
+				}
+			}
 			m0, mok0 := mallocs(client, s.mallocs)
 			cpu0, ok0 := procCPU(s.pid)
 			res := load(client, s.target, tag, replayKeys, c.concurrency, c.duration)
 			if cpu1, ok1 := procCPU(s.pid); ok0 && ok1 {
 				res.cpu, res.cpuOK = cpu1-cpu0, true
+			}
+			if cmds0 != nil {
+				cmds1, err := probe.commands(context.Background())
+				if err != nil {
+					return err
+				}
+				s.commands = commandDelta(cmds0, cmds1, res.n+int(res.errors))
+				if !s.replay {
+					b, n, err := probe.recordBytes(context.Background(), tag, 200)
+					if err != nil {
+						return err
+					}
+					if n > 0 {
+						s.recordBytes = b
+					}
+				}
 			}
 			if m1, mok1 := mallocs(client, s.mallocs); mok0 && mok1 {
 				res.allocs, res.allocsOK = m1-m0, true
@@ -769,6 +854,7 @@ func report(w io.Writer, c config, scenarios []*scenario) {
 	if c.baseBin != "" {
 		compare(w, c, scenarios)
 	}
+	libReport(w, scenarios)
 }
 
 func orDefault(s, def string) string {

@@ -30,6 +30,8 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/redisstore"
+
+	"github.com/idemkit/idem/bench/internal/redisinfo"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -122,7 +124,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var cpuSet, cpuFirst, cpuReplay []float64 // server CPU µs per request
 	var rtFirst, rtReplay float64
 	for r := range cfg.rounds {
-		cpu0, err := serverCPU(ctx, c)
+		cpu0, err := redisinfo.CPU(ctx, c)
 		if err != nil {
 			return err
 		}
@@ -131,7 +133,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		setnx = append(setnx, v)
-		cpu1, err := serverCPU(ctx, c)
+		cpu1, err := redisinfo.CPU(ctx, c)
 		if err != nil {
 			return err
 		}
@@ -153,7 +155,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		first = append(first, v)
 		rtFirst = float64(hook.n.Load()-before) / float64(cfg.n)
-		cpu2, err := serverCPU(ctx, c)
+		cpu2, err := redisinfo.CPU(ctx, c)
 		if err != nil {
 			return err
 		}
@@ -171,7 +173,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		replay = append(replay, v)
 		rtReplay = float64(hook.n.Load()-before) / float64(cfg.n)
-		cpu3, err := serverCPU(ctx, c)
+		cpu3, err := redisinfo.CPU(ctx, c)
 		if err != nil {
 			return err
 		}
@@ -252,26 +254,6 @@ func redisBenchmark(ctx context.Context, cfg config, host, port string) (float64
 		return 0, fmt.Errorf("redis-benchmark: unexpected output %q", b)
 	}
 	return strconv.ParseFloat(recs[1][1], 64)
-}
-
-// serverCPU returns the server's CPU time (user+sys) in µs, from INFO cpu.
-func serverCPU(ctx context.Context, c *redis.Client) (float64, error) {
-	info, err := c.Info(ctx, "cpu").Result()
-	if err != nil {
-		return 0, err
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				return 0, err
-			}
-			total += f
-		}
-	}
-	return total * 1e6, nil
 }
 
 // cleanup deletes the keys under prefix (redis-benchmark's keys expire by

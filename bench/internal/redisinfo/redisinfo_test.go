@@ -1,0 +1,67 @@
+package redisinfo
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemkit/idem/internal/testenv"
+)
+
+func TestParseCommandStats(t *testing.T) {
+	got, err := ParseCommandStats("# Commandstats\r\ncmdstat_evalsha:calls=10,usec=55,usec_per_call=5.50,rejected_calls=0\r\ncmdstat_pubsub|numsub:calls=3,usec=1\r\nused_cpu_sys:1.5\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["evalsha"] != 10 || got["pubsub|numsub"] != 3 || len(got) != 2 {
+		t.Fatalf("got %v", got)
+	}
+	for _, bad := range []string{"cmdstat_get:calls=x", "cmdstat_get:calls=-1"} {
+		if _, err := ParseCommandStats(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestServer reads a real server: a GET shows in the counts, and the CPU
+// time is positive.
+func TestServer(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: testenv.Need(t, "IDEM_REDIS_ADDR")})
+	defer c.Close()
+	ctx := context.Background()
+	before, err := CommandStats(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Get(ctx, "redisinfo-test-missing")
+	after, err := CommandStats(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after["get"] != before["get"]+1 {
+		t.Errorf("GET calls %d → %d", before["get"], after["get"])
+	}
+	if cpu, err := CPU(ctx, c); err != nil || cpu <= 0 {
+		t.Errorf("CPU = %v, %v", cpu, err)
+	}
+}
+
+// FuzzParseCommandStats: any INFO text parses or is refused, never panics;
+// every command returned is named in the text, with a count ≥ 0.
+func FuzzParseCommandStats(f *testing.F) {
+	f.Add("# Commandstats\r\ncmdstat_evalsha:calls=10,usec=55\r\ncmdstat_pubsub|numsub:calls=3\r\n")
+	f.Add("cmdstat_get:calls=-1")
+	f.Fuzz(func(t *testing.T, info string) {
+		got, err := ParseCommandStats(info)
+		if err != nil {
+			return
+		}
+		for k, v := range got {
+			if v < 0 || !strings.Contains(info, "cmdstat_"+k+":") {
+				t.Fatalf("%q: %d from %q", k, v, info)
+			}
+		}
+	})
+}
