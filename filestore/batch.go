@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/idemkit/idem"
 )
 
 // op is one queued write: apply runs inside the batch's write transaction.
@@ -217,31 +219,57 @@ func (s *Store) safeCommit(batch []*op) {
 	s.commit(batch)
 }
 
-// commit applies batch in one write transaction and syncs it.
+// commit applies batch and makes its changes durable before it returns:
+// the ops run against a read snapshot of the database and the overlay, their
+// changes are staged, and the staged changes go to the write-ahead log as
+// one frame with one sync (see wal.go), then into the overlay. A fatal error
+// fails every op of the batch and changes nothing.
 func (s *Store) commit(batch []*op) {
-	var w *wtx
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		w = &wtx{s: s, b: tx.Bucket(recordsBucket), meta: tx.Bucket(metaBucket), count: s.count.Load(), fence: s.fence, bytes: s.bytes.Load()}
-		for _, o := range batch {
-			if err := o.ctx.Err(); err != nil {
-				o.err = err
-				continue
-			}
-			o.err = o.apply(w)
-			var f *fatalError
-			if errors.As(o.err, &f) {
-				return f.err
-			}
-		}
-		return w.flushMeta()
-	})
-	if err != nil {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	fail := func(err error) {
 		for _, o := range batch {
 			if o.ctx.Err() == nil || !errors.Is(o.err, o.ctx.Err()) {
 				o.err = err
 			}
 		}
+	}
+	if s.walErr != nil {
+		fail(s.walErr)
 		return
+	}
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer tx.Rollback() // also when an op panics (safeCommit recovers)
+	w := &wtx{s: s, b: tx.Bucket(recordsBucket), staged: make(map[string][]byte, len(batch)), count: s.count.Load(), fence: s.fence, bytes: s.bytes.Load()}
+	var fatal error
+	for _, o := range batch {
+		if err := o.ctx.Err(); err != nil {
+			o.err = err
+			continue
+		}
+		o.err = o.apply(w)
+		var f *fatalError
+		if errors.As(o.err, &f) {
+			fatal = f.err
+			break
+		}
+	}
+	// The snapshot must be closed before any bbolt write transaction of
+	// this goroutine (a checkpoint), which may have to remap the file.
+	_ = tx.Rollback()
+	if fatal != nil {
+		fail(fatal)
+		return
+	}
+	if len(w.staged) > 0 || w.count != s.count.Load() || w.fence != s.fence {
+		if err := s.logBatch(w); err != nil {
+			fail(err)
+			return
+		}
 	}
 	s.commits.Add(1)
 	s.count.Store(w.count)
@@ -259,20 +287,116 @@ func (s *Store) commit(batch []*op) {
 			delete(s.scopes, scope)
 		}
 	}
+	if w.checkpoint || len(s.overlay) >= walCheckpointRecords || s.w.off >= walCheckpointBytes {
+		// A failed checkpoint keeps the overlay and the log as they are;
+		// the next commit tries again.
+		_ = s.checkpoint()
+	}
 	if len(w.wake) > 0 {
 		s.notify(w.wake)
 	}
 }
 
+// logBatch makes w's staged changes durable: as one frame of the log, after
+// a checkpoint when the log has no room left for it, or, for a batch larger
+// than the whole log, written into the database with the overlay.
+func (s *Store) logBatch(w *wtx) error {
+	buf := encodeFrame(s.w.buf[:0], s.w.epoch, s.w.lsn+1, w.count, w.fence, w.staged)
+	if cap(buf) <= 1<<20 {
+		s.w.buf = buf
+	}
+	if int64(len(buf)) > walSize {
+		return s.flush(w.staged, w.count, w.fence)
+	}
+	if s.w.off+int64(len(buf)) > walSize {
+		if err := s.checkpoint(); err != nil {
+			return err
+		}
+	}
+	if err := s.w.append(buf); err != nil {
+		// Whether the frame reached the disk is unknown, and so is the
+		// state of the file's pages after a failed sync: stop writing.
+		s.walErr = fmt.Errorf("filestore: write-ahead log: %w: %w", idem.ErrStoreUnavailable, err)
+		return s.walErr
+	}
+	s.w.lsn++
+	s.omu.Lock()
+	for k, v := range w.staged {
+		s.overlay[k] = v
+	}
+	s.omu.Unlock()
+	return nil
+}
+
+// checkpoint writes the overlay into the database and empties it, so that
+// the log can be written from its start again.
+func (s *Store) checkpoint() error {
+	return s.flush(nil, s.count.Load(), s.fence)
+}
+
+// flush writes the overlay and then staged (changes not in the log) into
+// the database in one transaction, with the meta count and fence and the
+// sequence number of the last frame written, empties the overlay and
+// rewinds the log. The leader calls it (or Open and Close, with no leader).
+func (s *Store) flush(staged map[string][]byte, count, fence uint64) error {
+	if len(s.overlay) == 0 && len(staged) == 0 && s.w.off == 0 {
+		return nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, m := tx.Bucket(recordsBucket), tx.Bucket(metaBucket)
+		for _, ch := range [2]map[string][]byte{s.overlay, staged} {
+			keys := make([]string, 0, len(ch))
+			for k := range ch {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys) // B+tree pages are filled in order
+			for _, k := range keys {
+				var err error
+				if v := ch[k]; v == nil {
+					err = b.Delete([]byte(k))
+				} else {
+					err = b.Put([]byte(k), v)
+				}
+				if err != nil {
+					return err
+				}
+			}
+		}
+		for _, kv := range [...]struct {
+			k []byte
+			v uint64
+		}{{metaCount, count}, {metaFence, fence}, {metaLSN, s.w.lsn}} {
+			if err := m.Put(kv.k, u64(kv.v)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.omu.Lock()
+	clear(s.overlay)
+	s.omu.Unlock()
+	s.w.off = 0
+	s.checkpoints.Add(1)
+	return nil
+}
+
 // wtx is the view of a write transaction that ops change records through.
 type wtx struct {
-	s     *Store
-	b     *bolt.Bucket // records
-	meta  *bolt.Bucket
-	count uint64   // records held after this transaction
-	fence uint64   // highest fence issued after this transaction
-	wake  []string // keys whose Waits to wake after the commit
-	bytes int64    // bytes charged after this transaction (when acct)
+	s *Store
+	b *bolt.Bucket // records: a read-only snapshot
+	// staged holds this batch's changes (nil value: deleted), written to
+	// the log when the batch commits.
+	staged map[string][]byte
+	// checkpoint asks for a checkpoint after this batch (Sweep's first
+	// step, so that it scans every record in the database).
+	checkpoint bool
+	count      uint64   // records held after this transaction
+	fence      uint64   // highest fence issued after this transaction
+	wake       []string // keys whose Waits to wake after the commit
+	bytes      int64    // bytes charged after this transaction (when acct)
 	// scopes holds this transaction's changes to the per-scope usage
 	// (when scoped), applied to Store.scopes once it commits.
 	scopes map[string]*usage
@@ -328,7 +452,14 @@ func (w *wtx) account(k []byte, dn, db int64) {
 // get returns key's record, or nil when there is none. A record that does
 // not decode is an op error (nothing was changed yet).
 func (w *wtx) get(k []byte) (*record, error) {
-	v := w.b.Get(k)
+	v, ok := w.staged[string(k)]
+	if !ok {
+		// The leader is the only writer of the overlay: no lock needed.
+		v, ok = w.s.overlay[string(k)]
+	}
+	if !ok {
+		v = w.b.Get(k)
+	}
 	if v == nil {
 		return nil, nil
 	}
@@ -347,9 +478,7 @@ func (w *wtx) put(k []byte, r *record, old *record) error {
 	if len(v) > bolt.MaxValueSize {
 		return fmt.Errorf("filestore: record of %d bytes is larger than %d", len(v), bolt.MaxValueSize)
 	}
-	if err := w.b.Put(k, v); err != nil {
-		return &fatalError{err}
-	}
+	w.staged[string(k)] = v
 	var dn int64
 	if old == nil {
 		w.count++
@@ -362,9 +491,7 @@ func (w *wtx) put(k []byte, r *record, old *record) error {
 
 // del removes k, which holds old.
 func (w *wtx) del(k []byte, old *record) error {
-	if err := w.b.Delete(k); err != nil {
-		return &fatalError{err}
-	}
+	w.staged[string(k)] = nil
 	if w.count > 0 {
 		w.count--
 	}
@@ -374,18 +501,3 @@ func (w *wtx) del(k []byte, old *record) error {
 
 // notify wakes key's Waits once the transaction commits.
 func (w *wtx) notify(key string) { w.wake = append(w.wake, key) }
-
-// flushMeta stores the record count and fence mark when they changed.
-func (w *wtx) flushMeta() error {
-	if w.count != w.s.count.Load() {
-		if err := w.meta.Put(metaCount, u64(w.count)); err != nil {
-			return err
-		}
-	}
-	if w.fence != w.s.fence {
-		if err := w.meta.Put(metaFence, u64(w.fence)); err != nil {
-			return err
-		}
-	}
-	return nil
-}

@@ -1,19 +1,34 @@
-// Package filestore is the embedded durable idem.Store: records live in one
-// local file, survive kill -9 and power loss, and need no server. It is the
-// store behind `idemproxy -store file:PATH`.
+// Package filestore is the embedded durable idem.Store: records live in a
+// local file and its write-ahead log, survive kill -9 and power loss, and
+// need no server. It is the store behind `idemproxy -store file:PATH`.
 //
-// The file is a bbolt B+tree (pure Go, no cgo). Every call that changes a
-// record returns only after its transaction is synced to disk (fdatasync of
-// the data pages, then of the meta page that makes them current), so a
-// record whose call returned is never lost, and a crash at any instant
-// leaves the previous consistent state: there are no torn records. Records
-// are stored in a small versioned binary encoding with a CRC-32C.
+// The file is a bbolt B+tree (pure Go, no cgo); next to it, PATH-wal is the
+// write-ahead log, a file of fixed size (4 MiB). Every call that changes a
+// record returns only after its change is synced to disk: the batch of
+// changes is appended to the log as one checksummed frame and synced with
+// one fdatasync, into blocks that already exist, so the sync flushes no file
+// metadata. The changed records are then kept in memory as well (the
+// overlay), where reads find them first. Once the overlay holds 1,024
+// records or the log 2 MiB, the commit leader checkpoints: it writes the
+// overlay into the B+tree in one bbolt transaction (synced: the data pages,
+// then the meta page that makes them current), and the log is written from
+// its start again. A record whose call returned is never lost, and a crash at
+// any instant leaves a consistent state: Open reads the frames that follow
+// the last checkpoint, stopping at the first that is torn (its checksum
+// fails) or older (its sequence number), and writes them into the B+tree.
+// Records are stored in a small versioned binary encoding with a CRC-32C.
+//
+// A clean Close checkpoints and marks the file as complete without its log;
+// while the store is open, or after a crash, the file's format number says
+// that the log must be read, so that an older version (which does not read
+// it) refuses the file instead of missing records. Keep the two files
+// together; Open refuses a file that needs its log when the log is missing.
 //
 // # Group commit
 //
 // Concurrent writers share commits: the writer that finds no commit running
-// becomes the leader and commits everything queued in one transaction and
-// one sync; writers that arrive meanwhile queue up for the next one. A lone
+// becomes the leader and commits everything queued in one log frame and one
+// sync; writers that arrive meanwhile queue up for the next one. A lone
 // writer pays one sync and no added delay; under load the batch grows with
 // the concurrency, so N concurrent requests cost about one sync instead of
 // N. Options.MaxBatchDelay can trade latency for larger batches.
@@ -31,7 +46,7 @@
 // answers a replay, an in-flight conflict or a mismatch from it; Complete,
 // Release and Extend refuse a stale fence from it. Only when the snapshot
 // says a write is needed does the call join a commit, where the decision is
-// made again inside the write transaction, so every step stays atomic.
+// made again inside the commit, so every step stays atomic.
 //
 // # Clock, fences and expiry
 //

@@ -3,6 +3,7 @@ package filestore
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -169,7 +170,9 @@ func charge(k []byte, r *record) int64 {
 // fileFormat is the layout version of the whole file (buckets and meta).
 const fileFormat = 1
 
-// Store is a durable idem.Store kept in one local file (a bbolt B+tree). It
+// Store is a durable idem.Store kept in a local file (a bbolt B+tree) and its
+// write-ahead log (the file's path with "-wal" appended; see the package
+// documentation). It
 // implements idem.Store, idem.Extender, idem.Sweeper, idem.Waiter and
 // idem.Inspector, and is safe for concurrent use by many goroutines of one
 // process. The file is locked while open, so a second Store (in this or
@@ -177,7 +180,8 @@ const fileFormat = 1
 //
 // Every call that changes a record returns only after the change is synced
 // to disk, so a record whose call returned survives kill -9 and power loss.
-// Concurrent changes share one commit and one sync (group commit). Calls that
+// Concurrent changes share one commit: one log frame and one sync (group
+// commit). Calls that
 // change nothing (replays, in-flight conflicts, mismatches, refused fences)
 // read a snapshot and never wait for a sync.
 //
@@ -222,7 +226,21 @@ type Store struct {
 	minDeath atomic.Int64
 	sweepMu  sync.Mutex // serialises Sweep and reclaim
 
-	commits atomic.Uint64 // write transactions committed (tests, benchmarks)
+	commits     atomic.Uint64 // batches committed (tests, benchmarks)
+	checkpoints atomic.Uint64 // overlays written into the database
+
+	// The write-ahead log (wal.go). w and walErr belong to the leader,
+	// which holds commitMu while it commits (Close takes it to wait for the
+	// commit in progress). overlay holds the records the log has and the
+	// database may lack (nil value: deleted); the leader changes it under
+	// omu, and readers hold omu.RLock across their lookup in the overlay
+	// and their database snapshot, so a checkpoint cannot pass between the
+	// two.
+	commitMu sync.Mutex
+	w        *wal
+	walErr   error
+	omu      sync.RWMutex
+	overlay  map[string][]byte
 
 	wmu   sync.Mutex
 	waits map[string]*waitq
@@ -242,6 +260,13 @@ func Open(path string, o Options) (*Store, error) {
 	}
 	_, statErr := os.Stat(path)
 	created := errors.Is(statErr, os.ErrNotExist)
+	if created {
+		// A log without its database (the database was deleted, or never
+		// created) belongs to nothing.
+		if err := os.Remove(walPath(path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("filestore: open %s: %w", path, err)
+		}
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:        timeout,
 		NoSync:         o.NoSync,
@@ -278,6 +303,7 @@ func Open(path string, o Options) (*Store, error) {
 		scopes:        make(map[string]*usage),
 		sweepBatch:    o.SweepBatch,
 		waits:         make(map[string]*waitq),
+		overlay:       make(map[string][]byte),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -292,7 +318,10 @@ func Open(path string, o Options) (*Store, error) {
 		s.sweepBatch = DefaultSweepBatch
 	}
 	s.minDeath.Store(math.MinInt64) // unknown until the first full sweep
-	var count, fence uint64
+	var (
+		count, fence, lsn, epoch uint64
+		dirty                    bool // the last run did not close cleanly: the log counts
+	)
 	err = db.Update(func(tx *bolt.Tx) error {
 		rb, err := tx.CreateBucketIfNotExists(recordsBucket)
 		if err != nil {
@@ -306,11 +335,16 @@ func Open(path string, o Options) (*Store, error) {
 			if k, _ := rb.Cursor().First(); k != nil {
 				return fmt.Errorf("%w: records without a format version", ErrCorrupt)
 			}
-			if err := mb.Put(metaFormat, u64(fileFormat)); err != nil {
-				return err
-			}
-		} else if len(v) != 8 || binary.BigEndian.Uint64(v) != fileFormat {
+		} else if len(v) != 8 || binary.BigEndian.Uint64(v) != fileFormat && binary.BigEndian.Uint64(v) != fileFormatWAL {
 			return fmt.Errorf("filestore: unsupported file format %x", v)
+		} else {
+			dirty = binary.BigEndian.Uint64(v) == fileFormatWAL
+		}
+		// From here until a clean Close, the log may hold records the
+		// database lacks: a version that does not read the log must refuse
+		// the file.
+		if err := mb.Put(metaFormat, u64(fileFormatWAL)); err != nil {
+			return err
 		}
 		var ok bool
 		if count, ok = getU64(mb, metaCount); !ok {
@@ -318,6 +352,18 @@ func Open(path string, o Options) (*Store, error) {
 		}
 		if fence, ok = getU64(mb, metaFence); !ok {
 			return fmt.Errorf("%w: bad fence mark", ErrCorrupt)
+		}
+		if lsn, ok = getU64(mb, metaLSN); !ok {
+			return fmt.Errorf("%w: bad log sequence number", ErrCorrupt)
+		}
+		if epoch, ok = getU64(mb, metaEpoch); !ok {
+			return fmt.Errorf("%w: bad log epoch", ErrCorrupt)
+		}
+		if epoch == 0 {
+			// The first log of this file: frames of any other file's log
+			// must never be read into it.
+			epoch = randomEpoch()
+			return mb.Put(metaEpoch, u64(epoch))
 		}
 		return nil
 	})
@@ -327,6 +373,13 @@ func Open(path string, o Options) (*Store, error) {
 	}
 	s.count.Store(count)
 	s.fence = fence
+	if err := s.recover(dirty, epoch, lsn, !o.NoSync); err != nil {
+		if s.w != nil {
+			s.w.f.Close()
+		}
+		db.Close()
+		return nil, fmt.Errorf("filestore: open %s: %w", path, err)
+	}
 	s.acct = s.maxBytes > 0 || s.maxScopeBytes > 0
 	s.scoped = s.maxScopeRecs > 0 || s.maxScopeBytes > 0
 	if s.acct || s.scoped {
@@ -336,6 +389,44 @@ func Open(path string, o Options) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// recover opens the log and, when the last run did not close cleanly
+// (dirty), writes the frames of epoch that follow the checkpoint at lsn
+// into the database, with the count and fence of the last one. After a
+// clean Close the database holds every record, the log is not read, and a
+// missing log is simply created.
+func (s *Store) recover(dirty bool, epoch, lsn uint64, sync bool) error {
+	w, err := openWAL(walPath(s.path), dirty, sync)
+	if err != nil {
+		return err
+	}
+	s.w = w
+	w.lsn, w.epoch = lsn, epoch
+	if !dirty {
+		return nil // a clean Close left every record in the database
+	}
+	frames, err := w.readFrames(lsn)
+	if err != nil {
+		return fmt.Errorf("read the write-ahead log: %w", err)
+	}
+	if len(frames) == 0 {
+		return nil
+	}
+	for _, f := range frames {
+		for _, c := range f.changes {
+			s.overlay[string(c.key)] = c.val
+		}
+	}
+	last := frames[len(frames)-1]
+	w.lsn = last.lsn
+	w.off = 1 // the log is not empty: flush rewinds it
+	if err := s.flush(nil, last.count, last.fence); err != nil {
+		return fmt.Errorf("write the write-ahead log into the database: %w", err)
+	}
+	s.count.Store(last.count)
+	s.fence = last.fence
+	return nil
 }
 
 // recount rebuilds the byte and per-scope counts from the file, so that
@@ -383,6 +474,17 @@ func syncDir(dir string) error {
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
+// randomEpoch returns a random non-zero log epoch.
+func randomEpoch() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+		if v := binary.BigEndian.Uint64(b[:]); v != 0 {
+			return v
+		}
+	}
+}
+
 // getU64 reads a uint64 meta value; a missing value is zero.
 func getU64(b *bolt.Bucket, k []byte) (uint64, bool) {
 	v := b.Get(k)
@@ -395,7 +497,8 @@ func getU64(b *bolt.Bucket, k []byte) (uint64, bool) {
 	return binary.BigEndian.Uint64(v), true
 }
 
-// Path returns the file the store was opened with.
+// Path returns the file the store was opened with. Its write-ahead log is
+// Path()+"-wal".
 func (s *Store) Path() string { return s.path }
 
 // Len returns the number of records in the file. It counts records that died
@@ -418,7 +521,20 @@ func (s *Store) Close() error {
 		}
 		s.waits = nil // later Waits return ErrClosed
 		s.wmu.Unlock()
-		s.closeErr = s.db.Close()
+		// Wait for the commit in progress; no other starts (closed is set).
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		var err error
+		if s.walErr == nil {
+			// A clean close: everything into the database, and the format
+			// back to the one a version without the log reads.
+			if err = s.checkpoint(); err == nil {
+				err = s.db.Update(func(tx *bolt.Tx) error {
+					return tx.Bucket(metaBucket).Put(metaFormat, u64(fileFormat))
+				})
+			}
+		}
+		s.closeErr = errors.Join(err, s.w.f.Close(), s.db.Close())
 	})
 	return s.closeErr
 }
@@ -482,10 +598,14 @@ func checkKey(key string) error {
 // also refuses an encoded record over bbolt's value limit.
 const maxValue = bolt.MaxValueSize - 64
 
-// readRecord returns the record stored under key in a read transaction, or
-// nil when there is none.
-func readRecord(tx *bolt.Tx, key []byte) (*record, error) {
-	v := tx.Bucket(recordsBucket).Get(key)
+// readRecord returns the record stored under key, or nil when there is
+// none: from the overlay, else from the read transaction. Call it only
+// inside view, which holds the overlay's read lock.
+func (s *Store) readRecord(tx *bolt.Tx, key []byte) (*record, error) {
+	v, ok := s.overlay[string(key)]
+	if !ok {
+		v = tx.Bucket(recordsBucket).Get(key)
+	}
 	if v == nil {
 		return nil, nil
 	}
@@ -504,6 +624,8 @@ func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 	if closed {
 		return ErrClosed
 	}
+	s.omu.RLock()
+	defer s.omu.RUnlock()
 	return s.db.View(fn)
 }
 
@@ -569,7 +691,7 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 	k := []byte(key)
 	var d decision
 	err := s.view(func(tx *bolt.Tx) error {
-		r, err := readRecord(tx, k)
+		r, err := s.readRecord(tx, k)
 		if err != nil {
 			return err
 		}
@@ -647,7 +769,7 @@ func (s *Store) change(ctx context.Context, op, key string, fence uint64, fn fun
 	k := []byte(key)
 	var ok bool
 	err := s.view(func(tx *bolt.Tx) error {
-		r, err := readRecord(tx, k)
+		r, err := s.readRecord(tx, k)
 		ok = err == nil && s.held(r, fence, s.clock())
 		return err
 	})
@@ -750,7 +872,7 @@ func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) 
 		ok  bool
 	)
 	err := s.view(func(tx *bolt.Tx) error {
-		r, err := readRecord(tx, []byte(key))
+		r, err := s.readRecord(tx, []byte(key))
 		if err != nil || r == nil {
 			return err
 		}
@@ -775,4 +897,16 @@ func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) 
 		return idem.Record{}, false, unavailable("get", key, err)
 	}
 	return rec, ok, nil
+}
+
+// viewDatabase runs fn in a read-only snapshot of the database alone,
+// without the records still only in the overlay (Sweep's scans).
+func (s *Store) viewDatabase(fn func(tx *bolt.Tx) error) error {
+	s.qmu.Lock()
+	closed := s.closed
+	s.qmu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	return s.db.View(fn)
 }

@@ -1,6 +1,7 @@
 package filestore
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"sync"
@@ -59,4 +60,19 @@ func openAt(t testing.TB, path string, o Options) *Store {
 		}
 	})
 	return s
+}
+
+// checkpointNow writes the overlay into the database, as the leader does
+// when the log fills up.
+func checkpointNow(t testing.TB, s *Store) {
+	t.Helper()
+	if err := s.write(context.Background(), func(w *wtx) error { w.checkpoint = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	s.omu.RLock()
+	n := len(s.overlay)
+	s.omu.RUnlock()
+	if n != 0 {
+		t.Fatalf("%d records left in the overlay after a checkpoint", n)
+	}
 }

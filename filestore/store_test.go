@@ -376,6 +376,7 @@ func TestCorruptRecord(t *testing.T) {
 	ctx := context.Background()
 	b := mustBegin(t, s, "bad", fp1, time.Hour, idem.Acquired)
 	mustBegin(t, s, "good", fp1, time.Hour, idem.Acquired)
+	checkpointNow(t, s) // the records leave the overlay for the database
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(recordsBucket).Put([]byte("bad"), []byte("garbage"))
 	}); err != nil {

@@ -49,6 +49,16 @@ func (s *Store) sweep(ctx context.Context) (int, error) {
 	now := s.clock()
 	var after []byte
 	total := 0
+	// First a checkpoint, so that the scans below, which read the database
+	// only, see every record written so far; records written later fold
+	// into minDeath as they are written.
+	if err := s.write(ctx, func(w *wtx) error { w.checkpoint = true; return nil }); err != nil {
+		s.minDeath.Store(math.MinInt64)
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, unavailable("sweep", "", err)
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			s.minDeath.Store(math.MinInt64) // unknown: let reclaim sweep
@@ -58,7 +68,9 @@ func (s *Store) sweep(ctx context.Context) (int, error) {
 			dead [][]byte
 			done bool
 		)
-		err := s.view(func(tx *bolt.Tx) error {
+		// A stale read here is harmless: each record is checked again
+		// below, in the commit that removes it.
+		err := s.viewDatabase(func(tx *bolt.Tx) error {
 			c := tx.Bucket(recordsBucket).Cursor()
 			var k, v []byte
 			if after == nil {

@@ -49,7 +49,7 @@ func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
 	// snapshot finds q and closes it.
 	var left time.Duration
 	err := s.view(func(tx *bolt.Tx) error {
-		r, err := readRecord(tx, []byte(key))
+		r, err := s.readRecord(tx, []byte(key))
 		if err != nil || r == nil || r.state != idem.StateInProgress {
 			return err
 		}
