@@ -120,7 +120,7 @@ func run(args []string, stdout io.Writer) error {
 	fs.BoolVar(&c.replay, "replay", false, "with -drive: the replay scenario instead of unique keys")
 	fs.StringVar(&c.lib, "lib", strings.Join(libClients, ","), "Redis clients of the in-process library rows (idemhttp + redisstore in the upstream's own server; needs -redis): go-redis, go-redis-ap, rueidis; empty for none")
 	fs.StringVar(&c.libClient, "lib-client", "", "internal: the Redis client of -role lib")
-	fs.StringVar(&c.libPrefix, "lib-prefix", "", "internal: the redisstore key prefix of -role lib")
+	fs.StringVar(&c.libPrefix, "lib-prefix", "", "internal: the redisstore key prefix of -role lib (default redisstore's)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -605,7 +605,10 @@ func bench(c config, stdout io.Writer) error {
 				if !slices.Contains(libClients, lc) {
 					return fmt.Errorf("-lib: unknown client %q (want %s)", lc, strings.Join(libClients, ", "))
 				}
-				p, err := startRole("lib", "-lib-client", lc, "-redis", c.redisAddr, "-lib-prefix", "benchload:"+prefix+":"+lc+":")
+				// redisstore's default prefix, so that the records are the
+				// size users get; every key still holds this run's prefix
+				// (the load's Idempotency-Keys do).
+				p, err := startRole("lib", "-lib-client", lc, "-redis", c.redisAddr)
 				if err != nil {
 					return err
 				}
