@@ -337,7 +337,10 @@ type failover struct {
 	killed   time.Time // kill -9 sent
 	promoAt  time.Time // first poll that saw the replica as master
 	switchAt time.Time // the sentinels answered the new master (zero: Cluster)
-	rejoinAt time.Time // the restarted victim linked as a replica (zero: not restarted)
+	// reswitchAt is when a sentinel last named yet another master after
+	// switchAt: a second failover (zero: none).
+	reswitchAt time.Time
+	rejoinAt   time.Time // the restarted victim linked as a replica (zero: not restarted)
 	// shard is where the victim's keys live after the failover: the
 	// promoted master (Cluster) or the new master (Sentinel).
 	shard string
@@ -795,6 +798,18 @@ func watchTopology(r *run, until time.Time) {
 				k := "sentinel " + sn.addr()
 				if prev, ok := last[k]; ok && prev != a {
 					r.note("sentinel %s: master %s → %s", sn.addr(), prev, a)
+					if err == nil {
+						r.mu.Lock()
+						f := r.fo
+						r.mu.Unlock()
+						if f != nil {
+							f.mu.Lock()
+							if a != f.promoted { // not a late sentinel catching up with the first switch
+								f.reswitchAt = time.Now()
+							}
+							f.mu.Unlock()
+						}
+					}
 				}
 				last[k] = a
 			}
@@ -887,7 +902,18 @@ func (r *run) failoverReport(cfg loadConfig, rec *recorder, h History, vs []Viol
 		since(fig.firstServed, ref), since(fig.lastFailure, ref))
 	if fig.firstServed.IsZero() {
 		hr.errs = append(hr.errs, fmt.Sprintf("no 2xx on the dead master's keys after the %s", refName))
-	} else if b := r.sc.ha.maxServed; b > 0 && allServed > b {
+	} else if b := r.sc.ha.maxServed; b > 0 && allServed > b && !f.reswitchAt.IsZero() {
+		// The bound times one failover. When the sentinels judged the new
+		// master down too (its pings starved on a loaded machine) and failed
+		// over again, the keys wait for that second failover as well, and
+		// with wait_replicas for a replica to resynchronise with the last
+		// master: correct, failing closed, but not what the bound times.
+		// The checker's verdicts (no double execution, no acknowledged
+		// response lost) still apply in full.
+		hr.lines = append(hr.lines, fmt.Sprintf("  served again %.3fs after the %s: NOT checked against the %v bound, because the sentinels failed over a second time (last master change %.3fs after the kill)",
+			allServed.Seconds(), refName, b, f.reswitchAt.Sub(f.killed).Seconds()))
+		hr.short += ", second failover: bound not checked"
+	} else if b > 0 && allServed > b {
 		hr.errs = append(hr.errs, fmt.Sprintf("the dead master's keys were served again %.3fs after the %s (first 2xx %s, last failure %s); want ≤ %v",
 			allServed.Seconds(), refName, since(fig.firstServed, ref), since(fig.lastFailure, ref), b))
 	}
