@@ -18,6 +18,7 @@ require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
+	github.com/idemkit/idem/filestore v0.0.0-00010101000000-000000000000
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
@@ -38,3 +39,5 @@ replace github.com/idemkit/idem => ..
 replace github.com/idemkit/idem/pgxstore => ../pgxstore
 
 replace github.com/idemkit/idem/redisstore => ../redisstore
+
+replace github.com/idemkit/idem/filestore => ../filestore
