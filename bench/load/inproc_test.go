@@ -10,14 +10,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/idemkit/idem/internal/testenv"
+	"github.com/idemkit/idem/bench/internal/redistest"
 )
 
 // TestLibHandler serves the library role with every client on the real
 // Redis: the first request executes, its retry is a replay, and the probe
 // finds the record, counts the replay's commands and cleans up.
 func TestLibHandler(t *testing.T) {
-	addr := testenv.Need(t, "IDEM_REDIS_ADDR")
+	// A server of its own: the commands are counted server-wide.
+	addr := redistest.Server(t)
 	ctx := context.Background()
 	rc := redis.NewClient(&redis.Options{Addr: addr})
 	defer rc.Close()

@@ -6,14 +6,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/idemkit/idem/internal/testenv"
+	"github.com/idemkit/idem/bench/internal/redistest"
 )
 
 // TestRun runs a tiny benchmark on the real server and checks the table: a
 // row per client and scenario, and the server's commands per call, which
 // the store's scripts fix (a replay is EVALSHA + GET).
 func TestRun(t *testing.T) {
-	addr := testenv.Need(t, "IDEM_REDIS_ADDR")
+	addr := redistest.Server(t) // a server of its own: the commands are counted server-wide
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"-addr", addr, "-c", "4", "-n", "200", "-rounds", "1"}, &out); err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/idemkit/idem/internal/testenv"
+	"github.com/idemkit/idem/bench/internal/redistest"
 )
 
 func TestParseCommandStats(t *testing.T) {
@@ -28,7 +28,8 @@ func TestParseCommandStats(t *testing.T) {
 // TestServer reads a real server: a GET shows in the counts, and the CPU
 // time is positive.
 func TestServer(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: testenv.Need(t, "IDEM_REDIS_ADDR")})
+	// A server of its own: the counts are server-wide.
+	c := redis.NewClient(&redis.Options{Addr: redistest.Server(t)})
 	defer c.Close()
 	ctx := context.Background()
 	before, err := CommandStats(ctx, c)
