@@ -384,6 +384,7 @@ func Open(path string, o Options) (*Store, error) {
 	s.scoped = s.maxScopeRecs > 0 || s.maxScopeBytes > 0
 	if s.acct || s.scoped {
 		if err := s.recount(); err != nil {
+			s.w.f.Close()
 			db.Close()
 			return nil, fmt.Errorf("filestore: open %s: %w", path, err)
 		}
