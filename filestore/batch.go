@@ -13,11 +13,12 @@ import (
 	"github.com/idemkit/idem"
 )
 
-// op is one queued write: apply runs inside the batch's write transaction.
+// op is one queued write: apply runs inside the batch's commit, reading and
+// staging records through the wtx.
 //
 // apply must either change nothing and return an error (the error is the
-// op's own result and the rest of the batch commits), or return a
-// *fatalError, which aborts and rolls back the whole batch.
+// op's own result and the rest of the batch commits), or stage its changes
+// and return nil.
 type op struct {
 	ctx   context.Context
 	apply func(w *wtx) error
@@ -43,13 +44,6 @@ const (
 	// tells whether it changed anything, so its writer must wait for it.
 	opTaken
 )
-
-// fatalError is a failure of the transaction itself (a bbolt write failed);
-// the whole batch is rolled back and every op in it fails.
-type fatalError struct{ err error }
-
-func (e *fatalError) Error() string { return e.err.Error() }
-func (e *fatalError) Unwrap() error { return e.err }
 
 // write queues apply and returns once the commit that carried it is synced
 // (or failed). Writers form a group commit: the writer that finds no commit
@@ -222,8 +216,8 @@ func (s *Store) safeCommit(batch []*op) {
 // commit applies batch and makes its changes durable before it returns:
 // the ops run against a read snapshot of the database and the overlay, their
 // changes are staged, and the staged changes go to the write-ahead log as
-// one frame with one sync (see wal.go), then into the overlay. A fatal error
-// fails every op of the batch and changes nothing.
+// one frame with one sync (see wal.go), then into the overlay. A failure to
+// read the snapshot or to write the log fails every op of the batch.
 func (s *Store) commit(batch []*op) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
@@ -245,26 +239,16 @@ func (s *Store) commit(batch []*op) {
 	}
 	defer tx.Rollback() // also when an op panics (safeCommit recovers)
 	w := &wtx{s: s, b: tx.Bucket(recordsBucket), staged: make(map[string][]byte, len(batch)), count: s.count.Load(), fence: s.fence, bytes: s.bytes.Load()}
-	var fatal error
 	for _, o := range batch {
 		if err := o.ctx.Err(); err != nil {
 			o.err = err
 			continue
 		}
 		o.err = o.apply(w)
-		var f *fatalError
-		if errors.As(o.err, &f) {
-			fatal = f.err
-			break
-		}
 	}
 	// The snapshot must be closed before any bbolt write transaction of
 	// this goroutine (a checkpoint), which may have to remap the file.
 	_ = tx.Rollback()
-	if fatal != nil {
-		fail(fatal)
-		return
-	}
 	if len(w.staged) > 0 || w.count != s.count.Load() || w.fence != s.fence {
 		if err := s.logBatch(w); err != nil {
 			fail(err)
@@ -331,6 +315,9 @@ func (s *Store) logBatch(w *wtx) error {
 // checkpoint writes the overlay into the database and empties it, so that
 // the log can be written from its start again.
 func (s *Store) checkpoint() error {
+	if len(s.overlay) == 0 && s.w.off == 0 {
+		return nil // the database holds everything already
+	}
 	return s.flush(nil, s.count.Load(), s.fence)
 }
 
@@ -339,9 +326,6 @@ func (s *Store) checkpoint() error {
 // sequence number of the last frame written, empties the overlay and
 // rewinds the log. The leader calls it (or Open and Close, with no leader).
 func (s *Store) flush(staged map[string][]byte, count, fence uint64) error {
-	if len(s.overlay) == 0 && len(staged) == 0 && s.w.off == 0 {
-		return nil
-	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b, m := tx.Bucket(recordsBucket), tx.Bucket(metaBucket)
 		for _, ch := range [2]map[string][]byte{s.overlay, staged} {
@@ -383,7 +367,7 @@ func (s *Store) flush(staged map[string][]byte, count, fence uint64) error {
 	return nil
 }
 
-// wtx is the view of a write transaction that ops change records through.
+// wtx is the view of a commit that ops read and change records through.
 type wtx struct {
 	s *Store
 	b *bolt.Bucket // records: a read-only snapshot

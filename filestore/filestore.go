@@ -421,7 +421,6 @@ func (s *Store) recover(dirty bool, epoch, lsn uint64, sync bool) error {
 	}
 	last := frames[len(frames)-1]
 	w.lsn = last.lsn
-	w.off = 1 // the log is not empty: flush rewinds it
 	if err := s.flush(nil, last.count, last.fence); err != nil {
 		return fmt.Errorf("write the write-ahead log into the database: %w", err)
 	}
@@ -617,16 +616,24 @@ func (s *Store) readRecord(tx *bolt.Tx, key []byte) (*record, error) {
 	return &r, nil
 }
 
-// view runs fn in a read-only snapshot.
+// view runs fn in a read-only snapshot of the database, holding the
+// overlay's read lock (see Store.omu), so that readRecord sees the overlay
+// and the snapshot as of one instant.
 func (s *Store) view(fn func(tx *bolt.Tx) error) error {
+	s.omu.RLock()
+	defer s.omu.RUnlock()
+	return s.viewDatabase(fn)
+}
+
+// viewDatabase runs fn in a read-only snapshot of the database alone,
+// without the records still only in the overlay (Sweep's scans).
+func (s *Store) viewDatabase(fn func(tx *bolt.Tx) error) error {
 	s.qmu.Lock()
 	closed := s.closed
 	s.qmu.Unlock()
 	if closed {
 		return ErrClosed
 	}
-	s.omu.RLock()
-	defer s.omu.RUnlock()
 	return s.db.View(fn)
 }
 
@@ -676,7 +683,7 @@ func (s *Store) decide(r *record, fp []byte, lease time.Duration, now int64) dec
 //
 // Begin first reads a snapshot: a replay, an in-flight conflict or a
 // mismatch returns from it without writing or syncing. Only an acquisition
-// is written, and it is decided again inside the write transaction, so the
+// is written, and it is decided again inside the commit, so the
 // step stays atomic. Begin of a new key on a full store returns
 // idem.ErrStoreFull. fp is copied; a Replay's Result is a fresh copy.
 func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Duration) (idem.Begun, error) {
@@ -759,7 +766,7 @@ func (s *Store) held(r *record, fence uint64, now int64) bool {
 
 // change runs a fenced change: a snapshot read refuses a fence that does
 // not hold the record without writing; otherwise fn runs on the record in a
-// write transaction, after the fence is checked again there.
+// commit, after the fence is checked again there.
 func (s *Store) change(ctx context.Context, op, key string, fence uint64, fn func(w *wtx, k []byte, r *record, now int64) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -898,16 +905,4 @@ func (s *Store) Get(ctx context.Context, key string) (idem.Record, bool, error) 
 		return idem.Record{}, false, unavailable("get", key, err)
 	}
 	return rec, ok, nil
-}
-
-// viewDatabase runs fn in a read-only snapshot of the database alone,
-// without the records still only in the overlay (Sweep's scans).
-func (s *Store) viewDatabase(fn func(tx *bolt.Tx) error) error {
-	s.qmu.Lock()
-	closed := s.closed
-	s.qmu.Unlock()
-	if closed {
-		return ErrClosed
-	}
-	return s.db.View(fn)
 }

@@ -63,12 +63,13 @@ const (
 var (
 	metaLSN   = []byte("wal-lsn")   // sequence number of the last frame checkpointed, uint64 big-endian
 	metaEpoch = []byte("wal-epoch") // random, made with the first log of the file: binds frames to it
-	// metaFormat values: fileFormat (1) after a clean Close, when the
-	// database holds every record; fileFormatWAL (2) while the log may hold
-	// frames the database lacks, so that a version without the log refuses
-	// the file instead of missing those records.
-	fileFormatWAL uint64 = 2
 )
+
+// fileFormatWAL is the meta format while the log may hold frames the
+// database lacks (fileFormat, 1, after a clean Close, when the database
+// holds every record), so that a version without the log refuses the file
+// instead of missing those records.
+const fileFormatWAL = 2
 
 // wal is the log file and the write position.
 type wal struct {
