@@ -12,11 +12,10 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/rueidis"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/bench/internal/redisclient"
 	"github.com/idemkit/idem/bench/internal/redisinfo"
-	"github.com/idemkit/idem/bench/internal/ruscripter"
 	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/redisstore"
 )
@@ -28,39 +27,19 @@ import (
 // rate the layer keeps.
 
 // libClients are the clients -lib accepts.
-var libClients = []string{"go-redis", "go-redis-ap", "rueidis"}
+var libClients = redisclient.Names
 
 // libHandler is the "lib" role's handler: upstreamHandler behind
-// idemhttp.Middleware on redisstore with client, keys under prefix.
+// idemhttp.Middleware on redisstore with client, keys under prefix
+// (redisstore's default when empty).
 func libHandler(client, addr, prefix string) (http.Handler, func(), error) {
-	// MaxRetries -1: no client resends a script whose outcome is unknown.
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		c.Close()
-		return nil, nil, fmt.Errorf("redis %s: %w", addr, err)
+	c, err := redisclient.Open(context.Background(), client, addr, 0, redisstore.Options{Prefix: prefix})
+	if err != nil {
+		return nil, nil, fmt.Errorf("-lib-client %s: %w", client, err)
 	}
-	closeFn := func() { c.Close() }
-	o := redisstore.Options{Prefix: prefix}
-	switch client {
-	case "go-redis":
-	case "go-redis-ap":
-		o.AutoPipeline = true
-	case "rueidis":
-		rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableRetry: true, DisableCache: true})
-		if err != nil {
-			c.Close()
-			return nil, nil, err
-		}
-		o.Scripter = ruscripter.New(rc)
-		closeFn = func() { rc.Close(); c.Close() }
-	default:
-		c.Close()
-		return nil, nil, fmt.Errorf("-lib-client %q: want one of %s", client, strings.Join(libClients, ", "))
-	}
-	st := redisstore.New(c, o)
 	scope := &idemhttp.IdentityScope{Secret: []byte("bench-load-" + scopeSecret)}
-	mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: st}, Scope: scope.Scope}
-	return mw.Handler(upstreamHandler()), func() { st.Close(); closeFn() }, nil
+	mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: c.Store}, Scope: scope.Scope}
+	return mw.Handler(upstreamHandler()), c.Close, nil
 }
 
 // redisProbe reads the Redis server's command counts and the memory of the
@@ -98,20 +77,9 @@ func (p *redisProbe) recordBytes(ctx context.Context, tag string, n int) (float6
 	return sizes[len(sizes)/2], len(sizes), nil
 }
 
-// cleanup deletes the keys that contain pattern.
+// cleanup deletes the keys that match pattern.
 func (p *redisProbe) cleanup(ctx context.Context, pattern string) {
-	iter := p.c.Scan(ctx, 0, pattern, 1000).Iterator()
-	var batch []string
-	for iter.Next(ctx) {
-		batch = append(batch, iter.Val())
-		if len(batch) == 1000 {
-			p.c.Unlink(ctx, batch...)
-			batch = batch[:0]
-		}
-	}
-	if len(batch) > 0 {
-		p.c.Unlink(ctx, batch...)
-	}
+	_ = redisinfo.DeleteMatching(ctx, p.c, pattern)
 }
 
 // commandDelta is the commands per request between two commandstats reads.

@@ -14,7 +14,6 @@ package main
 import (
 	"context"
 	"encoding/csv"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,13 +23,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/redisstore"
 
+	"github.com/idemkit/idem/bench/internal/par"
 	"github.com/idemkit/idem/bench/internal/redisinfo"
 	"github.com/redis/go-redis/v9"
 )
@@ -182,7 +181,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			r+1, setnx[r], first[r], replay[r])
 	}
 	// Remove what the benchmark wrote.
-	if err := cleanup(ctx, c, st.Key("")[:strings.IndexByte(st.Key(""), '{')]); err != nil {
+	if err := redisinfo.DeleteMatching(ctx, c, st.Key("")[:strings.IndexByte(st.Key(""), '{')]+"*"); err != nil {
 		return err
 	}
 	ms, mf, mr := median(setnx), median(first), median(replay)
@@ -210,29 +209,8 @@ var (
 
 // measure runs n calls of f over conc goroutines and returns calls/s.
 func measure(cfg config, f func(worker, i int) error) (float64, error) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, cfg.conc)
-	start := time.Now()
-	for w := range cfg.conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1))
-				if i > cfg.n {
-					return
-				}
-				if err := f(w, i); err != nil {
-					errs[w] = err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	d := time.Since(start)
-	if err := errors.Join(errs...); err != nil {
+	d, err := par.Run(cfg.conc, cfg.n, f)
+	if err != nil {
 		return 0, err
 	}
 	return float64(cfg.n) / d.Seconds(), nil
@@ -254,33 +232,6 @@ func redisBenchmark(ctx context.Context, cfg config, host, port string) (float64
 		return 0, fmt.Errorf("redis-benchmark: unexpected output %q", b)
 	}
 	return strconv.ParseFloat(recs[1][1], 64)
-}
-
-// cleanup deletes the keys under prefix (redis-benchmark's keys expire by
-// themselves after 60 s).
-func cleanup(ctx context.Context, c *redis.Client, prefix string) error {
-	for _, pattern := range []string{prefix + "*"} {
-		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		var batch []string
-		for iter.Next(ctx) {
-			batch = append(batch, iter.Val())
-			if len(batch) == 1000 {
-				if err := c.Unlink(ctx, batch...).Err(); err != nil {
-					return err
-				}
-				batch = batch[:0]
-			}
-		}
-		if err := iter.Err(); err != nil {
-			return err
-		}
-		if len(batch) > 0 {
-			if err := c.Unlink(ctx, batch...).Err(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 func median(v []float64) float64 {

@@ -37,8 +37,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,8 +46,9 @@ import (
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/redisstore"
 
+	"github.com/idemkit/idem/bench/internal/par"
+	"github.com/idemkit/idem/bench/internal/redisclient"
 	"github.com/idemkit/idem/bench/internal/redisinfo"
-	"github.com/idemkit/idem/bench/internal/ruscripter"
 )
 
 func main() {
@@ -81,7 +80,7 @@ type sample struct {
 	perCmd                           map[string]float64
 }
 
-var allClients = []string{"go-redis", "go-redis-ap", "rueidis"}
+var allClients = redisclient.Names
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	var cfg config
@@ -114,7 +113,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("redis at %s: %w", cfg.addr, err)
 	}
 	prefix := fmt.Sprintf("benchclients:%d:", time.Now().UnixNano())
-	defer cleanup(context.WithoutCancel(ctx), admin, prefix)
+	defer func() { _ = redisinfo.DeleteMatching(context.WithoutCancel(ctx), admin, prefix+"*") }()
 	if err := rawScript.Load(ctx, admin).Err(); err != nil {
 		return err
 	}
@@ -227,51 +226,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func newVariant(ctx context.Context, name string, cfg config, prefix string) (*variant, error) {
-	// MaxRetries -1: no client library resends a script whose outcome is
-	// unknown (redisstore's rule).
-	c := redis.NewClient(&redis.Options{Addr: cfg.addr, MaxRetries: -1, PoolSize: cfg.conc, MinIdleConns: cfg.conc})
-	if err := c.Ping(ctx).Err(); err != nil {
-		c.Close()
+	c, err := redisclient.Open(ctx, name, cfg.addr, cfg.conc, redisstore.Options{Prefix: prefix})
+	if err != nil {
 		return nil, err
 	}
-	v := &variant{name: name}
-	o := redisstore.Options{Prefix: prefix}
-	switch name {
-	case "go-redis":
-		v.store = redisstore.New(c, o)
-		v.raw = func(ctx context.Context, k string) error {
-			return rawErr(rawScript.Run(ctx, c, []string{k}, "v").Err())
-		}
-		v.close = func() { v.store.Close(); c.Close() }
-	case "go-redis-ap":
-		o.AutoPipeline = true
-		v.store = redisstore.New(c, o)
-		if !v.store.AutoPipelined() {
-			c.Close()
-			return nil, errors.New("go-redis-ap: the AutoPipeliner could not be made")
-		}
-		ap, err := c.AutoPipeline()
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		v.raw = func(ctx context.Context, k string) error {
-			return rawErr(rawScript.Run(ctx, ap, []string{k}, "v").Err())
-		}
-		v.close = func() { v.store.Close(); c.Close() }
-	case "rueidis":
-		rc, err := rueidis.NewClient(rueidis.ClientOption{
-			InitAddress:  []string{cfg.addr},
-			DisableRetry: true, // no silent resend of a script whose outcome is unknown
-			DisableCache: true,
-		})
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		o.Scripter = ruscripter.New(rc)
-		v.store = redisstore.New(c, o)
-		sha := rawScript.Hash()
+	v := &variant{name: name, store: c.Store, close: c.Close}
+	switch {
+	case c.Rueidis != nil:
+		rc, sha := c.Rueidis, rawScript.Hash()
 		v.raw = func(ctx context.Context, k string) error {
 			err := rc.Do(ctx, rc.B().Evalsha().Sha1(sha).Numkeys(1).Key(k).Arg("v").Build()).Error()
 			if rueidis.IsRedisNil(err) {
@@ -279,7 +241,14 @@ func newVariant(ctx context.Context, name string, cfg config, prefix string) (*v
 			}
 			return err
 		}
-		v.close = func() { v.store.Close(); rc.Close(); c.Close() }
+	case c.AP != nil:
+		v.raw = func(ctx context.Context, k string) error {
+			return rawErr(rawScript.Run(ctx, c.AP, []string{k}, "v").Err())
+		}
+	default:
+		v.raw = func(ctx context.Context, k string) error {
+			return rawErr(rawScript.Run(ctx, c.Redis, []string{k}, "v").Err())
+		}
 	}
 	return v, nil
 }
@@ -312,31 +281,10 @@ func measure(ctx context.Context, admin *redis.Client, cfg config, f func(worker
 	if err != nil {
 		return sample{}, err
 	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, cfg.conc)
 	cpu0 := processCPU()
-	start := time.Now()
-	for w := range cfg.conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1))
-				if i > cfg.n {
-					return
-				}
-				if err := f(w, i); err != nil {
-					errs[w] = err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	d := time.Since(start)
+	d, err := par.Run(cfg.conc, cfg.n, f)
 	cpu := processCPU() - cpu0
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return sample{}, err
 	}
 	srv1, err := redisinfo.CPU(ctx, admin)
@@ -392,22 +340,6 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// cleanup deletes the keys under prefix.
-func cleanup(ctx context.Context, c *redis.Client, prefix string) {
-	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	var batch []string
-	for iter.Next(ctx) {
-		batch = append(batch, iter.Val())
-		if len(batch) == 1000 {
-			c.Unlink(ctx, batch...)
-			batch = batch[:0]
-		}
-	}
-	if len(batch) > 0 {
-		c.Unlink(ctx, batch...)
-	}
 }
 
 func pick(s []sample, f func(sample) float64) []float64 {

@@ -1,5 +1,6 @@
-// Package redisinfo reads what the benchmarks need from a Redis server's
-// INFO: the calls of every command (commandstats) and the server's CPU time.
+// Package redisinfo is what the benchmarks need from a Redis server: from
+// its INFO, the calls of every command (commandstats) and the server's CPU
+// time; and the clean-up of the keys a benchmark wrote.
 package redisinfo
 
 import (
@@ -64,4 +65,30 @@ func CPU(ctx context.Context, c *redis.Client) (float64, error) {
 		}
 	}
 	return total * 1e6, nil
+}
+
+// DeleteMatching unlinks every key that matches pattern (SCAN MATCH), a
+// thousand at a time: a benchmark's clean-up of what it wrote.
+func DeleteMatching(ctx context.Context, c *redis.Client, pattern string) error {
+	iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+	var batch []string
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := c.Unlink(ctx, batch...).Err()
+		batch = batch[:0]
+		return err
+	}
+	for iter.Next(ctx) {
+		if batch = append(batch, iter.Val()); len(batch) == 1000 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return err
+	}
+	return flush()
 }

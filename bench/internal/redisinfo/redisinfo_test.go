@@ -2,6 +2,7 @@ package redisinfo
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -46,6 +47,16 @@ func TestServer(t *testing.T) {
 	}
 	if cpu, err := CPU(ctx, c); err != nil || cpu <= 0 {
 		t.Errorf("CPU = %v, %v", cpu, err)
+	}
+	for i := range 2500 { // more than one batch
+		c.Set(ctx, fmt.Sprintf("del:%d", i), "v", 0)
+	}
+	c.Set(ctx, "keep", "v", 0)
+	if err := DeleteMatching(ctx, c, "del:*"); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.DBSize(ctx).Val(); n != 1 {
+		t.Errorf("%d keys left after DeleteMatching, want 1 (keep)", n)
 	}
 }
 
