@@ -3,13 +3,13 @@ module github.com/idemkit/idem/faults
 go 1.25.0
 
 require (
+	github.com/idemkit/idem v0.0.0-00010101000000-000000000000
 	github.com/idemkit/idem/pgxstore v0.0.0-00010101000000-000000000000
 	github.com/jackc/pgx/v5 v5.12.0
 	go.uber.org/goleak v1.3.0
 )
 
 require (
-	github.com/idemkit/idem v0.0.0-00010101000000-000000000000 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect

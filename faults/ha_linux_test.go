@@ -5,12 +5,14 @@ package faults
 import (
 	"bufio"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +22,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
 )
+
+// scopeSecret is the scope secret the scenarios give every proxy on a
+// shared store.
+const scopeSecret = "faults-scope-secret-0123456789abcdef"
 
 // ---- a minimal RESP client (the suite does not depend on a Redis client) ----
 
@@ -427,37 +436,46 @@ func measure(f *failover, attempts []attempt, onVictim map[string]bool, ref time
 	return fig
 }
 
-// keysOn returns the load's keys (named prefix-…) whose records are on the
-// server at addr, and the part of their record keys that precedes the
-// Idempotency-Key (every request of the load has the same scope). A record
-// key is redisstore's Store.Key of idem.RecordKey(scope, key): Prefix, "{",
-// 16 hex digits of the SHA-256 of the rest (the Cluster hash tag), "}", then
-// the decimal length of the scope, ":", the scope and the key.
-func keysOn(addr, prefix string) (map[string]bool, string, error) {
+// keysOn returns the load's keys (among keys) whose records are on the
+// server at addr. A record's Redis key is redisstore's Store.Key of
+// idem.RecordKey(scope, key), which hashes the key (see recordName).
+func keysOn(addr, scope string, keys []string) (map[string]bool, error) {
 	all, err := scanKeys(addr)
 	if err != nil {
-		return nil, "", err
+		return nil, err
+	}
+	names := make(map[string]string, len(keys))
+	for _, k := range keys {
+		names[recordName(idem.RecordKey(scope, k))] = k
 	}
 	out := map[string]bool{}
-	scoped := ""
-	for _, k := range all {
-		i := strings.IndexByte(k, '{')
-		if i < 0 || len(k) < i+18 || k[i+17] != '}' {
-			continue
+	for _, n := range all {
+		if k, ok := names[n]; ok {
+			out[k] = true
 		}
-		tag, rest := k[i+1:i+17], k[i+18:]
-		if hashTag(rest) != tag {
-			continue
-		}
-		n, after, ok := strings.Cut(rest, ":")
-		size, err := strconv.Atoi(n)
-		if !ok || err != nil || size > len(after) || !strings.HasPrefix(after[size:], prefix+"-c") {
-			continue
-		}
-		scoped = rest[:len(n)+1+size]
-		out[after[size:]] = true
 	}
-	return out, scoped, nil
+	return out, nil
+}
+
+// recordName is redisstore's Store.Key with the default prefix: "idem:",
+// "{", 16 hex digits of the SHA-256 of the store key (the Cluster hash
+// tag), "}", then the next 15 bytes of the SHA-256 in unpadded base64url.
+func recordName(storeKey string) string {
+	sum := sha256.Sum256([]byte(storeKey))
+	return "idem:{" + hex.EncodeToString(sum[:8]) + "}" + base64.RawURLEncoding.EncodeToString(sum[8:23])
+}
+
+// loadScope is the scope idemproxy gives the load's requests (send): the
+// identity scope of their Host and Authorization under the scope secret
+// the scenarios give every proxy.
+func loadScope() (string, error) {
+	req, err := http.NewRequest(http.MethodPost, "http://payments.faults.test/payments", nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer faults-client")
+	req.Host = "payments.faults.test"
+	return (&idemhttp.IdentityScope{Secret: []byte(scopeSecret)}).Scope(req)
 }
 
 // hashTag is the hash tag redisstore puts in a record key: 16 hex digits
@@ -842,24 +860,31 @@ func (r *run) failoverReport(cfg loadConfig, rec *recorder, h History, vs []Viol
 	// The dead master's keys: on a Cluster, those in its slots (computed
 	// from the record keys' format, checked against the records found on
 	// the promoted replica); behind Sentinel, every key.
-	stored, scoped, err := keysOn(f.shard, cfg.name)
+	attempts := rec.attemptLog()
+	scope, err := loadScope()
+	if err != nil {
+		hr.errs = append(hr.errs, fmt.Sprintf("the load's scope: %v", err))
+		return hr, vs
+	}
+	var loadKeys []string
+	for _, a := range attempts {
+		loadKeys = append(loadKeys, a.key)
+	}
+	stored, err := keysOn(f.shard, scope, loadKeys)
 	if err != nil {
 		hr.errs = append(hr.errs, fmt.Sprintf("listing the keys on %s: %v", f.shard, err))
 		return hr, vs
 	}
-	attempts := rec.attemptLog()
 	onVictim := map[string]bool{}
 	for _, a := range attempts {
-		switch {
-		case f.slots == nil:
+		if f.slots == nil {
 			onVictim[a.key] = true
-		case scoped == "":
-		default:
-			onVictim[a.key] = inSlots(keySlot(hashTag(scoped+a.key)), f.slots)
+		} else {
+			onVictim[a.key] = inSlots(keySlot(hashTag(idem.RecordKey(scope, a.key))), f.slots)
 		}
 	}
 	if f.slots != nil {
-		if scoped == "" {
+		if len(stored) == 0 {
 			hr.errs = append(hr.errs, fmt.Sprintf("no record of the load found on %s", f.shard))
 		}
 		for k := range stored {

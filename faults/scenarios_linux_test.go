@@ -334,7 +334,7 @@ func runScenario(t *testing.T, sc scenario) {
 		// Shared stores need the scope secret that every instance uses (a
 		// file: store keeps a generated one beside its database).
 		secret := filepath.Join(t.TempDir(), "scope-secret")
-		if err := os.WriteFile(secret, []byte("faults-scope-secret-0123456789abcdef\n"), 0o600); err != nil {
+		if err := os.WriteFile(secret, []byte(scopeSecret+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		r.args = append(r.args, "-scope-secret-file", secret)

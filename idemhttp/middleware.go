@@ -223,6 +223,15 @@ type Middleware struct {
 	// the record early with the body omitted and then stream.
 	Stream bool
 
+	// LegacyEncoding stores responses in encoding version 1, which versions
+	// of idem before 2026-12 read, instead of the compact version 2 (static
+	// tables for common headers, no stored Content-Length). Both versions
+	// are always read. Set it during a rolling upgrade while instances of
+	// an older version share the store, and remove it once every instance
+	// runs this version: an older instance answers a version-2 response
+	// with 500 stored-response-invalid. See CHANGELOG.md.
+	LegacyEncoding bool
+
 	// OnOutcome, if set, is called once per request that reaches the
 	// middleware, after the answer, with what happened. It runs on the
 	// request's goroutine and must be fast. Store-level events (takeovers,
@@ -347,6 +356,7 @@ type handler struct {
 	failOpen        bool
 	completeTimeout time.Duration
 	stream          bool
+	legacy          bool // LegacyEncoding
 	onOutcome       func(*http.Request, Outcome)
 }
 
@@ -391,6 +401,7 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 		failOpen:        m.FailOpen,
 		completeTimeout: m.CompleteTimeout,
 		stream:          m.Stream,
+		legacy:          m.LegacyEncoding,
 		onOutcome:       m.OnOutcome,
 	}
 	if m.Methods != nil {
@@ -594,6 +605,10 @@ func (h *handler) writeReplay(w http.ResponseWriter, result []byte) (status int,
 		// An empty body; with no Content-Length net/http sends
 		// Content-Length: 0 (or nothing, for statuses without a body).
 		delete(hdr, "Content-Length")
+	} else if d.length {
+		// Stored as a flag (encoding version 2): the stored body's length.
+		vals[2] = strconv.Itoa(len(d.body))
+		hdr["Content-Length"] = vals[2:3:3]
 	} else if cl, ok := hdr["Content-Length"]; ok && (len(cl) != 1 || cl[0] != strconv.Itoa(len(d.body))) {
 		// The handler declared a length it did not write: answer the
 		// truth. (A Content-Length the handler did not set is left to
@@ -659,7 +674,7 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 		result := make([]byte, len(c.buf))
 		copy(result, c.buf)
 		if c.omit {
-			result[1] |= flagOmitted
+			markOmitted(result)
 		}
 		o.Err = lease.Complete(ctx, result)
 		if errors.Is(o.Err, idem.ErrStoreFull) && !c.omit && len(result) > c.head {
@@ -668,7 +683,7 @@ func (h *handler) execute(w http.ResponseWriter, r *http.Request, body []byte, l
 			// them with Idempotency-Replay: omitted). The client still gets
 			// the whole response, and the handler does not run again.
 			result = result[:c.head]
-			result[1] |= flagOmitted
+			markOmitted(result)
 			o.Omitted = true
 			o.Err = lease.Complete(ctx, result)
 		}

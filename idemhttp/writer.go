@@ -129,14 +129,26 @@ func (c *capture) snapshot(code int) {
 	c.code = code
 	hdr := c.w.Header()
 	c.conn = hdr["Connection"]
-	c.buf = appendHead(c.buf[:0], code, 0, hdr, c.skip)
-	c.head = len(c.buf)
-	if cl := hdr["Content-Length"]; len(cl) == 1 {
+	version, flags, skip := byte(codecV2), byte(0), c.skip
+	if c.h.legacy {
+		version = codecV1
+	}
+	if cl := hdr[headerLength]; len(cl) == 1 {
 		if n, err := strconv.Atoi(cl[0]); err == nil && n >= 0 {
 			c.clen = n
+			if version == codecV2 && cl[0] == strconv.Itoa(n) && !c.skip(headerLength) {
+				// Stored as a flag: a replay answers the stored body's
+				// length (as it did when the two differed).
+				flags, skip = flagLength, c.skipLength
+			}
 		}
 	}
+	c.buf = appendHead(c.buf[:0], version, code, flags, hdr, skip)
+	c.head = len(c.buf)
 }
+
+// skipLength is skip for a response whose Content-Length is a flag.
+func (c *capture) skipLength(name string) bool { return name == headerLength || c.skip(name) }
 
 // skip reports whether the header name is left out of the stored response:
 // never-replayed and hop-by-hop headers, headers named in Connection, and
@@ -257,7 +269,7 @@ func (c *capture) commitEarly() bool {
 	}
 	result := make([]byte, c.head)
 	copy(result, c.buf[:c.head])
-	result[1] |= flagOmitted
+	markOmitted(result)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.r.Context()), c.h.completeTimeout)
 	err := c.lease.Complete(ctx, result)
 	c.early = true

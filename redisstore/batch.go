@@ -31,12 +31,12 @@ func (s *Store) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lea
 	if len(fps) != len(keys) {
 		return nil, fmt.Errorf("redisstore: begin batch: %d keys and %d fingerprints", len(keys), len(fps))
 	}
-	rkeys := make([]string, len(keys))
+	rkeys := make([][]string, len(keys))
 	for i, k := range keys {
 		if k == "" {
 			return nil, fmt.Errorf("redisstore: begin batch: key %d: %w: empty", i, idem.ErrInvalidKey)
 		}
-		rkeys[i] = s.Key(k)
+		rkeys[i] = s.keys(k)
 	}
 	res := make([]idem.Begun, len(keys))
 	if len(keys) == 0 {
@@ -58,7 +58,7 @@ func (s *Store) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lea
 	} else {
 		byAddr := make(map[string]*group)
 		for i, k := range rkeys {
-			node, err := s.cluster.MasterForKey(ctx, k)
+			node, err := s.cluster.MasterForKey(ctx, k[0])
 			if err != nil {
 				return nil, fail(ctx, "begin batch", err)
 			}
@@ -73,7 +73,7 @@ func (s *Store) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lea
 		}
 	}
 
-	args := func(i int) []any { return []any{fps[i], micros(lease), s.inProgressTTL(lease)} }
+	args := func(i int) []any { return []any{fps[i], micros(lease), s.inProgressTTL(lease), s.newKey} }
 	errs := make([]error, len(groups))
 	var wg sync.WaitGroup
 	for gi, g := range groups {
@@ -104,16 +104,16 @@ func (s *Store) BeginBatch(ctx context.Context, keys []string, fps [][]byte, lea
 // beginGroup runs the begin script for keys[idx...] in one pipeline (plus
 // WAIT when WaitReplicas is set) and stores the outcomes in res. Outcomes it
 // could decode are stored even when it returns an error.
-func (s *Store) beginGroup(ctx context.Context, pipe redis.Pipeliner, keys []string, idx []int, args func(i int) []any, res []idem.Begun) error {
+func (s *Store) beginGroup(ctx context.Context, pipe redis.Pipeliner, keys [][]string, idx []int, args func(i int) []any, res []idem.Begun) error {
 	cmds := make([]*redis.Cmd, len(idx))
 	var wait *redis.Cmd
 	exec := func(noscript bool) {
 		for j, i := range idx {
 			switch {
 			case !noscript:
-				cmds[j] = beginScript.EvalSha(ctx, pipe, []string{keys[i]}, args(i)...)
+				cmds[j] = beginScript.EvalSha(ctx, pipe, keys[i], args(i)...)
 			case isNoScript(cmds[j].Err()):
-				cmds[j] = beginScript.Eval(ctx, pipe, []string{keys[i]}, args(i)...)
+				cmds[j] = beginScript.Eval(ctx, pipe, keys[i], args(i)...)
 			}
 		}
 		if s.replica > 0 {

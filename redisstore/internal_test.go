@@ -26,25 +26,32 @@ func hashTag(key string) string {
 func TestKey(t *testing.T) {
 	s := New(nil, Options{})
 	for _, tc := range []struct {
-		key, want string
+		key, want, legacy string
 	}{
-		{"a", "idem:{ca978112ca1bbdca}a"},
-		{"{x}", "idem:{d3ebeaf9670d728f}{x}"},
-		{"}{", "idem:{c3ae149fe0039e4b}}{"},
+		{"a", "idem:{ca978112ca1bbdca}-sIxs5oj3E2nhu_4FHxO", "idem:{ca978112ca1bbdca}a"},
+		{"{x}", "", "idem:{d3ebeaf9670d728f}{x}"},
+		{"}{", "", "idem:{c3ae149fe0039e4b}}{"},
+		{strings.Repeat("k", 300), "", ""},
 	} {
-		got := s.Key(tc.key)
-		if got != tc.want {
-			t.Errorf("Key(%q) = %q, want %q", tc.key, got, tc.want)
+		got, legacy := s.Key(tc.key), s.LegacyKey(tc.key)
+		if tc.want != "" && got != tc.want || tc.legacy != "" && legacy != tc.legacy {
+			t.Errorf("Key(%q) = %q, LegacyKey = %q; want %q, %q", tc.key, got, legacy, tc.want, tc.legacy)
+		}
+		if len(got) != 43 {
+			t.Errorf("Key(%q) = %q: %d bytes, want 43", tc.key, got, len(got))
+		}
+		if ks := s.keys(tc.key); len(ks) != 2 || ks[0] != got || ks[1] != legacy {
+			t.Errorf("keys(%q) = %q, want [%q %q]", tc.key, ks, got, legacy)
 		}
 	}
-	if got := New(nil, Options{Prefix: "app:"}).Key("a"); got != "app:{ca978112ca1bbdca}a" {
+	if got := New(nil, Options{Prefix: "app:"}).Key("a"); got != "app:{ca978112ca1bbdca}-sIxs5oj3E2nhu_4FHxO" {
 		t.Errorf("with a prefix: %q", got)
 	}
 }
 
-// FuzzKey checks that Key is injective, that the cluster hash tag is always
-// the 16 hex digits whatever bytes the key holds, and that the key itself is
-// kept whole at the end.
+// FuzzKey checks that Key and LegacyKey are injective, that both share the
+// cluster hash tag, always 16 hex digits whatever bytes the key holds, that
+// Key has a fixed length and that LegacyKey keeps the key whole at the end.
 func FuzzKey(f *testing.F) {
 	for _, seed := range [][2]string{
 		{"a", "b"}, {"{", "}"}, {"{a}", "a"}, {"12:scope{key}", "1:2scope{key}"},
@@ -58,12 +65,22 @@ func FuzzKey(f *testing.F) {
 		if (a == b) != (ka == kb) {
 			t.Fatalf("Key(%q) = %q, Key(%q) = %q", a, ka, b, kb)
 		}
-		tag := hashTag(ka)
-		if len(tag) != 16 || strings.Trim(tag, "0123456789abcdef") != "" {
-			t.Fatalf("Key(%q) = %q: hash tag %q is not 16 hex digits", a, ka, tag)
+		la, lb := s.LegacyKey(a), s.LegacyKey(b)
+		if (a == b) != (la == lb) {
+			t.Fatalf("LegacyKey(%q) = %q, LegacyKey(%q) = %q", a, la, b, lb)
 		}
-		if !strings.HasSuffix(ka, "}"+a) || !strings.HasPrefix(ka, DefaultPrefix+"{") {
-			t.Fatalf("Key(%q) = %q does not keep the key whole", a, ka)
+		tag := hashTag(ka)
+		if len(tag) != 16 || strings.Trim(tag, "0123456789abcdef") != "" || hashTag(la) != tag {
+			t.Fatalf("Key(%q) = %q, LegacyKey %q: hash tag %q is not 16 hex digits in both", a, ka, la, tag)
+		}
+		if len(ka) != len(DefaultPrefix)+38 || !strings.HasPrefix(ka, DefaultPrefix+"{") {
+			t.Fatalf("Key(%q) = %q: not prefix, tag and 20 characters", a, ka)
+		}
+		if !strings.HasSuffix(la, "}"+a) || !strings.HasPrefix(la, DefaultPrefix+"{") {
+			t.Fatalf("LegacyKey(%q) = %q does not keep the key whole", a, la)
+		}
+		if ks := s.keys(a); ks[0] != ka || ks[1] != la {
+			t.Fatalf("keys(%q) = %q", a, ks)
 		}
 	})
 }

@@ -120,49 +120,61 @@ func TestCompletedExpires(t *testing.T) {
 }
 
 // TestReleaseTombstone covers the release of a fence the server clock has
-// not reached yet: the next fence must still be larger.
+// not reached yet: the next fence must still be larger. It runs on a record
+// in each layout, under its key: the compact one and the legacy one (as
+// written by earlier versions), whose tombstones keep their layout.
 func TestReleaseTombstone(t *testing.T) {
 	ctx := context.Background()
 	backends(t, func(t *testing.T, c redis.UniversalClient) {
 		st := newStore(t, c, redisstore.Options{})
-		k := st.Key("k")
-		now, err := c.Time(ctx).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// A fence 200ms ahead of the server clock, as a burst of
-		// release/acquire cycles within one microsecond would produce.
-		future := uint64(now.Add(200 * time.Millisecond).UnixMicro())
-		f := strconv.FormatUint(future, 10)
-		// Write the record in the store's format (see scripts.go).
-		if err := c.Eval(ctx, `return redis.call('SET', KEYS[1],
-			struct.pack('>c1dddI4', 'p', tonumber(ARGV[1]), tonumber(ARGV[1]), tonumber(ARGV[1]), 2) .. 'fp')`,
-			[]string{k}, f).Err(); err != nil {
-			t.Fatal(err)
-		}
-		if rec, ok, err := st.Get(ctx, "k"); err != nil || !ok || rec.Fence != future || string(rec.Fingerprint) != "fp" {
-			t.Fatalf("Get of the written record = %+v, %v, %v", rec, ok, err)
-		}
-		if err := st.Release(ctx, "k", future); err != nil {
-			t.Fatal(err)
-		}
-		if s := c.GetRange(ctx, k, 0, 0).Val(); s != "r" {
-			t.Fatalf("after the release: state %q, want a tombstone", s)
-		}
-		if _, ok, err := st.Get(ctx, "k"); ok || err != nil {
-			t.Fatalf("Get sees the tombstone as a record (%v, %v)", ok, err)
-		}
-		b, err := st.Begin(ctx, "k", []byte("other"), time.Minute)
-		if err != nil || b.Outcome != idem.Acquired || b.Takeover || b.Fence != future+1 {
-			t.Fatalf("Begin = %+v, %v; want acquired with fence %d", b, err, future+1)
-		}
-		// The tombstone's own expiry: a few ms past the fence.
-		if err := st.Release(ctx, "k", b.Fence); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(250 * time.Millisecond)
-		if n := c.Exists(ctx, k).Val(); n != 0 {
-			t.Fatalf("tombstone still there once the clock passed its fence")
+		for _, layout := range []struct {
+			name, pack, tomb string
+			key              func(string) string
+		}{
+			{"compact", `struct.pack('>c1dddB', 'P', tonumber(ARGV[1]), tonumber(ARGV[1]), tonumber(ARGV[1]), 2)`, "R", st.Key},
+			{"legacy", `struct.pack('>c1dddI4', 'p', tonumber(ARGV[1]), tonumber(ARGV[1]), tonumber(ARGV[1]), 2)`, "r", st.LegacyKey},
+		} {
+			key := "k-" + layout.name
+			k := layout.key(key)
+			now, err := c.Time(ctx).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A fence 200ms ahead of the server clock, as a burst of
+			// release/acquire cycles within one microsecond would produce.
+			future := uint64(now.Add(200 * time.Millisecond).UnixMicro())
+			f := strconv.FormatUint(future, 10)
+			// Write the record in the store's format (see scripts.go).
+			if err := c.Eval(ctx, `return redis.call('SET', KEYS[1], `+layout.pack+` .. 'fp')`, []string{k}, f).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if rec, ok, err := st.Get(ctx, key); err != nil || !ok || rec.Fence != future || string(rec.Fingerprint) != "fp" {
+				t.Fatalf("%s: Get of the written record = %+v, %v, %v", layout.name, rec, ok, err)
+			}
+			if err := st.Release(ctx, key, future); err != nil {
+				t.Fatal(err)
+			}
+			if s := c.GetRange(ctx, k, 0, 0).Val(); s != layout.tomb {
+				t.Fatalf("%s: after the release: state %q, want a tombstone %q", layout.name, s, layout.tomb)
+			}
+			if _, ok, err := st.Get(ctx, key); ok || err != nil {
+				t.Fatalf("%s: Get sees the tombstone as a record (%v, %v)", layout.name, ok, err)
+			}
+			b, err := st.Begin(ctx, key, []byte("other"), time.Minute)
+			if err != nil || b.Outcome != idem.Acquired || b.Takeover || b.Fence != future+1 {
+				t.Fatalf("%s: Begin = %+v, %v; want acquired with fence %d", layout.name, b, err, future+1)
+			}
+			if s := c.GetRange(ctx, k, 0, 0).Val(); s != map[string]string{"R": "P", "r": "p"}[layout.tomb] {
+				t.Fatalf("%s: the new record is not where the tombstone was (state %q)", layout.name, s)
+			}
+			// The tombstone's own expiry: a few ms past the fence.
+			if err := st.Release(ctx, key, b.Fence); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(250 * time.Millisecond)
+			if n := c.Exists(ctx, k).Val(); n != 0 {
+				t.Fatalf("%s: tombstone still there once the clock passed its fence", layout.name)
+			}
 		}
 	})
 }

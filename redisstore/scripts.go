@@ -9,37 +9,85 @@ import "github.com/redis/go-redis/v9"
 // Redis Cluster slot.
 //
 // A record is one string value, so that a step is a GET and a SET … PX (the
-// expiry travels with the write) and nothing more:
+// expiry travels with the write) and nothing more. Two layouts exist, told
+// apart by the state byte; both keep the fence at offset 1 and, in
+// progress, the lease end at offset 9 (Extend overwrites it in place):
 //
-//	offset  size  field
-//	0       1     state: "p" in progress, "c" completed, "r" released tombstone
-//	1       8     fence                    (big-endian IEEE 754 double)
-//	9       8     lease end, µs            (in progress; 0 otherwise)
-//	17      8     acquired at, µs          (when the current fence took it)
-//	25      4     fingerprint length n     (big-endian uint32)
-//	29      n     fingerprint
-//	29+n    …     result                   (completed only)
+// Compact (state "P", "C", "R"), written under the compact key (Key):
 //
-// written and read with the struct library built into Redis's Lua. Times
-// are the server's TIME in µs since the Unix epoch, never the client's
-// clock. Every number stays below 2^53 (µs timestamps until the year 2255),
-// so doubles hold it exactly, and a reply turns it into an exact integer
-// (num() formats one as a decimal string for Get). Go refuses fences of 2^53
-// and above before asking Redis.
+//	in progress  "P"  fence d, lease end d, acquired at d, fp length B, fp
+//	completed    "C"  fence d, acquired at d, fp length B, fp, result
+//	released     "R"  fence d                                (tombstone)
+//
+// Legacy (state "p", "c", "r"), which versions before the compact records
+// wrote, and which the store still writes under the legacy key (LegacyKey)
+// and for fingerprints of 256 bytes or more:
+//
+//	"p"/"c"/"r"  fence d, lease end d (0 unless "p"), acquired at d,
+//	             fp length I4, fp, result (completed only)
+//
+// d is a big-endian IEEE 754 double, B one byte, I4 a big-endian uint32
+// (the struct library built into Redis's Lua). Times are the server's TIME
+// in µs since the Unix epoch, never the client's clock. Every number stays
+// below 2^53 (µs timestamps until the year 2255), so doubles hold it
+// exactly, and a reply turns it into an exact integer (num() formats one as
+// a decimal string for Get). Go refuses fences of 2^53 and above before
+// asking Redis.
+//
+// Every script gets two keys in one Redis Cluster slot (they share the hash
+// tag): KEYS[1], the compact key, and KEYS[2], the legacy key (absent with
+// Options.SkipLegacyKeys). A record is looked up under KEYS[1], then
+// KEYS[2], and changed where it was found, in
+// that key's layout, so records written before an upgrade stay readable and
+// versions that read only the legacy layout keep reading them. A new record
+// goes under the key Begin's mode argument names: KEYS[1] (compact) by
+// default, KEYS[2] with Options.LegacyRecords.
 //
 // Redis replicates the effects of scripts (always since 7.0, by default
 // since 5.0), so calling TIME before writing is allowed and replicas store
 // the deadlines the primary computed.
 
 // luaCommon defines now(), the server clock in µs; num(), which formats an
-// integer without exponent; and head(), which packs a record header.
+// integer without exponent; load(), which finds the record; dec(), which
+// decodes either layout; and enc(), which encodes a record in the layout of
+// the key it goes to.
 const luaCommon = `
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function num(x) return string.format('%.0f', x) end
-local function head(s, n, l, a, fl) return struct.pack('>c1dddI4', s, n, l, a, fl) end
+local function load()
+  local v = redis.call('GET', KEYS[1])
+  if v then return 1, v end
+  if not KEYS[2] then return nil, nil end
+  v = redis.call('GET', KEYS[2])
+  if v then return 2, v end
+  return nil, nil
+end
+local function dec(v)
+  local s = string.sub(v, 1, 1)
+  if s == 'C' then
+    local _, n, a, fl = struct.unpack('>c1ddB', v)
+    return 'c', n, 0, a, string.sub(v, 19, 18 + fl), 19 + fl
+  elseif s == 'P' then
+    local _, n, l, a, fl = struct.unpack('>c1dddB', v)
+    return 'p', n, l, a, string.sub(v, 27, 26 + fl), 27 + fl
+  elseif s == 'R' then
+    local _, n = struct.unpack('>c1d', v)
+    return 'r', n, 0, 0, '', 10
+  end
+  local _, n, l, a, fl = struct.unpack('>c1dddI4', v)
+  return s, n, l, a, string.sub(v, 30, 29 + fl), 30 + fl
+end
+local function enc(i, s, n, l, a, fp, res)
+  if i == 1 and #fp < 256 then
+    if s == 'p' then return struct.pack('>c1dddB', 'P', n, l, a, #fp) .. fp end
+    if s == 'c' then return struct.pack('>c1ddB', 'C', n, a, #fp) .. fp .. res end
+    return struct.pack('>c1d', 'R', n)
+  end
+  return struct.pack('>c1dddI4', s, n, l, a, #fp) .. fp .. (res or '')
+end
 `
 
 // luaPublish wakes waiters (mode "p": PUBLISH; "s": the sharded SPUBLISH of
@@ -50,62 +98,73 @@ local function head(s, n, l, a, fl) return struct.pack('>c1dddI4', s, n, l, a, f
 // publishes) or happened before that read (and the waiter sees it). A
 // completion nobody waits for costs one dictionary lookup instead of a
 // PUBLISH, which Redis would also send to every replica.
+//
+// Wait listens on the compact key's channel (KEYS[1]); versions before the
+// compact records listened on the legacy key's (KEYS[2]), which is also
+// notified when the record is there (i == 2).
 const luaPublish = `
-local function notify(mode)
+local function notify1(mode, ch)
   if mode == 'p' then
-    if redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2] > 0 then redis.call('PUBLISH', KEYS[1], 'x') end
+    if redis.call('PUBSUB', 'NUMSUB', ch)[2] > 0 then redis.call('PUBLISH', ch, 'x') end
   elseif mode == 's' then
-    if redis.call('PUBSUB', 'SHARDNUMSUB', KEYS[1])[2] > 0 then redis.call('SPUBLISH', KEYS[1], 'x') end
+    if redis.call('PUBSUB', 'SHARDNUMSUB', ch)[2] > 0 then redis.call('SPUBLISH', ch, 'x') end
   end
 end
-`
-
-// luaHeld loads the record and returns (record, fence, acquired at,
-// fingerprint length) when it is in progress with the fence in ARGV[1], and
-// nil otherwise.
-const luaHeld = `
-local function held()
-  local v = redis.call('GET', KEYS[1])
-  if not v or string.byte(v, 1) ~= 112 then return nil end -- 'p'
-  local _, n, _, a, fl = struct.unpack('>c1dddI4', v)
-  if n ~= tonumber(ARGV[1]) then return nil end
-  return v, n, a, fl
+local function notify(i, mode)
+  notify1(mode, KEYS[1])
+  if i == 2 then notify1(mode, KEYS[2]) end
 end
 `
 
-// beginScript: ARGV = fingerprint, lease µs, in-progress key TTL ms.
+// luaHeld finds the record and returns (key index, fence, acquired at,
+// fingerprint) when it is in progress with the fence in ARGV[1], and nil
+// otherwise.
+const luaHeld = `
+local function held()
+  local i, v = load()
+  if not v then return nil end
+  local s, n, _, a, fp = dec(v)
+  if s ~= 'p' or n ~= tonumber(ARGV[1]) then return nil end
+  return i, n, a, fp
+end
+`
+
+// beginScript: ARGV = fingerprint, lease µs, in-progress key TTL ms, key
+// index of a new record (1 compact, 2 legacy).
 // Returns {1, fence, takeover 0|1} acquired, {2, fence, lease left µs}
 // in flight, {3, "", 0, result} replay, {4} mismatch.
 var beginScript = redis.NewScript(luaCommon + `
-local v = redis.call('GET', KEYS[1])
+local i, v = load()
 local prev = 0
 if v then
-  local s, n, l, _, fl = struct.unpack('>c1dddI4', v)
+  local s, n, l, a, fp, ro = dec(v)
   if s == 'r' then
     prev = n
   else
-    if string.sub(v, 30, 29 + fl) ~= ARGV[1] then return {4} end
-    if s == 'c' then return {3, '', 0, string.sub(v, 30 + fl)} end
+    if fp ~= ARGV[1] then return {4} end
+    if s == 'c' then return {3, '', 0, string.sub(v, ro)} end
     local t = now()
     if l > t then return {2, n, l - t} end
     n = n + 1
-    redis.call('SET', KEYS[1], head('p', n, t + tonumber(ARGV[2]), t, fl) .. ARGV[1], 'PX', ARGV[3])
+    redis.call('SET', KEYS[i], enc(i, 'p', n, t + tonumber(ARGV[2]), t, ARGV[1]), 'PX', ARGV[3])
     return {1, n, 1}
   end
+else
+  i = tonumber(ARGV[4])
 end
 local t = now()
 local n = math.max(prev + 1, t)
-redis.call('SET', KEYS[1], head('p', n, t + tonumber(ARGV[2]), t, #ARGV[1]) .. ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[i], enc(i, 'p', n, t + tonumber(ARGV[2]), t, ARGV[1]), 'PX', ARGV[3])
 return {1, n, 0}
 `)
 
 // completeScript: ARGV = fence, result, retention ms, notify mode.
 // Returns 1 done, 0 lease lost (nothing changed).
 var completeScript = redis.NewScript(luaCommon + luaHeld + luaPublish + `
-local v, n, a, fl = held()
-if not v then return 0 end
-redis.call('SET', KEYS[1], head('c', n, 0, a, fl) .. string.sub(v, 30, 29 + fl) .. ARGV[2], 'PX', ARGV[3])
-notify(ARGV[4])
+local i, n, a, fp = held()
+if not i then return 0 end
+redis.call('SET', KEYS[i], enc(i, 'c', n, 0, a, fp, ARGV[2]), 'PX', ARGV[3])
+notify(i, ARGV[4])
 return 1
 `)
 
@@ -115,34 +174,34 @@ return 1
 // the fence: then a tombstone keeps the fence until it has, so that the next
 // fresh fence, max(previous+1, now), is still larger than this one.
 var releaseScript = redis.NewScript(luaCommon + luaHeld + luaPublish + `
-local v, n = held()
-if not v then return 0 end
+local i, n = held()
+if not i then return 0 end
 local t = now()
 if n >= t then
-  redis.call('SET', KEYS[1], head('r', n, 0, 0, 0), 'PX', math.floor((n - t) / 1000) + 2)
+  redis.call('SET', KEYS[i], enc(i, 'r', n, 0, 0, ''), 'PX', math.floor((n - t) / 1000) + 2)
 else
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[i])
 end
-notify(ARGV[2])
+notify(i, ARGV[2])
 return 1
 `)
 
 // extendScript: ARGV = fence, lease µs, in-progress key TTL ms.
 // Returns 1 done, 0 lease lost.
 var extendScript = redis.NewScript(luaCommon + luaHeld + `
-local v = held()
-if not v then return 0 end
-redis.call('SETRANGE', KEYS[1], 9, struct.pack('>d', now() + tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local i = held()
+if not i then return 0 end
+redis.call('SETRANGE', KEYS[i], 9, struct.pack('>d', now() + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[i], ARGV[3])
 return 1
 `)
 
 // getScript: no ARGV. Returns {0} for no record, else
 // {state, fp, fence, lease end µs, acquired µs, result, now µs, pttl ms}.
 var getScript = redis.NewScript(luaCommon + `
-local v = redis.call('GET', KEYS[1])
+local i, v = load()
 if not v then return {0} end
-local s, n, l, a, fl = struct.unpack('>c1dddI4', v)
+local s, n, l, a, fp, ro = dec(v)
 if s ~= 'p' and s ~= 'c' then return {0} end
-return {s, string.sub(v, 30, 29 + fl), num(n), num(l), num(a), string.sub(v, 30 + fl), num(now()), redis.call('PTTL', KEYS[1])}
+return {s, fp, num(n), num(l), num(a), string.sub(v, ro), num(now()), redis.call('PTTL', KEYS[i])}
 `)

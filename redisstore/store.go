@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -102,6 +103,26 @@ type Options struct {
 	// 0.1–0.2 s without it (TestClusterFailoverServedAgain).
 	AutoPipeline bool
 
+	// LegacyRecords writes new records under LegacyKey's name and in the
+	// layout of versions before the compact records (2026-12), which those
+	// versions read, instead of under Key's name in the compact layout
+	// (about 110 bytes less per record; see docs/capacity.md). Records of
+	// both kinds are always found and changed where they are. Set it while
+	// instances of an older version share the Redis (a rolling upgrade),
+	// and remove it once every instance runs this version: an older version
+	// does not see records under the compact name, so it would execute
+	// their retries again. See CHANGELOG.md.
+	LegacyRecords bool
+
+	// SkipLegacyKeys stops looking for records under LegacyKey's name,
+	// which saves one GET inside Begin's script when the key is new (a
+	// first execution runs 8 Redis commands instead of 9). Set it when no
+	// version before the compact records (2026-12) has written to this
+	// Redis for longer than the retention (and the abandonment period,
+	// Abandon): then no record is left under a legacy name. It is ignored
+	// with LegacyRecords.
+	SkipLegacyKeys bool
+
 	// PollInterval is how long one Wait sleeps when notifications are
 	// disabled or the subscription cannot be established. If zero,
 	// DefaultPollInterval (200 ms) is used.
@@ -124,6 +145,8 @@ type Store struct {
 	waitTO  time.Duration
 	abandon time.Duration
 	notify  string // "p", "s" or "" (ARGV for the scripts)
+	newKey  string // where Begin puts a new record: "1" Key, "2" LegacyKey
+	legacy  bool   // look for records under LegacyKey too
 	poll    time.Duration
 
 	mu  sync.Mutex
@@ -146,6 +169,11 @@ func New(c redis.UniversalClient, o Options) *Store {
 		abandon: o.Abandon,
 		poll:    o.PollInterval,
 		notify:  "p",
+		newKey:  "1",
+		legacy:  !o.SkipLegacyKeys || o.LegacyRecords,
+	}
+	if o.LegacyRecords {
+		s.newKey = "2"
 	}
 	if s.sc == nil && o.AutoPipeline {
 		var ap *redis.AutoPipeliner
@@ -202,24 +230,56 @@ func (s *Store) AutoPipelined() bool {
 	return ok
 }
 
-// Key returns the Redis key (also the notification channel) that holds the
-// record for the store key key: Prefix, then "{" and 16 hex digits of the
-// key's SHA-256 as the Redis Cluster hash tag, then "}" and key itself. The
-// hash tag is made of hex digits only, so a key containing "{" or "}" cannot
-// change the slot; keeping the whole key makes distinct keys distinct and
-// the records readable with redis-cli.
+// Key returns the compact Redis key of the record for the store key key
+// (also the channel Wait listens on): Prefix, "{", 16 hex digits of the
+// first 8 bytes of the key's SHA-256 as the Redis Cluster hash tag, "}",
+// then the next 15 bytes of the SHA-256 in unpadded base64url (20
+// characters): 43 bytes with the default prefix, whatever the key's length.
+// Distinct keys get distinct names (184 bits of SHA-256), and the hash tag
+// is made of hex digits only, so no key can choose its slot. The store key
+// itself is not kept: Get (and idemproxy's admin API) finds a record from
+// its key.
 func (s *Store) Key(key string) string {
 	sum := sha256.Sum256([]byte(key))
-	var b strings.Builder
-	b.Grow(len(s.prefix) + 18 + len(key))
-	b.WriteString(s.prefix)
-	b.WriteByte('{')
-	var h [16]byte
-	hex.Encode(h[:], sum[:8])
-	b.Write(h[:])
-	b.WriteByte('}')
-	b.WriteString(key)
-	return b.String()
+	b := make([]byte, 0, len(s.prefix)+18+base64.RawURLEncoding.EncodedLen(15))
+	b = appendTag(append(b, s.prefix...), &sum)
+	return string(base64.RawURLEncoding.AppendEncode(b, sum[8:23]))
+}
+
+// LegacyKey returns the Redis key under which versions before the compact
+// records kept the record for key, and under which the store still finds
+// (and, with Options.LegacyRecords, writes) it: Prefix, the same hash tag as
+// Key's, then key itself. Both names are in one Redis Cluster slot.
+func (s *Store) LegacyKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	b := make([]byte, 0, len(s.prefix)+18+len(key))
+	b = appendTag(append(b, s.prefix...), &sum)
+	return string(append(b, key...))
+}
+
+// keys returns Key(key) and LegacyKey(key) (only Key(key) with
+// SkipLegacyKeys), the KEYS of every script, in one allocation.
+func (s *Store) keys(key string) []string {
+	sum := sha256.Sum256([]byte(key))
+	head := len(s.prefix) + 18
+	b := make([]byte, 0, 2*head+base64.RawURLEncoding.EncodedLen(15)+len(key))
+	b = appendTag(append(b, s.prefix...), &sum)
+	b = base64.RawURLEncoding.AppendEncode(b, sum[8:23])
+	c := len(b)
+	b = append(b, b[:head]...)
+	b = append(b, key...)
+	all := string(b)
+	if !s.legacy {
+		return []string{all[:c]}
+	}
+	return []string{all[:c], all[c:]}
+}
+
+// appendTag appends the hash tag of a key whose SHA-256 is sum.
+func appendTag(b []byte, sum *[sha256.Size]byte) []byte {
+	b = append(b, '{')
+	b = hex.AppendEncode(b, sum[:8])
+	return append(b, '}')
 }
 
 // maxFence is the largest fence the store issues: fences are server times in
@@ -325,8 +385,8 @@ const clusterAttempts = 4
 // by the cluster client itself (one more attempt; it knows where the slot
 // went before the slot map reload has finished). Any other failure returns
 // at once: the outcome is unknown and the Keeper settles it with Get.
-func (s *Store) runOnPrimary(ctx context.Context, sc *redis.Script, k string, args ...any) (any, error) {
-	keys := []string{k}
+func (s *Store) runOnPrimary(ctx context.Context, sc *redis.Script, keys []string, args ...any) (any, error) {
+	k := keys[0]
 	backoff := 25 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		node, err := s.cluster.MasterForKey(ctx, k)
@@ -396,13 +456,13 @@ func isNoScript(err error) bool {
 	return err != nil && (errors.Is(err, redis.ErrNoScript) || strings.HasPrefix(err.Error(), "NOSCRIPT"))
 }
 
-// run runs sc on the record key k. When durable is set and WaitReplicas is
+// run runs sc on the record keys (s.keys). When durable is set and WaitReplicas is
 // positive, WAIT is pipelined after the script on the same connection, and
 // acked reports whether enough replicas acknowledged.
-func (s *Store) run(ctx context.Context, sc *redis.Script, k string, durable bool, args ...any) (v any, acked bool, err error) {
-	keys := []string{k}
+func (s *Store) run(ctx context.Context, sc *redis.Script, keys []string, durable bool, args ...any) (v any, acked bool, err error) {
+	k := keys[0]
 	if s.cluster != nil && s.sc == redis.Scripter(s.c) && (!durable || s.replica <= 0) {
-		v, err = s.runOnPrimary(ctx, sc, k, args...)
+		v, err = s.runOnPrimary(ctx, sc, keys, args...)
 		return v, true, err
 	}
 	if !durable || s.replica <= 0 {
@@ -454,8 +514,8 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 	if lease <= 0 {
 		return idem.Begun{}, fmt.Errorf("redisstore: begin: lease %v is not positive", lease)
 	}
-	k := s.Key(key)
-	v, acked, err := s.run(ctx, beginScript, k, true, fp, micros(lease), s.inProgressTTL(lease))
+	k := s.keys(key)
+	v, acked, err := s.run(ctx, beginScript, k, true, fp, micros(lease), s.inProgressTTL(lease), s.newKey)
 	if err != nil && v == nil {
 		return idem.Begun{}, fail(ctx, "begin", err)
 	}
@@ -535,7 +595,7 @@ func (s *Store) Complete(ctx context.Context, key string, fence uint64, result [
 	if result == nil {
 		result = []byte{}
 	}
-	v, acked, err := s.run(ctx, completeScript, s.Key(key), true, strconv.FormatUint(fence, 10), result, millis(retention), s.notify)
+	v, acked, err := s.run(ctx, completeScript, s.keys(key), true, strconv.FormatUint(fence, 10), result, millis(retention), s.notify)
 	return s.done(ctx, "complete", v, acked, err)
 }
 
@@ -549,7 +609,7 @@ func (s *Store) Release(ctx context.Context, key string, fence uint64) error {
 	if fence > maxFence {
 		return fmt.Errorf("redisstore: release: %w", idem.ErrLeaseLost)
 	}
-	v, acked, err := s.run(ctx, releaseScript, s.Key(key), false, strconv.FormatUint(fence, 10), s.notify)
+	v, acked, err := s.run(ctx, releaseScript, s.keys(key), false, strconv.FormatUint(fence, 10), s.notify)
 	return s.done(ctx, "release", v, acked, err)
 }
 
@@ -566,7 +626,7 @@ func (s *Store) Extend(ctx context.Context, key string, fence uint64, lease time
 	if lease <= 0 {
 		return fmt.Errorf("redisstore: extend: lease %v is not positive", lease)
 	}
-	v, acked, err := s.run(ctx, extendScript, s.Key(key), false, strconv.FormatUint(fence, 10), micros(lease), s.inProgressTTL(lease))
+	v, acked, err := s.run(ctx, extendScript, s.keys(key), false, strconv.FormatUint(fence, 10), micros(lease), s.inProgressTTL(lease))
 	return s.done(ctx, "extend", v, acked, err)
 }
 
@@ -614,7 +674,7 @@ func (s *Store) Get(ctx context.Context, key string) (rec idem.Record, ok bool, 
 	if err := check(ctx, "get", key); err != nil {
 		return idem.Record{}, false, err
 	}
-	k := s.Key(key)
+	k := s.keys(key)
 	var v any
 	for retries := getRetries; ; retries-- {
 		v, _, err = s.run(ctx, getScript, k, false)

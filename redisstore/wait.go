@@ -33,11 +33,11 @@ func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
 	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
-	k := s.Key(key)
+	ks := s.keys(key)
 	var reg *registration
 	if s.notify != "" {
 		if h := s.getHub(); h != nil {
-			reg, _ = h.register(ctx, k)
+			reg, _ = h.register(ctx, ks[0]) // the compact key's channel (see luaPublish)
 		}
 	}
 	if reg == nil {
@@ -53,14 +53,25 @@ func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	st, err := s.c.GetRange(ctx, k, 0, 0).Result() // the state byte
+	// The state byte under both names (one slot, one round trip).
+	var st [2]*redis.StringCmd
+	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range ks {
+			st[i] = p.GetRange(ctx, k, 0, 0)
+		}
+		return nil
+	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return nil // let the caller's Begin report the failure
 	}
-	if st != "p" {
+	v := st[0].Val()
+	if st[1] != nil {
+		v += st[1].Val()
+	}
+	if v != "P" && v != "p" {
 		return nil // completed or released before we subscribed
 	}
 	select {

@@ -1,6 +1,6 @@
 // Command capacity measures what one stored record costs in each store, for
 // the benchmark's answer (idemproxy's stored response of bench/load's
-// upstream: 201, Content-Type and Content-Length, a 90-byte JSON body), and
+// upstream: 201, Content-Type and Content-Length, a 94-byte JSON body), and
 // prints a capacity table: bytes per record, and what a rate of first
 // executions kept for a retention costs.
 //
@@ -327,7 +327,7 @@ func postgresStore(ctx context.Context, n int, result []byte, dsn string) (measu
 }
 
 func report(w io.Writer, n, resultLen int, ms []measurement) {
-	fmt.Fprintf(w, "%d records per store; each holds a %d-byte stored answer (201, Content-Type, Content-Length, 90-byte JSON body), a 32-byte fingerprint and a %d-byte key\n\n",
+	fmt.Fprintf(w, "%d records per store; each holds a %d-byte stored answer (201, Content-Type, Content-Length, 94-byte JSON body), a 32-byte fingerprint and a %d-byte key\n\n",
 		n, resultLen, len(keys(1)[0]))
 	fmt.Fprintln(w, "| store | bytes per record | measured as | details |")
 	fmt.Fprintln(w, "| --- | ---: | --- | --- |")

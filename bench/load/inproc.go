@@ -53,10 +53,10 @@ func (p *redisProbe) commands(ctx context.Context) (map[string]int64, error) {
 
 // recordBytes returns the median MEMORY USAGE (key, value, expiry and the
 // allocator's rounding: what Redis spends on the record) of up to n keys
-// that contain tag, and how many it sampled.
-func (p *redisProbe) recordBytes(ctx context.Context, tag string, n int) (float64, int, error) {
+// that start with prefix, and how many it sampled.
+func (p *redisProbe) recordBytes(ctx context.Context, prefix string, n int) (float64, int, error) {
 	var sizes []float64
-	iter := p.c.Scan(ctx, 0, "*"+tag+"-*", 1000).Iterator()
+	iter := p.c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
 	for iter.Next(ctx) && len(sizes) < n {
 		v, err := p.c.MemoryUsage(ctx, iter.Val(), 0).Result()
 		if errors.Is(err, redis.Nil) {

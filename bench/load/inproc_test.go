@@ -26,14 +26,15 @@ func TestLibHandler(t *testing.T) {
 	for _, lc := range libClients {
 		t.Run(lc, func(t *testing.T) {
 			tag := randHex()
-			h, closeFn, err := libHandler(lc, addr, "benchloadtest:"+tag+":")
+			prefix := "benchloadtest:" + tag + ":"
+			h, closeFn, err := libHandler(lc, addr, prefix)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer closeFn()
 			srv := httptest.NewServer(h)
 			defer srv.Close()
-			defer probe.cleanup(ctx, "*"+tag+"-*")
+			defer probe.cleanup(ctx, prefix+"*")
 			c := srv.Client()
 			if err := post(c, srv.URL, tag+"-1"); err != nil {
 				t.Fatal(err)
@@ -61,7 +62,7 @@ func TestLibHandler(t *testing.T) {
 			if d := commandDelta(before, after, 1); d["evalsha"] != 1 || d["get"] != 1 {
 				t.Errorf("replay commands %v, want EVALSHA 1 and GET 1", d)
 			}
-			b, n, err := probe.recordBytes(ctx, tag, 10)
+			b, n, err := probe.recordBytes(ctx, prefix, 10)
 			if err != nil || n != 1 || b < 100 {
 				t.Fatalf("recordBytes = %v, %d, %v; want one record", b, n, err)
 			}

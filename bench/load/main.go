@@ -511,6 +511,11 @@ func bench(c config, stdout io.Writer) error {
 	}
 	defer pooled.stop()
 
+	// Every Redis key of this run (idemproxy's and the library rows')
+	// starts with keyPrefix, as long as redisstore's default "idem:" so
+	// that the records are the size users get: the probe samples them and
+	// the clean-up deletes them by it.
+	keyPrefix := "b" + randHex()[:3] + ":"
 	scenarios := []*scenario{
 		{name: "direct upstream", target: upURL, pid: up.cmd.Process.Pid, mallocs: upURL + mallocsPath},
 		{name: "plain ReverseProxy", target: "http://" + plain.addr, pid: plain.cmd.Process.Pid, mallocs: "http://" + plain.addr + mallocsPath},
@@ -550,7 +555,7 @@ func bench(c config, stdout io.Writer) error {
 			if !isLoopback(c.redisAddr) {
 				return fmt.Errorf("-redis %s: loopback addresses only", c.redisAddr)
 			}
-			store = "redis://" + c.redisAddr + "/0"
+			store = "redis://" + c.redisAddr + "/0?prefix=" + url.QueryEscape(keyPrefix)
 		case "postgres":
 			if c.postgres == "" {
 				fmt.Fprintln(os.Stderr, "load: skipping postgres (set IDEM_POSTGRES_DSN or -postgres)")
@@ -594,8 +599,7 @@ func bench(c config, stdout io.Writer) error {
 		rc := redis.NewClient(&redis.Options{Addr: c.redisAddr})
 		defer rc.Close()
 		probe = &redisProbe{c: rc}
-		// Every record of this run holds prefix in its key.
-		defer probe.cleanup(context.Background(), "*"+prefix+"-*")
+		defer probe.cleanup(context.Background(), keyPrefix+"*")
 	}
 	if c.lib != "" {
 		if probe == nil {
@@ -605,10 +609,7 @@ func bench(c config, stdout io.Writer) error {
 				if !slices.Contains(libClients, lc) {
 					return fmt.Errorf("-lib: unknown client %q (want %s)", lc, strings.Join(libClients, ", "))
 				}
-				// redisstore's default prefix, so that the records are the
-				// size users get; every key still holds this run's prefix
-				// (the load's Idempotency-Keys do).
-				p, err := startRole("lib", "-lib-client", lc, "-redis", c.redisAddr)
+				p, err := startRole("lib", "-lib-client", lc, "-redis", c.redisAddr, "-lib-prefix", keyPrefix)
 				if err != nil {
 					return err
 				}
@@ -668,7 +669,7 @@ func bench(c config, stdout io.Writer) error {
 				}
 				s.commands = commandDelta(cmds0, cmds1, res.n+int(res.errors))
 				if !s.replay {
-					b, n, err := probe.recordBytes(context.Background(), tag, 200)
+					b, n, err := probe.recordBytes(context.Background(), keyPrefix, 200)
 					if err != nil {
 						return err
 					}

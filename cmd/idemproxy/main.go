@@ -86,6 +86,8 @@ type options struct {
 	// requireStore is -require-store: exit 1 when the store cannot be
 	// reached at start, instead of warning (see checkStore).
 	requireStore bool
+	// legacyRecords is -legacy-records (or the file's legacy_records).
+	legacyRecords bool
 	// otelEndpoint is -otel-endpoint: where traces go (OTLP over HTTP);
 	// empty disables tracing.
 	otelEndpoint string
@@ -125,6 +127,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.maxRecords, "max-records", "auto", "most records a memory: or file: store holds (`count`, auto or off); auto is 100000 for memory:, 1000000 for file:. New keys beyond it get 503 store-full; stored keys still replay")
 	fs.StringVar(&o.maxBytes, "max-bytes", "auto", "most bytes of keys, fingerprints and responses a memory: or file: store holds (`size` such as 256MiB, auto or off); auto is 256MiB for memory:, 1GiB for file:")
 	fs.StringVar(&o.maxScopeShare, "max-scope-share", "0.5", "largest `share` of -max-records and -max-bytes one scope (caller) may hold, a fraction in (0, 1] or a percentage (1 disables the quota)")
+	fs.BoolVar(&o.legacyRecords, "legacy-records", false, "store responses in the encoding, and Redis records under the names and in the layout, that idemproxy versions before 2026-12 read: set it during a rolling upgrade while older instances share the store, then remove it (see CHANGELOG.md)")
 	fs.BoolVar(&o.requireStore, "require-store", false, "exit 1 when the store cannot be reached at start (by default the proxy warns, starts, and answers 503 store-unavailable until the store is back)")
 	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", "OTLP/HTTP `URL` (http://127.0.0.1:4318, or host:port) to send a trace span per request to, continuing the request's W3C trace context and passing it to the upstream; empty disables tracing")
 	fs.BoolVar(&o.demo, "demo", false, "run a demo payments API behind the proxy and print curl commands to try")
@@ -219,6 +222,9 @@ func parseArgs(args []string, stdout io.Writer) (*options, error) {
 	fromFile("otel-endpoint", &o.otelEndpoint, o.cfg.OTelEndpoint)
 	if !set["require-store"] && o.cfg.RequireStore {
 		o.requireStore = true
+	}
+	if set["legacy-records"] {
+		o.cfg.LegacyRecords = o.legacyRecords
 	}
 	o.storeGiven = set["store"]
 	o.listenGiven = set["listen"]

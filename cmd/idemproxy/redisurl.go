@@ -115,6 +115,13 @@ var redisParams = []redisParam{
 		return nil
 	}},
 	{"client_name", topoAll, false, strParam(func(c *redisConf) *string { return &c.o.ClientName })},
+	{"prefix", topoAll, false, func(c *redisConf, v string) error {
+		if v == "" || len(v) > 64 {
+			return fmt.Errorf("prefix=%q: want 1 to 64 bytes that start every key (default %q)", v, redisstore.DefaultPrefix)
+		}
+		c.store.Prefix = v
+		return nil
+	}},
 	{"protocol", topoAll, false, func(c *redisConf, v string) error {
 		switch v {
 		case "":

@@ -50,6 +50,9 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 		return err
 	}
 	spec.budget = o.budget
+	if spec.redis != nil {
+		spec.redis.store.LegacyRecords = o.cfg.LegacyRecords
+	}
 	st, err := openStore(ctx, spec, log)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", redact(o.store), err)

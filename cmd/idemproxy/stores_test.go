@@ -139,6 +139,7 @@ func TestRedisURLErrors(t *testing.T) {
 		{"redis://h?password=aaaa1&password=bbbb2", "password given 2 times"},
 		{"redis://h?bogus=1", `unknown option "bogus"; the options of redis:// are: auto_pipeline, client_name, `},
 		{"redis://h?dial_timeout=soon", "dial_timeout"},
+		{"redis://h?prefix=", "prefix=\"\": want 1 to 64 bytes"},
 		{"redis://h/x", "database number"},
 		{"redis+cluster://h1:7000/0", "no database number"},
 		{"redis+cluster://h1:7000,,h2:7001", "empty address"},
@@ -410,6 +411,7 @@ func TestRedisURLOptionPerScheme(t *testing.T) {
 		{"wait_replicas=2", all, false, []field{{"store.WaitReplicas", 2}}},
 		{"wait_timeout=75ms", all, false, []field{{"store.WaitTimeout", 75 * time.Millisecond}}},
 		{"client_name=idem", all, false, []field{{"ClientName", "idem"}}},
+		{"prefix=app1:", all, false, []field{{"store.Prefix", "app1:"}}},
 		{"protocol=2", all, false, []field{{"Protocol", 2}}},
 		{"max_retries=2", all, false, []field{{"MaxRetries", 2}}},
 		{"max_retries=0", all, false, []field{{"MaxRetries", 0}}}, // go-redis's default (3) when given as 0

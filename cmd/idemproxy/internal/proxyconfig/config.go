@@ -288,6 +288,11 @@ type Config struct {
 	// store cannot be reached instead of warning. The command line and the
 	// environment override it.
 	RequireStore bool
+	// LegacyRecords is the file's legacy_records: store responses in the
+	// encoding, and Redis records under the names and in the layout, that
+	// versions before the compact records (2026-12) read, for a rolling
+	// upgrade. The command line and the environment override it.
+	LegacyRecords bool
 	// OTelEndpoint is the file's otel_endpoint (validated by the command),
 	// or empty. The command line and the environment override it.
 	OTelEndpoint string

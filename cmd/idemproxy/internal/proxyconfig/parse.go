@@ -166,6 +166,8 @@ func (d *decoder) config(n *node, o Overrides) *Config {
 			c.MaxScopeShare = d.budget(k, v, func(s string) error { _, err := ParseShare(s); return err })
 		case "require_store":
 			c.RequireStore, _ = d.boolean(k, v)
+		case "legacy_records":
+			c.LegacyRecords, _ = d.boolean(k, v)
 		case "otel_endpoint":
 			c.OTelEndpoint, _ = d.str(k, v)
 		case "routes":
