@@ -48,7 +48,9 @@ import "github.com/redis/go-redis/v9"
 // the deadlines the primary computed.
 
 // luaCommon defines now(), the server clock in µs; num(), which formats an
-// integer without exponent; load(), which finds the record; dec(), which
+// integer without exponent; load(), which finds the record (one MGET of
+// both names: one command, where a GET of each would be two when the
+// compact name holds nothing); dec(), which
 // decodes either layout; and enc(), which encodes a record in the layout of
 // the key it goes to.
 const luaCommon = `
@@ -58,11 +60,14 @@ local function now()
 end
 local function num(x) return string.format('%.0f', x) end
 local function load()
-  local v = redis.call('GET', KEYS[1])
-  if v then return 1, v end
-  if not KEYS[2] then return nil, nil end
-  v = redis.call('GET', KEYS[2])
-  if v then return 2, v end
+  if not KEYS[2] then
+    local v = redis.call('GET', KEYS[1])
+    if v then return 1, v end
+    return nil, nil
+  end
+  local m = redis.call('MGET', KEYS[1], KEYS[2])
+  if m[1] then return 1, m[1] end
+  if m[2] then return 2, m[2] end
   return nil, nil
 end
 local function dec(v)

@@ -114,9 +114,9 @@ type Options struct {
 	// their retries again. See CHANGELOG.md.
 	LegacyRecords bool
 
-	// SkipLegacyKeys stops looking for records under LegacyKey's name,
-	// which saves one GET inside Begin's script when the key is new (a
-	// first execution runs 8 Redis commands instead of 9). Set it when no
+	// SkipLegacyKeys stops looking for records under LegacyKey's name: the
+	// scripts read the record with a GET of one key instead of an MGET of
+	// two (the same number of commands, a little less work). Set it when no
 	// version before the compact records (2026-12) has written to this
 	// Redis for longer than the retention (and the abandonment period,
 	// Abandon): then no record is left under a legacy name. It is ignored

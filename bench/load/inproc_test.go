@@ -59,8 +59,8 @@ func TestLibHandler(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := commandDelta(before, after, 1); d["evalsha"] != 1 || d["get"] != 1 {
-				t.Errorf("replay commands %v, want EVALSHA 1 and GET 1", d)
+			if d := commandDelta(before, after, 1); d["evalsha"] != 1 || d["mget"] != 1 {
+				t.Errorf("replay commands %v, want EVALSHA 1 and MGET 1", d)
 			}
 			b, n, err := probe.recordBytes(ctx, prefix, 10)
 			if err != nil || n != 1 || b < 100 {

@@ -16,9 +16,11 @@ import (
 )
 
 // Names are the clients: go-redis (a connection per call in flight),
-// go-redis-ap (its AutoPipeliner, redisstore's Options.AutoPipeline) and
-// rueidis (auto-pipelining, through ruscripter).
-var Names = []string{"go-redis", "go-redis-ap", "rueidis"}
+// go-redis-ap (its AutoPipeliner, redisstore's Options.AutoPipeline),
+// go-redis-ap-resp2 (the same on RESP2, go-redis Options.Protocol 2,
+// instead of go-redis's default RESP3) and rueidis (auto-pipelining,
+// through ruscripter).
+var Names = []string{"go-redis", "go-redis-ap", "go-redis-ap-resp2", "rueidis"}
 
 // Client is redisstore on one client.
 type Client struct {
@@ -36,6 +38,9 @@ type Client struct {
 // go-redis's pool size, filled at once.
 func Open(ctx context.Context, name, addr string, poolSize int, o redisstore.Options) (*Client, error) {
 	ro := &redis.Options{Addr: addr, MaxRetries: -1}
+	if name == "go-redis-ap-resp2" {
+		ro.Protocol = 2
+	}
 	if poolSize > 0 {
 		ro.PoolSize, ro.MinIdleConns = poolSize, poolSize
 	}
@@ -47,7 +52,7 @@ func Open(ctx context.Context, name, addr string, poolSize int, o redisstore.Opt
 	var err error
 	switch name {
 	case "go-redis":
-	case "go-redis-ap":
+	case "go-redis-ap", "go-redis-ap-resp2":
 		o.AutoPipeline = true
 		c.AP, err = c.Redis.AutoPipeline() // the client's own, which the store uses too
 	case "rueidis":
@@ -63,7 +68,7 @@ func Open(ctx context.Context, name, addr string, poolSize int, o redisstore.Opt
 		return nil, err
 	}
 	c.Store = redisstore.New(c.Redis, o)
-	if name == "go-redis-ap" && !c.Store.AutoPipelined() {
+	if c.AP != nil && !c.Store.AutoPipelined() {
 		c.Close()
 		return nil, errors.New("go-redis-ap: the store does not use the AutoPipeliner")
 	}

@@ -2,6 +2,7 @@ package redisclient
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestOpen(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if (c.AP != nil) != (name == "go-redis-ap") || (c.Rueidis != nil) != (name == "rueidis") {
+		if (c.AP != nil) != strings.HasPrefix(name, "go-redis-ap") || (c.Rueidis != nil) != (name == "rueidis") {
 			t.Errorf("%s: AP %v, rueidis %v", name, c.AP != nil, c.Rueidis != nil)
 		}
 		b, err := c.Store.Begin(ctx, "k", []byte("fp"), time.Minute)
