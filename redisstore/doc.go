@@ -28,11 +28,19 @@
 //
 // # Records, expiry and fences
 //
-// A record is one string value (a 29-byte header with state, fence, lease
-// end and acquire time, then the fingerprint and the result) under the key
-// returned by Store.Key, so each step is a GET and one SET with PX. A
-// completed record expires after its retention (PX), after which the key is
-// new again.
+// A record is one string value (a header with state, fence and acquire
+// time, and while in progress the lease end, then the fingerprint and the
+// result: 18 bytes of header for a completed record) under the key returned
+// by Store.Key, so each step is one read and one SET with PX. A completed
+// record expires after its retention (PX), after which the key is new
+// again.
+//
+// Versions before the compact records (2026-12) wrote a 29-byte header
+// under Store.LegacyKey (the prefix, the hash tag and the whole store key).
+// Such records are still found and changed in place, in their layout;
+// Options.LegacyRecords writes new records that way, for a rolling upgrade
+// in which older versions still run, and Options.SkipLegacyKeys stops
+// looking for them. See CHANGELOG.md.
 // An in-progress record expires Options.Abandon after its lease ended; until
 // then an expired lease is taken over (fence+1, reported as a takeover) and
 // the old holder's Complete still succeeds if nobody took over.
@@ -54,9 +62,10 @@
 // # Redis Cluster
 //
 // Keys carry a hash tag made of 16 hex digits of the SHA-256 of the store
-// key, followed by the store key itself, so every key a script touches is
-// in one slot whatever bytes the store key holds (including "{" and "}"),
-// and no command fails with CROSSSLOT.
+// key, followed by more of that SHA-256 (Key) or by the store key itself
+// (LegacyKey), so every key a script touches, under both names, is in one
+// slot whatever bytes the store key holds (including "{" and "}"), and no
+// command fails with CROSSSLOT.
 //
 // # Waiting across instances
 //

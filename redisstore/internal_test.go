@@ -47,6 +47,12 @@ func TestKey(t *testing.T) {
 	if got := New(nil, Options{Prefix: "app:"}).Key("a"); got != "app:{ca978112ca1bbdca}-sIxs5oj3E2nhu_4FHxO" {
 		t.Errorf("with a prefix: %q", got)
 	}
+	if ks := New(nil, Options{SkipLegacyKeys: true}).keys("a"); len(ks) != 1 || ks[0] != s.Key("a") {
+		t.Errorf("keys with SkipLegacyKeys = %q", ks)
+	}
+	if ks := New(nil, Options{SkipLegacyKeys: true, LegacyRecords: true}).keys("a"); len(ks) != 2 {
+		t.Errorf("keys with LegacyRecords and SkipLegacyKeys = %q, want both names", ks)
+	}
 }
 
 // FuzzKey checks that Key and LegacyKey are injective, that both share the

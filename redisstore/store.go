@@ -258,20 +258,24 @@ func (s *Store) LegacyKey(key string) string {
 }
 
 // keys returns Key(key) and LegacyKey(key) (only Key(key) with
-// SkipLegacyKeys), the KEYS of every script, in one allocation.
+// SkipLegacyKeys), the KEYS of every script, sharing one string.
 func (s *Store) keys(key string) []string {
 	sum := sha256.Sum256([]byte(key))
-	head := len(s.prefix) + 18
-	b := make([]byte, 0, 2*head+base64.RawURLEncoding.EncodedLen(15)+len(key))
+	head := len(s.prefix) + 18 // prefix and hash tag
+	n := head + base64.RawURLEncoding.EncodedLen(15)
+	if s.legacy {
+		n += head + len(key)
+	}
+	b := make([]byte, 0, n)
 	b = appendTag(append(b, s.prefix...), &sum)
 	b = base64.RawURLEncoding.AppendEncode(b, sum[8:23])
+	if !s.legacy {
+		return []string{string(b)}
+	}
 	c := len(b)
 	b = append(b, b[:head]...)
 	b = append(b, key...)
 	all := string(b)
-	if !s.legacy {
-		return []string{all[:c]}
-	}
 	return []string{all[:c], all[c:]}
 }
 
@@ -456,9 +460,9 @@ func isNoScript(err error) bool {
 	return err != nil && (errors.Is(err, redis.ErrNoScript) || strings.HasPrefix(err.Error(), "NOSCRIPT"))
 }
 
-// run runs sc on the record keys (s.keys). When durable is set and WaitReplicas is
-// positive, WAIT is pipelined after the script on the same connection, and
-// acked reports whether enough replicas acknowledged.
+// run runs sc on a record's keys (s.keys). When durable is set and
+// WaitReplicas is positive, WAIT is pipelined after the script on the same
+// connection, and acked reports whether enough replicas acknowledged.
 func (s *Store) run(ctx context.Context, sc *redis.Script, keys []string, durable bool, args ...any) (v any, acked bool, err error) {
 	k := keys[0]
 	if s.cluster != nil && s.sc == redis.Scripter(s.c) && (!durable || s.replica <= 0) {
