@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 
 	"github.com/idemkit/idem/internal/wire"
@@ -136,7 +135,7 @@ func (r *Response) appendBinary(b []byte, version byte) ([]byte, error) {
 	if r.Omitted {
 		flags |= flagOmitted
 	}
-	skip := func(string) bool { return false }
+	var skip func(string) bool
 	if cl := r.Header[headerLength]; version == codecV2 && !r.Omitted && len(cl) == 1 && cl[0] == strconv.Itoa(len(r.Body)) {
 		flags |= flagLength
 		skip = func(name string) bool { return name == headerLength }
@@ -153,26 +152,11 @@ func appendHead(b []byte, version byte, status int, flags byte, h http.Header, s
 	if version == codecV1 {
 		return wire.AppendMap(b, h, skip)
 	}
-	var arr [24]string
-	names := arr[:0]
-	for k, vs := range h {
-		if len(vs) == 0 || k == "" || skip(k) {
-			continue
-		}
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	b = binary.AppendUvarint(b, uint64(len(names)))
-	for _, k := range names {
-		b = appendEntry(b, k, staticName)
-		vs := h[k]
-		b = binary.AppendUvarint(b, uint64(len(vs)))
-		for _, v := range vs {
-			b = appendEntry(b, v, staticValue)
-		}
-	}
-	return b
+	return wire.AppendMapFunc(b, h, skip, appendName, appendValue)
 }
+
+func appendName(b []byte, s string) []byte  { return appendEntry(b, s, staticName) }
+func appendValue(b []byte, s string) []byte { return appendEntry(b, s, staticValue) }
 
 // appendEntry appends s as its static table entry, or literally.
 func appendEntry(b []byte, s string, table map[string]uint64) []byte {

@@ -239,37 +239,34 @@ func (s *Store) AutoPipelined() bool {
 // is made of hex digits only, so no key can choose its slot. The store key
 // itself is not kept: Get (and idemproxy's admin API) finds a record from
 // its key.
-func (s *Store) Key(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	b := make([]byte, 0, len(s.prefix)+18+base64.RawURLEncoding.EncodedLen(15))
-	b = appendTag(append(b, s.prefix...), &sum)
-	return string(base64.RawURLEncoding.AppendEncode(b, sum[8:23]))
-}
+func (s *Store) Key(key string) string { return s.names(key, false)[0] }
 
 // LegacyKey returns the Redis key under which versions before the compact
 // records kept the record for key, and under which the store still finds
 // (and, with Options.LegacyRecords, writes) it: Prefix, the same hash tag as
 // Key's, then key itself. Both names are in one Redis Cluster slot.
-func (s *Store) LegacyKey(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	b := make([]byte, 0, len(s.prefix)+18+len(key))
-	b = appendTag(append(b, s.prefix...), &sum)
-	return string(append(b, key...))
-}
+func (s *Store) LegacyKey(key string) string { return s.names(key, true)[1] }
 
-// keys returns Key(key) and LegacyKey(key) (only Key(key) with
-// SkipLegacyKeys), the KEYS of every script, sharing one string.
-func (s *Store) keys(key string) []string {
+// keys returns the KEYS of every script: Key(key) and LegacyKey(key), or
+// only Key(key) with SkipLegacyKeys.
+func (s *Store) keys(key string) []string { return s.names(key, s.legacy) }
+
+// names returns Key(key) and, if legacy, LegacyKey(key), sharing one
+// string.
+func (s *Store) names(key string, legacy bool) []string {
 	sum := sha256.Sum256([]byte(key))
 	head := len(s.prefix) + 18 // prefix and hash tag
 	n := head + base64.RawURLEncoding.EncodedLen(15)
-	if s.legacy {
+	if legacy {
 		n += head + len(key)
 	}
 	b := make([]byte, 0, n)
-	b = appendTag(append(b, s.prefix...), &sum)
+	b = append(b, s.prefix...)
+	b = append(b, '{')
+	b = hex.AppendEncode(b, sum[:8])
+	b = append(b, '}')
 	b = base64.RawURLEncoding.AppendEncode(b, sum[8:23])
-	if !s.legacy {
+	if !legacy {
 		return []string{string(b)}
 	}
 	c := len(b)
@@ -277,13 +274,6 @@ func (s *Store) keys(key string) []string {
 	b = append(b, key...)
 	all := string(b)
 	return []string{all[:c], all[c:]}
-}
-
-// appendTag appends the hash tag of a key whose SHA-256 is sum.
-func appendTag(b []byte, sum *[sha256.Size]byte) []byte {
-	b = append(b, '{')
-	b = hex.AppendEncode(b, sum[:8])
-	return append(b, '}')
 }
 
 // maxFence is the largest fence the store issues: fences are server times in

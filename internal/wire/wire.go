@@ -16,6 +16,13 @@ import (
 // no values, the empty name, and names for which skip (if not nil) reports
 // true are left out.
 func AppendMap(b []byte, m map[string][]string, skip func(string) bool) []byte {
+	return AppendMapFunc(b, m, skip, AppendString, AppendString)
+}
+
+// AppendMapFunc is AppendMap with each name written by name and each value
+// by value (AppendString writes a uvarint length and the bytes); the counts
+// of names and of each name's values stay uvarints.
+func AppendMapFunc(b []byte, m map[string][]string, skip func(string) bool, name, value func([]byte, string) []byte) []byte {
 	var arr [24]string
 	names := arr[:0]
 	for k, vs := range m {
@@ -28,15 +35,19 @@ func AppendMap(b []byte, m map[string][]string, skip func(string) bool) []byte {
 	b = binary.AppendUvarint(b, uint64(len(names)))
 	for _, k := range names {
 		vs := m[k]
-		b = binary.AppendUvarint(b, uint64(len(k)))
-		b = append(b, k...)
+		b = name(b, k)
 		b = binary.AppendUvarint(b, uint64(len(vs)))
 		for _, v := range vs {
-			b = binary.AppendUvarint(b, uint64(len(v)))
-			b = append(b, v...)
+			b = value(b, v)
 		}
 	}
 	return b
+}
+
+// AppendString appends s as a uvarint length and its bytes.
+func AppendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
 // Uvarint reads a minimal uvarint from b at *off and advances *off.
