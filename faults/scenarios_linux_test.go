@@ -56,7 +56,10 @@ type scenario struct {
 	// delay is how long the upstream takes per execution (nil: 0-30 ms).
 	delay   func(key string) time.Duration
 	clients int // in the short form (the long form doubles it)
-	twins   int // 1 in twins operations has two concurrent callers
+	// query is added to a Redis store URL's query, such as
+	// "native_begin=true".
+	query string
+	twins int // 1 in twins operations has two concurrent callers
 	// ha configures a failover scenario (Cluster, Sentinel): one kill -9
 	// of a master in both forms, timed.
 	ha *haConfig
@@ -116,6 +119,10 @@ func scenarios() []scenario {
 			delay: func(key string) time.Duration { return time.Duration(50+hash(key)%250) * time.Millisecond }},
 		{name: "redis-sigstop", store: storeRedis, fault: stopRedis, clients: 8, twins: 2, delay: spanning},
 		{name: "redis-kill9-aof", store: storeRedisAOF, fault: kill9Redis, clients: 8, twins: 2, delay: spanning},
+		// The same with redisstore's native Begin (records in the "N"
+		// layout, fences from PEXPIRETIME).
+		{name: "redis-kill9-aof-native", store: storeRedisAOF, fault: kill9Redis, clients: 8, twins: 2, delay: spanning,
+			query: "native_begin=true"},
 		{name: "postgres-restart-immediate", store: storePostgres, fault: restartPostgres, clients: 8, twins: 2, delay: spanning},
 		{name: "postgres-lock-table", store: storePostgres, fault: lockTable, clients: 8, twins: 2, delay: spanning},
 		{name: "slow-upstream", store: storeFile, clients: 6, twins: 2,
@@ -134,6 +141,12 @@ func scenarios() []scenario {
 			ha: &haConfig{wait: true, proxies: 1, lag: 250 * time.Millisecond, maxServed: 3 * time.Second}},
 		{name: "sentinel-failover-lag-nowait", store: storeRedisSentinel, fault: failoverRedis, clients: 6, twins: 4,
 			ha: &haConfig{proxies: 1, lag: 250 * time.Millisecond, lossAllowed: true, expectLoss: true, maxServed: 3 * time.Second}},
+		// The native Begin across a failover: a promoted replica must
+		// derive the fences of the records it received as its master did
+		// (Redis 7 replicates SET … PX as an absolute PXAT).
+		{name: "sentinel-failover-lag-nowait-native", store: storeRedisSentinel, fault: failoverRedis, clients: 6, twins: 4,
+			query: "native_begin=true",
+			ha:    &haConfig{proxies: 1, lag: 250 * time.Millisecond, lossAllowed: true, expectLoss: true, maxServed: 3 * time.Second}},
 
 		// Long form only.
 		{name: "cluster-failover-nowait", store: storeRedisCluster, fault: failoverRedis, clients: 6, twins: 4, soakOnly: true,
@@ -318,16 +331,16 @@ func runScenario(t *testing.T, sc scenario) {
 		store = "file:" + filepath.Join(t.TempDir(), "idem.db")
 	case storeRedis, storeRedisAOF:
 		r.redis = newRedis(t, r.log, sc.store == storeRedisAOF)
-		store = "redis://" + r.redis.addr() + "/0"
+		store = "redis://" + r.redis.addr() + "/0" + joinQuery("", sc.query)
 	case storePostgres:
 		r.pg = newPostgres(t, r.log)
 		store = r.pg.dsn()
 	case storeRedisCluster:
 		r.cluster = newRedisCluster(t, r.log, 3, sc.ha.replicas)
-		store = "redis+cluster://" + strings.Join(r.cluster.addrs(), ",") + sc.ha.query()
+		store = "redis+cluster://" + strings.Join(r.cluster.addrs(), ",") + joinQuery(sc.ha.query(), sc.query)
 	case storeRedisSentinel:
 		r.sent = newSentinelSet(t, r.log, 2, 3, sc.ha.lag)
-		store = "redis+sentinel://" + strings.Join(r.sent.sentinelAddrs(), ",") + "/" + sentinelMaster + sc.ha.query()
+		store = "redis+sentinel://" + strings.Join(r.sent.sentinelAddrs(), ",") + "/" + sentinelMaster + joinQuery(sc.ha.query(), sc.query)
 	}
 	r.args = []string{"-upstream", r.up.srv.URL, "-store", store, "-lease", lease.String(), "-shutdown-timeout", "15s"}
 	if sc.store != storeFile {
@@ -605,4 +618,16 @@ func hash(s string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(s))
 	return h.Sum32()
+}
+
+// joinQuery joins a store URL's query string q ("" or "?a=b") with the
+// parameters extra ("" or "c=d").
+func joinQuery(q, extra string) string {
+	switch {
+	case extra == "":
+		return q
+	case q == "":
+		return "?" + extra
+	}
+	return q + "&" + extra
 }

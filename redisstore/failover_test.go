@@ -290,12 +290,24 @@ func TestClusterNoResend(t *testing.T) {
 		t.Skip("starts a 6-node Redis Cluster")
 	}
 	fc := newFailoverCluster(t)
+	for _, native := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NativeBegin=%v", native), func(t *testing.T) { testClusterNoResend(t, fc, native) })
+	}
+}
+
+// testClusterNoResend is TestClusterNoResend with Begin's script, or with
+// its native SET (Options.NativeBegin).
+func testClusterNoResend(t *testing.T, fc *failoverCluster, native bool) {
 	ctx := context.Background()
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: fc.addrs, ReadTimeout: 150 * time.Millisecond,
 		WriteTimeout: 150 * time.Millisecond, DialTimeout: time.Second})
 	defer c.Close()
-	st := redisstore.New(c, redisstore.Options{Prefix: "nr:"})
+	st := redisstore.New(c, redisstore.Options{Prefix: fmt.Sprintf("nr%v:", native), NativeBegin: native})
 	defer st.Close()
+	counted := []string{"cmdstat_evalsha:", "cmdstat_eval:"}
+	if native {
+		counted = []string{"cmdstat_set:"} // a script's SETs count too
+	}
 	const key = "once"
 	// Warm the connections and load the scripts.
 	if _, _, err := st.Get(ctx, key); err != nil {
@@ -333,7 +345,7 @@ func TestClusterNoResend(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := 0
-		for _, name := range []string{"cmdstat_evalsha:", "cmdstat_eval:"} {
+		for _, name := range counted {
 			if i := strings.Index(info, name+"calls="); i >= 0 {
 				v := info[i+len(name)+len("calls="):]
 				v = v[:strings.IndexAny(v, ",\r\n")]
@@ -358,7 +370,7 @@ func TestClusterNoResend(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // let the woken server run what it read
 	if got := calls() - before; got != 1 {
-		t.Errorf("the begin script ran %d times on the primary, want 1 (a lost reply must not be resent)", got)
+		t.Errorf("Begin's script or native SET ran %d times on the primary, want 1 (a lost reply must not be resent)", got)
 	}
 	rec, ok, err := st.Get(ctx, key)
 	if err != nil || !ok || rec.State != idem.StateInProgress {

@@ -181,3 +181,39 @@ func TestWaitTimeoutCapped(t *testing.T) {
 		t.Errorf("default WaitTimeout = %v, want %v", got, DefaultWaitTimeout)
 	}
 }
+
+// FuzzDecided feeds arbitrary values to the native Begin's reading of the
+// record it found: it never panics, decides only on a well-formed compact
+// completed record, and then returns its result or a mismatch.
+func FuzzDecided(f *testing.F) {
+	f.Add("C\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x02fpresult", []byte("fp"))
+	f.Add("C\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x02fp", []byte("other"))
+	f.Add("C\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\xff", []byte("fp"))
+	f.Add("P", []byte("fp"))
+	f.Add("", []byte(nil))
+	f.Fuzz(func(t *testing.T, v string, fp []byte) {
+		b, done, err := decided(v, fp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !done {
+			return
+		}
+		if len(v) < 18 || v[0] != 'C' || len(v) < 18+int(v[17]) {
+			t.Fatalf("%q: decided on a value that is no compact completed record", v)
+		}
+		stored := v[18 : 18+int(v[17])]
+		switch b.Outcome {
+		case idem.Replay:
+			if stored != string(fp) || string(b.Result) != v[18+len(stored):] || b.Result == nil {
+				t.Fatalf("%q, %q: replay %+v", v, fp, b)
+			}
+		case idem.Mismatch:
+			if stored == string(fp) {
+				t.Fatalf("%q, %q: mismatch on the same fingerprint", v, fp)
+			}
+		default:
+			t.Fatalf("%q: outcome %v", v, b.Outcome)
+		}
+	})
+}

@@ -10,14 +10,24 @@ import "github.com/redis/go-redis/v9"
 //
 // A record is one string value, so that a step is a GET and a SET … PX (the
 // expiry travels with the write) and nothing more. Two layouts exist, told
-// apart by the state byte; both keep the fence at offset 1 and, in
-// progress, the lease end at offset 9 (Extend overwrites it in place):
+// apart by the state byte:
 //
-// Compact (state "P", "C", "R"), written under the compact key (Key):
+// Compact (state "N", "P", "C", "R"), written under the compact key (Key):
 //
+//	in progress  "N"  key TTL ms d, lease µs d, fp length B, fp   (native)
 //	in progress  "P"  fence d, lease end d, acquired at d, fp length B, fp
 //	completed    "C"  fence d, acquired at d, fp length B, fp, result
 //	released     "R"  fence d                                (tombstone)
+//
+// "N" is what Begin's native path writes (nativeBegin in store.go): one
+// SET … NX GET PX, with no script, so the client cannot know the server's
+// clock when it builds the value. Its times come from the key's expiry
+// instead: the server set it to (creation ms + key TTL), so PEXPIRETIME −
+// key TTL is the millisecond it was created, and the record's fence and
+// acquired time are that millisecond in µs, its lease end that plus the
+// lease. The expiry moves only when a script rewrites the record, and every
+// script writes "P", "C" or "R" (never "N"), so the derivation holds for as
+// long as the "N" exists.
 //
 // Legacy (state "p", "c", "r"), which versions before the compact records
 // wrote, and which the store still writes under the legacy key (LegacyKey)
@@ -28,7 +38,8 @@ import "github.com/redis/go-redis/v9"
 //
 // d is a big-endian IEEE 754 double, B one byte, I4 a big-endian uint32
 // (the struct library built into Redis's Lua). Times are the server's TIME
-// in µs since the Unix epoch, never the client's clock. Every number stays
+// (or, for "N", its key expiry) in µs since the Unix epoch, never the
+// client's clock. Every number stays
 // below 2^53 (µs timestamps until the year 2255), so doubles hold it
 // exactly, and a reply turns it into an exact integer (num() formats one as
 // a decimal string for Get). Go refuses fences of 2^53 and above before
@@ -45,12 +56,23 @@ import "github.com/redis/go-redis/v9"
 //
 // Redis replicates the effects of scripts (always since 7.0, by default
 // since 5.0), so calling TIME before writing is allowed and replicas store
-// the deadlines the primary computed.
+// the deadlines the primary computed; since 7.0 a SET … PX also reaches
+// replicas and the AOF as an absolute PXAT, so a promoted replica derives
+// an "N" record's fence exactly as its primary did.
+//
+// Fences only grow, per key, across deletions too: a record carrying fence
+// n is never gone (expired or deleted) before the server's millisecond
+// clock has passed n's millisecond. Records live for at least 2 ms (every
+// PX is at least that), and Release leaves a tombstone ("R") when it runs
+// within that millisecond. So a fresh fence, max(tombstone+1, TIME) in a
+// script or the creation millisecond of an "N", exceeds every earlier one.
 
 // luaCommon defines now(), the server clock in µs; num(), which formats an
 // integer without exponent; load(), which finds the record (one MGET of
 // both names: one command, where a GET of each would be two when the
-// compact name holds nothing); dec(), which
+// compact name holds nothing; a record under the legacy name wins over an
+// "N" under the compact name, which a native Begin may have written without
+// seeing it, see nativeBegin); dec(), which
 // decodes either layout; and enc(), which encodes a record in the layout of
 // the key it goes to.
 const luaCommon = `
@@ -66,13 +88,17 @@ local function load()
     return nil, nil
   end
   local m = redis.call('MGET', KEYS[1], KEYS[2])
-  if m[1] then return 1, m[1] end
+  if m[1] and not (m[2] and string.sub(m[1], 1, 1) == 'N') then return 1, m[1] end
   if m[2] then return 2, m[2] end
   return nil, nil
 end
-local function dec(v)
+local function dec(v, i)
   local s = string.sub(v, 1, 1)
-  if s == 'C' then
+  if s == 'N' then
+    local _, ttl, ls, fl = struct.unpack('>c1ddB', v)
+    local a = (redis.call('PEXPIRETIME', KEYS[i]) - ttl) * 1000
+    return 'p', a, a + ls, a, string.sub(v, 19, 18 + fl), 19 + fl
+  elseif s == 'C' then
     local _, n, a, fl = struct.unpack('>c1ddB', v)
     return 'c', n, 0, a, string.sub(v, 19, 18 + fl), 19 + fl
   elseif s == 'P' then
@@ -128,7 +154,7 @@ const luaHeld = `
 local function held()
   local i, v = load()
   if not v then return nil end
-  local s, n, _, a, fp = dec(v)
+  local s, n, _, a, fp = dec(v, i)
   if s ~= 'p' or n ~= tonumber(ARGV[1]) then return nil end
   return i, n, a, fp
 end
@@ -142,7 +168,7 @@ var beginScript = redis.NewScript(luaCommon + `
 local i, v = load()
 local prev = 0
 if v then
-  local s, n, l, a, fp, ro = dec(v)
+  local s, n, l, a, fp, ro = dec(v, i)
   if s == 'r' then
     prev = n
   else
@@ -175,15 +201,18 @@ return 1
 
 // releaseScript: ARGV = fence, notify mode. Returns 1 done, 0 lease lost.
 //
-// The record is deleted, except when the server clock (µs) has not yet passed
-// the fence: then a tombstone keeps the fence until it has, so that the next
-// fresh fence, max(previous+1, now), is still larger than this one.
+// The record is deleted, except when the server clock has not yet left the
+// millisecond the fence falls in: then a tombstone keeps the fence until it
+// has, so that the next fresh fence (max(previous+1, now) from a script, or
+// the millisecond of its creation from a native Begin) is still larger than
+// this one.
 var releaseScript = redis.NewScript(luaCommon + luaHeld + luaPublish + `
 local i, n = held()
 if not i then return 0 end
 local t = now()
-if n >= t then
-  redis.call('SET', KEYS[i], enc(i, 'r', n, 0, 0, ''), 'PX', math.floor((n - t) / 1000) + 2)
+local b = (math.floor(n / 1000) + 1) * 1000
+if b > t then
+  redis.call('SET', KEYS[i], enc(i, 'r', n, 0, 0, ''), 'PX', math.floor((b - t) / 1000) + 2)
 else
   redis.call('DEL', KEYS[i])
 end
@@ -192,12 +221,13 @@ return 1
 `)
 
 // extendScript: ARGV = fence, lease µs, in-progress key TTL ms.
-// Returns 1 done, 0 lease lost.
+// Returns 1 done, 0 lease lost. The record is written whole, so that a
+// native record ("N", whose times come from its expiry) becomes a "P" with
+// the same fence before its expiry moves.
 var extendScript = redis.NewScript(luaCommon + luaHeld + `
-local i = held()
+local i, n, a, fp = held()
 if not i then return 0 end
-redis.call('SETRANGE', KEYS[i], 9, struct.pack('>d', now() + tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[i], ARGV[3])
+redis.call('SET', KEYS[i], enc(i, 'p', n, now() + tonumber(ARGV[2]), a, fp), 'PX', ARGV[3])
 return 1
 `)
 
@@ -206,7 +236,22 @@ return 1
 var getScript = redis.NewScript(luaCommon + `
 local i, v = load()
 if not v then return {0} end
-local s, n, l, a, fp, ro = dec(v)
+local s, n, l, a, fp, ro = dec(v, i)
 if s ~= 'p' and s ~= 'c' then return {0} end
 return {s, fp, num(n), num(l), num(a), string.sub(v, ro), num(now()), redis.call('PTTL', KEYS[i])}
+`)
+
+// abortScript: ARGV = fence, notify mode. It deletes the "N" record under
+// KEYS[1] that a native Begin wrote with that fence, and nothing else: the
+// native Begin found a record under the legacy name too, which the scripts
+// then act on (load() prefers it). No tombstone is needed: the fence was
+// never handed out. Returns 1 deleted, 0 not found.
+var abortScript = redis.NewScript(luaPublish + `
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, 1) ~= 'N' then return 0 end
+local _, ttl = struct.unpack('>c1d', v)
+if (redis.call('PEXPIRETIME', KEYS[1]) - ttl) * 1000 ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+notify1(ARGV[2], KEYS[1])
+return 1
 `)

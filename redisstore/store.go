@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -89,12 +91,14 @@ type Options struct {
 
 	// AutoPipeline, when Scripter is nil, runs the same scripts through the
 	// client's go-redis AutoPipeliner (Client.AutoPipeline or
-	// ClusterClient.AutoPipeline): the scripts of concurrent calls are
-	// written to the server together, so they share system calls on both
-	// sides; each call still waits for its own reply (one round trip). The
-	// AutoPipeliner is the client's, created on first use and closed with
-	// the client; it resends a batch after a network error only within the
-	// client's MaxRetries, so keep MaxRetries at -1 (see "Client retries").
+	// ClusterClient.AutoPipeline; with NativeBegin, the deferred one,
+	// AsyncAutoPipeline, which also carries the native Begin's commands):
+	// the commands of concurrent calls are written to the server together,
+	// so they share system calls on both sides; each call still waits for
+	// its own replies (one round trip). The AutoPipeliner is the client's,
+	// created on first use and closed with the client; it resends a batch
+	// after a network error only within the client's MaxRetries, so keep
+	// MaxRetries at -1 (see "Client retries").
 	// With another client type, or if the AutoPipeliner cannot be made, the
 	// client is used directly. idemproxy turns it on for single-server and
 	// Sentinel URLs. On a Cluster it works (the conformance suite passes)
@@ -123,6 +127,20 @@ type Options struct {
 	// with LegacyRecords.
 	SkipLegacyKeys bool
 
+	// NativeBegin makes Begin first try its native path (see Store.Begin):
+	// SET … NX GET PX on the compact key, PEXPIRETIME of it and a GET of the
+	// legacy key, in one round trip and without a script. It trades
+	// application CPU for Redis CPU: measured with AutoPipeline, a first
+	// execution cost Redis about 15 µs less and the application about 15 µs
+	// more (docs/bench/redis.md, "The native Begin"), so it pays where many
+	// application instances share one Redis primary and Redis is the limit.
+	// Without AutoPipeline or an AutoPipeliner as Scripter its commands are
+	// not batched with other calls', and it costs Redis more, not less.
+	// Every instance sharing the Redis must run a version that reads the
+	// native records (2026-12-03 or later, see CHANGELOG.md). It is ignored
+	// with WaitReplicas and LegacyRecords.
+	NativeBegin bool
+
 	// PollInterval is how long one Wait sleeps when notifications are
 	// disabled or the subscription cannot be established. If zero,
 	// DefaultPollInterval (200 ms) is used.
@@ -144,9 +162,11 @@ type Store struct {
 	replica int
 	waitTO  time.Duration
 	abandon time.Duration
-	notify  string // "p", "s" or "" (ARGV for the scripts)
-	newKey  string // where Begin puts a new record: "1" Key, "2" LegacyKey
-	legacy  bool   // look for records under LegacyKey too
+	notify  string               // "p", "s" or "" (ARGV for the scripts)
+	newKey  string               // where Begin puts a new record: "1" Key, "2" LegacyKey
+	legacy  bool                 // look for records under LegacyKey too
+	native  bool                 // Begin tries nativeBegin first
+	nap     *redis.AutoPipeliner // deferred AutoPipeliner for nativeBegin, or nil
 	poll    time.Duration
 
 	mu  sync.Mutex
@@ -180,9 +200,17 @@ func New(c redis.UniversalClient, o Options) *Store {
 		var err error
 		switch c := c.(type) {
 		case *redis.Client:
-			ap, err = c.AutoPipeline()
+			if o.NativeBegin {
+				ap, err = c.AsyncAutoPipeline()
+			} else {
+				ap, err = c.AutoPipeline()
+			}
 		case *redis.ClusterClient:
-			ap, err = c.AutoPipeline()
+			if o.NativeBegin {
+				ap, err = c.AsyncAutoPipeline()
+			} else {
+				ap, err = c.AutoPipeline()
+			}
 		}
 		if ap != nil && err == nil {
 			s.sc = ap
@@ -191,6 +219,10 @@ func New(c redis.UniversalClient, o Options) *Store {
 	if s.sc == nil {
 		s.sc = c
 	}
+	if ap, ok := s.sc.(*redis.AutoPipeliner); ok && !ap.IsBlocking() {
+		s.nap = ap
+	}
+	s.native = o.NativeBegin && !o.LegacyRecords && o.WaitReplicas <= 0
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
 	}
@@ -498,9 +530,15 @@ func (s *Store) run(ctx context.Context, sc *redis.Script, keys []string, durabl
 	return ev.Val(), n >= int64(s.replica), nil
 }
 
-// Begin applies SPEC §2's begin step in one round trip (see idem.Store). With
-// WaitReplicas set, an acquisition that the replicas did not acknowledge is
-// released again (best effort) and reported as ErrStoreUnavailable.
+// Begin applies SPEC §2's begin step (see idem.Store). With WaitReplicas
+// set, an acquisition that the replicas did not acknowledge is released
+// again (best effort) and reported as ErrStoreUnavailable.
+//
+// Begin's script decides, in one round trip. With NativeBegin, a new key
+// and a completed record cost one round trip of native commands instead
+// (nativeBegin); a record in progress or released, and a record found
+// under the legacy name, are then decided by the script, a second round
+// trip.
 func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Duration) (idem.Begun, error) {
 	if err := check(ctx, "begin", key); err != nil {
 		return idem.Begun{}, err
@@ -509,6 +547,12 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 		return idem.Begun{}, fmt.Errorf("redisstore: begin: lease %v is not positive", lease)
 	}
 	k := s.keys(key)
+	if s.native && len(fp) < 256 {
+		b, done, err := s.nativeBegin(ctx, k, fp, lease)
+		if done || err != nil {
+			return b, err
+		}
+	}
 	v, acked, err := s.run(ctx, beginScript, k, true, fp, micros(lease), s.inProgressTTL(lease), s.newKey)
 	if err != nil && v == nil {
 		return idem.Begun{}, fail(ctx, "begin", err)
@@ -529,6 +573,125 @@ func (s *Store) Begin(ctx context.Context, key string, fp []byte, lease time.Dur
 		return idem.Begun{}, fail(ctx, "begin", err)
 	}
 	return b, nil
+}
+
+// nativeRecord is the "N" record nativeBegin writes (see scripts.go): the
+// key's TTL in ms and the lease in µs, from which the scripts derive its
+// times, then the fingerprint (shorter than 256 bytes).
+func nativeRecord(fp []byte, ttl, lease int64) []byte {
+	b := make([]byte, 18+len(fp))
+	b[0] = 'N'
+	binary.BigEndian.PutUint64(b[1:], math.Float64bits(float64(ttl)))
+	binary.BigEndian.PutUint64(b[9:], math.Float64bits(float64(lease)))
+	b[17] = byte(len(fp))
+	copy(b[18:], fp)
+	return b
+}
+
+// nativeBegin is Begin's native path, one round trip without a script:
+//
+//	SET compact-key N-record PX ttl NX GET
+//	PEXPIRETIME compact-key
+//	GET legacy-key            (unless SkipLegacyKeys)
+//
+// SET … NX GET creates the record if the key is free and otherwise leaves
+// the key alone and answers its value. PEXPIRETIME, on the same connection
+// right after it (or in order on the deferred AutoPipeliner's stream),
+// then gives the new record's expiry, from which its fence is derived
+// (fence = (expiry − ttl) ms, in µs: the server's clock at the creation,
+// as the scripts derive it).
+//
+// done reports whether the outcome is decided: Acquired (the key was
+// free, and nothing is under the legacy name), Replay or Mismatch (a
+// compact completed record). Otherwise Begin's script decides: a record in
+// progress (lease left, takeover), a tombstone, a record in a legacy
+// layout, or one under the legacy name; in the last case the "N" just
+// written is deleted again first (best effort: the scripts prefer the
+// legacy record anyway). A failure that proves the commands did not run
+// also leaves the decision to the script, which retries on a Cluster; any
+// other failure is returned, the outcome unknown, as for the script.
+func (s *Store) nativeBegin(ctx context.Context, k []string, fp []byte, lease time.Duration) (b idem.Begun, done bool, err error) {
+	ttl := s.inProgressTTL(lease)
+	set := redis.NewCmd(ctx, "set", k[0], nativeRecord(fp, ttl, micros(lease)), "px", ttl, "nx", "get")
+	exp := redis.NewCmd(ctx, "pexpiretime", k[0])
+	cmds := []redis.Cmder{set, exp}
+	var leg *redis.Cmd
+	if len(k) > 1 {
+		leg = redis.NewCmd(ctx, "get", k[1])
+		cmds = append(cmds, leg)
+	}
+	if err := s.process(ctx, k[0], cmds); err != nil {
+		s.topologyMayHaveChanged(err)
+		if s.cluster != nil && (notRun(err) || redirected(err)) {
+			return idem.Begun{}, false, nil
+		}
+		return idem.Begun{}, false, fail(ctx, "begin", err)
+	}
+	v, err := set.Text()
+	if err == nil {
+		return decided(v, fp)
+	}
+	// redis.Nil: the key was free and the "N" record is ours.
+	e, err := exp.Int64()
+	n := (e - ttl) * 1000
+	if err != nil || e <= ttl || n > maxFence {
+		return idem.Begun{}, false, fmt.Errorf("redisstore: begin: PEXPIRETIME after SET NX answered %v, %v", e, err)
+	}
+	if leg != nil && leg.Err() == nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)
+		_, _, _ = s.run(rctx, abortScript, k[:1], false, strconv.FormatInt(n, 10), s.notify)
+		cancel()
+		return idem.Begun{}, false, nil
+	}
+	return idem.Begun{Outcome: idem.Acquired, Fence: uint64(n)}, true, nil
+}
+
+// decided interprets the record nativeBegin's SET … NX GET found: a compact
+// completed record is a Replay or a Mismatch; anything else is left to the
+// script.
+func decided(v string, fp []byte) (idem.Begun, bool, error) {
+	if len(v) < 18 || v[0] != 'C' || len(v) < 18+int(v[17]) {
+		return idem.Begun{}, false, nil
+	}
+	end := 18 + int(v[17])
+	if v[18:end] != string(fp) {
+		return idem.Begun{Outcome: idem.Mismatch}, true, nil
+	}
+	return idem.Begun{Outcome: idem.Replay, Result: []byte(v[end:])}, true, nil
+}
+
+// process sends cmds to the server that owns key in one round trip, in
+// order, and waits for every reply: through the deferred AutoPipeliner,
+// or as a pipeline on one connection of the client (of the key's primary
+// on a Cluster: the cluster client would send a pipeline again after a
+// network error). It returns the first error other than redis.Nil.
+func (s *Store) process(ctx context.Context, key string, cmds []redis.Cmder) error {
+	if s.nap != nil {
+		for _, c := range cmds {
+			_ = s.nap.Process(ctx, c)
+		}
+	} else {
+		var p redis.Pipeliner
+		if s.cluster != nil {
+			node, err := s.cluster.MasterForKey(ctx, key)
+			if err != nil {
+				return err
+			}
+			p = node.Pipeline()
+		} else {
+			p = s.c.Pipeline()
+		}
+		for _, c := range cmds {
+			_ = p.Process(ctx, c)
+		}
+		_, _ = p.Exec(ctx)
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+	}
+	return nil
 }
 
 // parseBegun decodes the reply of beginScript.
@@ -589,7 +752,9 @@ func (s *Store) Complete(ctx context.Context, key string, fence uint64, result [
 	if result == nil {
 		result = []byte{}
 	}
-	v, acked, err := s.run(ctx, completeScript, s.keys(key), true, strconv.FormatUint(fence, 10), result, millis(retention), s.notify)
+	// At least 2 ms, so that the record outlives its fence's millisecond
+	// (see "Fences only grow" in scripts.go).
+	v, acked, err := s.run(ctx, completeScript, s.keys(key), true, strconv.FormatUint(fence, 10), result, max(millis(retention), 2), s.notify)
 	return s.done(ctx, "complete", v, acked, err)
 }
 

@@ -2,6 +2,7 @@ package redisstore_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -162,11 +163,26 @@ func (h *counter) trips(f func()) int64 {
 }
 
 func TestRoundTrips(t *testing.T) {
+	for _, native := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NativeBegin=%v", native), func(t *testing.T) {
+			testRoundTrips(t, native)
+		})
+	}
+}
+
+// testRoundTrips counts the round trips of each outcome. A conflict (a
+// record in progress) costs the native path two: its commands, then the
+// script that judges the lease.
+func testRoundTrips(t *testing.T, native bool) {
 	ctx := context.Background()
+	conflictTrips := int64(1)
+	if native {
+		conflictTrips = 2
+	}
 	backends(t, func(t *testing.T, c redis.UniversalClient) {
 		h := &counter{}
 		countTrips(t, c, h)
-		s := newStore(t, c, redisstore.Options{})
+		s := newStore(t, c, redisstore.Options{NativeBegin: native})
 		fp, other := []byte("fp-1"), []byte("fp-2")
 		// Load the scripts (EVALSHA's first NOSCRIPT costs an EVAL).
 		warm := func(key string) {
@@ -221,7 +237,7 @@ func TestRoundTrips(t *testing.T) {
 			{"first execution (begin+complete)", first, 2},
 			{"replay", replay, 1},
 			{"mismatch", mismatch, 1},
-			{"conflict", conflict, 1},
+			{"conflict", conflict, conflictTrips},
 		} {
 			if tc.got != tc.want {
 				t.Errorf("%s: %d round trips, want %d", tc.name, tc.got, tc.want)

@@ -71,7 +71,7 @@ func (s *Store) Wait(ctx context.Context, key string, d time.Duration) error {
 	if st[1] != nil {
 		v += st[1].Val()
 	}
-	if v != "P" && v != "p" {
+	if v != "P" && v != "p" && v != "N" {
 		return nil // completed or released before we subscribed
 	}
 	select {

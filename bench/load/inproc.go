@@ -26,13 +26,17 @@ import (
 // handler in the same kind of process without the layer: the share of its
 // rate the layer keeps.
 
-// libClients are the clients -lib accepts.
-var libClients = redisclient.Names
+// libClients are the clients -lib accepts: redisstore's, and the floor row
+// (floor.go), which is not a store.
+var libClients = append(append([]string{}, redisclient.Names...), floorClient)
 
 // libHandler is the "lib" role's handler: upstreamHandler behind
 // idemhttp.Middleware on redisstore with client, keys under prefix
 // (redisstore's default when empty).
 func libHandler(client, addr, prefix string) (http.Handler, func(), error) {
+	if client == floorClient {
+		return floorHandler(addr, prefix)
+	}
 	c, err := redisclient.Open(context.Background(), client, addr, 0, redisstore.Options{Prefix: prefix})
 	if err != nil {
 		return nil, nil, fmt.Errorf("-lib-client %s: %w", client, err)

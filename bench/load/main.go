@@ -118,7 +118,7 @@ func run(args []string, stdout io.Writer) error {
 	fs.IntVar(&c.keys, "keys", 1000, "keys executed before a replay scenario")
 	fs.StringVar(&c.drive, "drive", "", "only drive the server at `URL` (e.g. an idemproxy under a profiler) with the load of one scenario for -duration, and print its rate")
 	fs.BoolVar(&c.replay, "replay", false, "with -drive: the replay scenario instead of unique keys")
-	fs.StringVar(&c.lib, "lib", strings.Join(libClients, ","), "Redis clients of the in-process library rows (idemhttp + redisstore in the upstream's own server; needs -redis): go-redis, go-redis-ap, go-redis-ap-resp2, rueidis; empty for none")
+	fs.StringVar(&c.lib, "lib", strings.Join(libClients, ","), "Redis clients of the in-process library rows (idemhttp + redisstore in the upstream's own server; needs -redis): "+strings.Join(libClients, ", ")+" (floor: not a store, two plain SETs, see floor.go); empty for none")
 	fs.StringVar(&c.libClient, "lib-client", "", "internal: the Redis client of -role lib")
 	fs.StringVar(&c.libPrefix, "lib-prefix", "", "internal: the redisstore key prefix of -role lib (default redisstore's)")
 	if err := fs.Parse(args); err != nil {

@@ -114,6 +114,7 @@ var redisParams = []redisParam{
 		c.noPipeline = !b
 		return nil
 	}},
+	{"native_begin", topoAll, false, boolParam(func(c *redisConf) *bool { return &c.store.NativeBegin })},
 	{"client_name", topoAll, false, strParam(func(c *redisConf) *string { return &c.o.ClientName })},
 	{"prefix", topoAll, false, func(c *redisConf, v string) error {
 		if v == "" || len(v) > 64 {

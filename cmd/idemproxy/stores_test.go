@@ -455,6 +455,8 @@ func TestRedisURLOptionPerScheme(t *testing.T) {
 		{"sentinel_password=sp", sentinel, false, []field{{"SentinelPassword", "sp"}, {"Password", ""}}},
 		{"auto_pipeline=false", topoSingle | sentinel, false, []field{{"store.AutoPipeline", false}}},
 		{"auto_pipeline=true", topoSingle | sentinel, false, []field{{"store.AutoPipeline", true}}},
+		{"native_begin=true", all, false, []field{{"store.NativeBegin", true}}},
+		{"native_begin=0", all, false, []field{{"store.NativeBegin", false}}},
 	}
 	covered := map[string]bool{}
 	for _, tc := range cases {

@@ -17,10 +17,11 @@ import (
 
 // Names are the clients: go-redis (a connection per call in flight),
 // go-redis-ap (its AutoPipeliner, redisstore's Options.AutoPipeline),
-// go-redis-ap-resp2 (the same on RESP2, go-redis Options.Protocol 2,
+// go-redis-ap-native (the same with Options.NativeBegin, on the deferred
+// AutoPipeliner), go-redis-ap-resp2 (the same on RESP2, go-redis Options.Protocol 2,
 // instead of go-redis's default RESP3) and rueidis (auto-pipelining,
 // through ruscripter).
-var Names = []string{"go-redis", "go-redis-ap", "go-redis-ap-resp2", "rueidis"}
+var Names = []string{"go-redis", "go-redis-ap", "go-redis-ap-native", "go-redis-ap-resp2", "rueidis"}
 
 // Client is redisstore on one client.
 type Client struct {
@@ -52,9 +53,15 @@ func Open(ctx context.Context, name, addr string, poolSize int, o redisstore.Opt
 	var err error
 	switch name {
 	case "go-redis":
-	case "go-redis-ap", "go-redis-ap-resp2":
+	case "go-redis-ap", "go-redis-ap-native", "go-redis-ap-resp2":
 		o.AutoPipeline = true
-		c.AP, err = c.Redis.AutoPipeline() // the client's own, which the store uses too
+		// the client's own, which the store uses too
+		if name == "go-redis-ap-native" {
+			o.NativeBegin = true
+			c.AP, err = c.Redis.AsyncAutoPipeline()
+		} else {
+			c.AP, err = c.Redis.AutoPipeline()
+		}
 	case "rueidis":
 		c.Rueidis, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableRetry: true, DisableCache: true})
 		if err == nil {
