@@ -132,7 +132,7 @@ type Options struct {
 	// legacy key, in one round trip and without a script. It trades
 	// application CPU for Redis CPU: measured with AutoPipeline, a first
 	// execution cost Redis about 15 µs less and the application about 15 µs
-	// more (docs/bench/redis.md, "The native Begin"), so it pays where many
+	// more (docs/bench/redis.md, "The native Begin, and the floor"), so it pays where many
 	// application instances share one Redis primary and Redis is the limit.
 	// Without AutoPipeline or an AutoPipeliner as Scripter its commands are
 	// not batched with other calls', and it costs Redis more, not less.
@@ -198,14 +198,11 @@ func New(c redis.UniversalClient, o Options) *Store {
 	if s.sc == nil && o.AutoPipeline {
 		var ap *redis.AutoPipeliner
 		var err error
-		switch c := c.(type) {
-		case *redis.Client:
-			if o.NativeBegin {
-				ap, err = c.AsyncAutoPipeline()
-			} else {
-				ap, err = c.AutoPipeline()
-			}
-		case *redis.ClusterClient:
+		// *redis.Client and *redis.ClusterClient.
+		if c, ok := c.(interface {
+			AutoPipeline() (*redis.AutoPipeliner, error)
+			AsyncAutoPipeline() (*redis.AutoPipeliner, error)
+		}); ok {
 			if o.NativeBegin {
 				ap, err = c.AsyncAutoPipeline()
 			} else {
