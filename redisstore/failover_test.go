@@ -42,7 +42,7 @@ func needBinary(t *testing.T, name string) string {
 // owned by the test: its processes are killed at cleanup.
 type failoverCluster struct {
 	addrs []string
-	procs map[string]*exec.Cmd
+	procs map[string]*redisProc
 }
 
 // newFailoverCluster starts 6 cluster-enabled redis-servers on free ports
@@ -51,37 +51,38 @@ type failoverCluster struct {
 func newFailoverCluster(t *testing.T) *failoverCluster {
 	server := needBinary(t, "redis-server")
 	cli := needBinary(t, "redis-cli")
-	fc := &failoverCluster{procs: map[string]*exec.Cmd{}}
+	fc := &failoverCluster{procs: map[string]*redisProc{}}
 	t.Cleanup(func() {
 		for _, p := range fc.procs {
-			_ = p.Process.Kill()
-			_ = p.Wait()
+			p.kill()
 		}
 	})
 	for i := range 6 {
-		port := freeTCPPort(t)
 		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
-			"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
-			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-			"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
-			"--enable-debug-command", "yes")
-		if err := cmd.Start(); err != nil {
+		var err error
+		for range 5 { // a port picked free may be taken by the time the node binds it
+			port := freeClusterPort(t)
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+			var p *redisProc
+			p, err = startRedisProc(server, addr, filepath.Join(dir, "redis.log"), 10*time.Second,
+				"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+				"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
+				"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+				"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
+				"--enable-debug-command", "yes")
+			if err == nil {
+				fc.procs[addr] = p
+				fc.addrs = append(fc.addrs, addr)
+				break
+			}
+			_ = os.Remove(filepath.Join(dir, "nodes.conf"))
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		fc.procs[addr] = cmd
-		fc.addrs = append(fc.addrs, addr)
-	}
-	for _, a := range fc.addrs {
-		waitFor(t, 10*time.Second, "redis-server "+a+" answers", func() bool {
-			c := redis.NewClient(&redis.Options{Addr: a})
-			defer c.Close()
-			return c.Ping(context.Background()).Err() == nil
-		})
 	}
 	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, fc.addrs...), "--cluster-replicas", "1", "--cluster-yes")...).CombinedOutput()
 	if err != nil {
@@ -124,15 +125,8 @@ func (fc *failoverCluster) replicaOf(t *testing.T, addr string) string {
 	return ""
 }
 
-func freeTCPPort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
+// waitFor polls ok every few milliseconds and fails the test when it is
+// not true within d.
 func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -199,7 +193,7 @@ func TestClusterFailoverServedAgain(t *testing.T) {
 	}
 
 	killed := time.Now()
-	if err := fc.procs[victim].Process.Signal(syscall.SIGKILL); err != nil {
+	if err := fc.procs[victim].signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 

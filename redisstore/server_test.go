@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -32,7 +33,7 @@ type server struct {
 	dir  string
 	port int
 	args []string
-	cmd  *exec.Cmd
+	proc *redisProc // nil while the server is down
 }
 
 // redisBinary returns the redis-server executable; it skips the test when
@@ -49,24 +50,59 @@ func redisBinary(t *testing.T) string {
 	return bin
 }
 
-// freePort returns a loopback port nobody listens on right now.
+// freePort returns a loopback port that was free a moment ago. It is
+// picked in 20000-31999, below Linux's ephemeral range (32768-60999 by
+// default), so that no outgoing connection or port-0 listener of the machine
+// takes it between the check and the server's bind, or while a restarted
+// server is down; the shared test servers use 15432, 16379 and 17001-17003.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return pickPort(t, 20000, 12000)
+}
+
+// freeClusterPort returns a port p in 20000-22767 such that p and p+10000,
+// a cluster node's bus port, were both free a moment ago: both lie below
+// the ephemeral range.
+func freeClusterPort(t *testing.T) int {
+	t.Helper()
+	return pickPort(t, 20000, 2768, 10000)
+}
+
+// pickPort returns a random port in [lo, lo+n) that, and each port+offset,
+// can be listened on right now.
+func pickPort(t *testing.T, lo, n int, offsets ...int) int {
+	t.Helper()
+next:
+	for range 500 {
+		port := lo + rand.IntN(n)
+		for _, off := range append([]int{0}, offsets...) {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+off))
+			if err != nil {
+				continue next
+			}
+			l.Close()
+		}
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free port in %d-%d (offsets %v)", lo, lo+n-1, offsets)
+	return 0
 }
 
 // startServer starts a dedicated redis-server; it is killed at cleanup.
+// A port taken between the check and the bind costs another pick.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
-	s := &server{t: t, bin: redisBinary(t), dir: t.TempDir(), port: freePort(t), args: args}
-	s.start()
+	s := &server{t: t, bin: redisBinary(t), dir: t.TempDir(), args: args}
 	t.Cleanup(s.kill)
-	return s
+	var err error
+	for range 5 {
+		s.port = freePort(t)
+		if err = s.tryStart(); err == nil {
+			return s
+		}
+	}
+	t.Fatal(err)
+	return nil
 }
 
 func (s *server) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
@@ -75,22 +111,65 @@ func (s *server) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 // answers PING.
 func (s *server) start() {
 	s.t.Helper()
+	if err := s.tryStart(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *server) tryStart() error {
 	args := append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir}, s.args...)
-	cmd := exec.Command(s.bin, args...)
-	log, err := os.OpenFile(filepath.Join(s.dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	p, err := startRedisProc(s.bin, s.addr(), filepath.Join(s.dir, "redis.log"), 5*time.Second, args...)
+	s.proc = p
+	return err
+}
+
+// kill stops the process with SIGKILL (a crash, not a shutdown).
+func (s *server) kill() {
+	if s.proc == nil {
+		return
+	}
+	s.proc.kill()
+	s.proc = nil
+}
+
+// redisProc is a redis-server process started by a test.
+type redisProc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited and is reaped
+}
+
+// startRedisProc starts bin with args, which must name addr's port, with
+// its output appended to logPath, and waits until addr answers PING. It
+// fails, with the log, when the process exits first (a port taken since it
+// was picked, say) or does not answer within d; the process is then gone.
+func startRedisProc(bin, addr, logPath string, d time.Duration, args ...string) (*redisProc, error) {
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		s.t.Fatal(err)
+		return nil, err
 	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
+	err = cmd.Start()
 	log.Close()
-	s.cmd = cmd
-	deadline := time.Now().Add(5 * time.Second)
+	if err != nil {
+		return nil, err
+	}
+	p := &redisProc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	fail := func(what string) (*redisProc, error) {
+		p.kill()
+		b, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("redis-server on %s %s:\n%s", addr, what, b)
+	}
+	deadline := time.Now().Add(d)
 	for {
-		c, err := net.DialTimeout("tcp", s.addr(), 100*time.Millisecond)
+		select {
+		case <-p.done:
+			return fail("exited: " + cmd.ProcessState.String())
+		default:
+		}
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			_, _ = c.Write([]byte("PING\r\n"))
 			buf := make([]byte, 7)
@@ -98,25 +177,23 @@ func (s *server) start() {
 			_, err = io.ReadFull(c, buf)
 			c.Close()
 			if err == nil && string(buf) == "+PONG\r\n" {
-				return
+				return p, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			s.t.Fatalf("redis-server on %s did not start: %v\n%s", s.addr(), err, b)
+			return fail(fmt.Sprintf("did not answer PING within %v (%v)", d, err))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// kill stops the process with SIGKILL (a crash, not a shutdown).
-func (s *server) kill() {
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
-	s.cmd = nil
+// signal sends sig to the process.
+func (p *redisProc) signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// kill stops the process with SIGKILL and waits until it is reaped.
+func (p *redisProc) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
 }
 
 // client returns a client for the server with short timeouts, closed at

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -35,16 +36,22 @@ func needRedisServer(t *testing.T) string {
 	return ""
 }
 
-// freePort returns a TCP port on loopback that nothing listened on a
-// moment ago.
+// freePort returns a loopback port that nothing listened on a moment ago.
+// It is picked in 20000-31999, below Linux's ephemeral range (32768-60999
+// by default), so that no outgoing connection or port-0 listener of the
+// machine takes it before the server binds it.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 500 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 20000-31999")
+	return 0
 }
 
 // sentinelSetup is a Redis master with 2 replicas and 3 sentinels that
