@@ -6,7 +6,6 @@ require (
 	github.com/idemkit/idem v0.0.0-00010101000000-000000000000
 	github.com/idemkit/idem/pgxstore v0.0.0-00010101000000-000000000000
 	github.com/jackc/pgx/v5 v5.12.0
-	go.uber.org/goleak v1.3.0
 )
 
 require (

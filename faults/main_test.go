@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/idemkit/idem/internal/leakcheck"
 )
 
 // proxyBin is the idemproxy binary built once by TestMain; the scenarios
@@ -48,11 +48,11 @@ func TestMain(m *testing.M) {
 		return m.Run()
 	}()
 	if code == 0 {
-		// goleak.VerifyTestMain, but with the temp dir removed afterwards:
+		// leakcheck.VerifyTestMain, but with the temp dir removed afterwards:
 		// the harness (upstreams, clients, process waiters) must leave no
 		// goroutine behind.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
+		if err := leakcheck.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "leakcheck:", err)
 			code = 1
 		}
 	}

@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/leakcheck"
 	"github.com/idemkit/idem/internal/testenv"
 	"github.com/idemkit/idem/redisstore"
 	"github.com/idemkit/idem/storetest"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 )
 
 // quiet drops go-redis's log lines (dial failures are expected in the
@@ -25,7 +25,7 @@ func (quiet) Printf(context.Context, string, ...any) {}
 
 func TestMain(m *testing.M) {
 	redis.SetLogger(quiet{})
-	goleak.VerifyTestMain(m)
+	leakcheck.VerifyTestMain(m)
 }
 
 // standalone returns a client for IDEM_REDIS_ADDR (skip, or fail under CI,

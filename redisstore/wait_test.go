@@ -119,7 +119,7 @@ func TestWaitPolling(t *testing.T) {
 	}
 }
 
-// TestWaitAfterClose: Close stops the subscription (goleak checks the
+// TestWaitAfterClose: Close stops the subscription (leakcheck checks the
 // goroutines) and Wait falls back to polling.
 func TestWaitAfterClose(t *testing.T) {
 	ctx := context.Background()

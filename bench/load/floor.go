@@ -9,7 +9,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/idemhttp"
 )
 
 // floorClient is the -lib row that is not a store: the idemhttp middleware
@@ -63,7 +62,5 @@ func floorHandler(addr, prefix string) (http.Handler, func(), error) {
 	if prefix == "" {
 		prefix = "floor:"
 	}
-	scope := &idemhttp.IdentityScope{Secret: []byte("bench-load-" + scopeSecret)}
-	mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: &floorStore{c: ap, prefix: prefix}}, Scope: scope.Scope}
-	return mw.Handler(upstreamHandler()), func() { rc.Close() }, nil
+	return libMiddleware(&floorStore{c: ap, prefix: prefix}), func() { rc.Close() }, nil
 }

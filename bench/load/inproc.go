@@ -17,6 +17,7 @@ import (
 	"github.com/idemkit/idem/bench/internal/redisclient"
 	"github.com/idemkit/idem/bench/internal/redisinfo"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/memstore"
 	"github.com/idemkit/idem/redisstore"
 )
 
@@ -26,24 +27,38 @@ import (
 // handler in the same kind of process without the layer: the share of its
 // rate the layer keeps.
 
-// libClients are the clients -lib accepts: redisstore's, and the floor row
-// (floor.go), which is not a store.
-var libClients = append(append([]string{}, redisclient.Names...), floorClient)
+// libClients are the clients -lib accepts: redisstore's, the floor row
+// (floor.go), which is not a store, and memoryClient.
+var libClients = append(append([]string{}, redisclient.Names...), floorClient, memoryClient)
+
+// memoryClient is the -lib row without Redis: the same middleware on
+// memstore, in process. What it loses against the bare server is the
+// middleware's own price; what the Redis rows lose beyond it is the store's.
+const memoryClient = "memory"
 
 // libHandler is the "lib" role's handler: upstreamHandler behind
 // idemhttp.Middleware on redisstore with client, keys under prefix
 // (redisstore's default when empty).
 func libHandler(client, addr, prefix string) (http.Handler, func(), error) {
-	if client == floorClient {
+	switch client {
+	case floorClient:
 		return floorHandler(addr, prefix)
+	case memoryClient:
+		return libMiddleware(memstore.New(memstore.Options{})), func() {}, nil
 	}
 	c, err := redisclient.Open(context.Background(), client, addr, 0, redisstore.Options{Prefix: prefix})
 	if err != nil {
 		return nil, nil, fmt.Errorf("-lib-client %s: %w", client, err)
 	}
+	return libMiddleware(c.Store), c.Close, nil
+}
+
+// libMiddleware is upstreamHandler behind the idemhttp middleware on st,
+// as every library row serves it.
+func libMiddleware(st idem.Store) http.Handler {
 	scope := &idemhttp.IdentityScope{Secret: []byte("bench-load-" + scopeSecret)}
-	mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: c.Store}, Scope: scope.Scope}
-	return mw.Handler(upstreamHandler()), c.Close, nil
+	mw := &idemhttp.Middleware{Keeper: &idem.Keeper{Store: st}, Scope: scope.Scope}
+	return mw.Handler(upstreamHandler())
 }
 
 // redisProbe reads the Redis server's command counts and the memory of the

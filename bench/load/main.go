@@ -118,7 +118,7 @@ func run(args []string, stdout io.Writer) error {
 	fs.IntVar(&c.keys, "keys", 1000, "keys executed before a replay scenario")
 	fs.StringVar(&c.drive, "drive", "", "only drive the server at `URL` (e.g. an idemproxy under a profiler) with the load of one scenario for -duration, and print its rate")
 	fs.BoolVar(&c.replay, "replay", false, "with -drive: the replay scenario instead of unique keys")
-	fs.StringVar(&c.lib, "lib", strings.Join(libClients, ","), "Redis clients of the in-process library rows (idemhttp + redisstore in the upstream's own server; needs -redis): "+strings.Join(libClients, ", ")+" (floor: not a store, two plain SETs, see floor.go); empty for none")
+	fs.StringVar(&c.lib, "lib", strings.Join(libClients, ","), "Redis clients of the in-process library rows (idemhttp + redisstore in the upstream's own server; needs -redis): "+strings.Join(libClients, ", ")+" (floor: not a store, two plain SETs, see floor.go; memory: the middleware on memstore, no Redis); empty for none")
 	fs.StringVar(&c.libClient, "lib-client", "", "internal: the Redis client of -role lib")
 	fs.StringVar(&c.libPrefix, "lib-prefix", "", "internal: the redisstore key prefix of -role lib (default redisstore's)")
 	if err := fs.Parse(args); err != nil {
@@ -427,6 +427,8 @@ type scenario struct {
 	lib, probe  bool
 	commands    map[string]float64
 	recordBytes float64
+	// keyPrefix starts the Redis keys of the scenario's records.
+	keyPrefix string
 }
 
 // proxyBinary is an idemproxy binary under test.
@@ -511,11 +513,14 @@ func bench(c config, stdout io.Writer) error {
 	}
 	defer pooled.stop()
 
-	// Every Redis key of this run (idemproxy's and the library rows')
-	// starts with keyPrefix, as long as redisstore's default "idem:" so
-	// that the records are the size users get: the probe samples them and
-	// the clean-up deletes them by it.
-	keyPrefix := "b" + randHex()[:3] + ":"
+	// Every Redis key of this run starts with keyBase: the clean-up
+	// deletes them by it. idemproxy's keys start with keyPrefix, each
+	// library row's with its own (libPrefix), all as long as redisstore's
+	// default "idem:" so that the records are the size users get, and the
+	// probe samples each row's own.
+	keyBase := "b" + randHex()[:2]
+	keyPrefix := keyBase + "_:"
+	libPrefix := func(row int) string { return keyBase + strconv.FormatInt(int64(row%36), 36) + ":" }
 	scenarios := []*scenario{
 		{name: "direct upstream", target: upURL, pid: up.cmd.Process.Pid, mallocs: upURL + mallocsPath},
 		{name: "plain ReverseProxy", target: "http://" + plain.addr, pid: plain.cmd.Process.Pid, mallocs: "http://" + plain.addr + mallocsPath},
@@ -584,7 +589,7 @@ func bench(c config, stdout io.Writer) error {
 		}
 		ss := idemScenarios(s, bins, servers, group)
 		for _, sc := range ss {
-			sc.probe = s == "redis"
+			sc.probe, sc.keyPrefix = s == "redis", keyPrefix
 		}
 		scenarios = append(scenarios, ss...)
 		group += 2
@@ -599,17 +604,18 @@ func bench(c config, stdout io.Writer) error {
 		rc := redis.NewClient(&redis.Options{Addr: c.redisAddr})
 		defer rc.Close()
 		probe = &redisProbe{c: rc}
-		defer probe.cleanup(context.Background(), keyPrefix+"*")
+		defer probe.cleanup(context.Background(), keyBase+"*")
 	}
 	if c.lib != "" {
 		if probe == nil {
 			fmt.Fprintln(os.Stderr, "load: skipping the library rows (set IDEM_REDIS_ADDR or -redis)")
 		} else {
-			for _, lc := range strings.Split(c.lib, ",") {
+			for row, lc := range strings.Split(c.lib, ",") {
 				if !slices.Contains(libClients, lc) {
 					return fmt.Errorf("-lib: unknown client %q (want %s)", lc, strings.Join(libClients, ", "))
 				}
-				p, err := startRole("lib", "-lib-client", lc, "-redis", c.redisAddr, "-lib-prefix", keyPrefix)
+				rowPrefix := libPrefix(row)
+				p, err := startRole("lib", "-lib-client", lc, "-redis", c.redisAddr, "-lib-prefix", rowPrefix)
 				if err != nil {
 					return err
 				}
@@ -620,7 +626,8 @@ func bench(c config, stdout io.Writer) error {
 						kind = "replays"
 					}
 					scenarios = append(scenarios, &scenario{name: "library redis (" + lc + "), " + kind, target: "http://" + p.addr,
-						pid: p.cmd.Process.Pid, mallocs: "http://" + p.addr + mallocsPath, replay: replay, lib: true, probe: true})
+						pid: p.cmd.Process.Pid, mallocs: "http://" + p.addr + mallocsPath, replay: replay, lib: true,
+						probe: lc != memoryClient, keyPrefix: rowPrefix})
 				}
 			}
 		}
@@ -669,7 +676,7 @@ func bench(c config, stdout io.Writer) error {
 				}
 				s.commands = commandDelta(cmds0, cmds1, res.n+int(res.errors))
 				if !s.replay {
-					b, n, err := probe.recordBytes(context.Background(), keyPrefix, 200)
+					b, n, err := probe.recordBytes(context.Background(), s.keyPrefix, 200)
 					if err != nil {
 						return err
 					}

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/idemkit/idem/internal/leakcheck"
 )
 
 // bin is the idemproxy binary built once by TestMain for the end-to-end
@@ -44,10 +44,10 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	if code == 0 {
-		// goleak.VerifyTestMain, but with the temp dir removed afterwards:
+		// leakcheck.VerifyTestMain, but with the temp dir removed afterwards:
 		// the in-process tests of run() must leave no goroutine behind.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
+		if err := leakcheck.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "leakcheck:", err)
 			code = 1
 		}
 	}

@@ -147,7 +147,7 @@ func TestVersion(t *testing.T) {
 
 // TestRunInProcess runs run() in the test process: it serves, replays, and
 // returns nil once ctx is canceled, leaving no goroutine behind (TestMain
-// checks with goleak).
+// checks with leakcheck).
 func TestRunInProcess(t *testing.T) {
 	withEnv(t, nil)
 	var calls atomic.Int32

@@ -13,16 +13,16 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemmsg"
 	"github.com/idemkit/idem/idemmsg/redisstreams"
+	"github.com/idemkit/idem/internal/leakcheck"
 	"github.com/idemkit/idem/internal/testenv"
 	"github.com/idemkit/idem/redisstore"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
 
 var errBoom = errors.New("boom")
 

@@ -4,7 +4,11 @@
 // retry while goroutines wind down), in the standard library only: a test
 // dependency of the core module would be a requirement line in its go.mod,
 // and so a module in every user's build list (see docs/decisions.md). The
-// other modules of the repository use goleak itself.
+// modules whose tests close go-redis clients after failed dials use it too
+// (redisstore, redisstreams, idemproxy, faults): go-redis's pool probes a
+// failed dial again a second later before it notices the Close, longer than
+// goleak's own retries wait, and Find waits up to 5 s. The other modules of
+// the repository use goleak itself.
 package leakcheck
 
 import (

@@ -5,9 +5,14 @@
 package redistest
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -25,25 +30,59 @@ func Server(t testing.TB) string {
 		}
 		t.Skip("redis-server not found; run scripts/test.sh, which installs it")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var lastErr error
+	for range 5 { // a port picked free may be taken by the time the server binds it
+		addr, stop, err := start(bin, t.TempDir())
+		if err == nil {
+			t.Cleanup(stop)
+			return addr
+		}
+		lastErr = err
 	}
-	addr := ln.Addr().String()
-	_, port, _ := net.SplitHostPort(addr)
-	ln.Close()
+	t.Fatal(lastErr)
+	return ""
+}
+
+// start starts redis-server on a port that was free a moment ago, picked
+// in 20000-31999, below Linux's ephemeral range (32768-60999 by default),
+// so that no outgoing connection of the machine takes it first; it fails
+// when the server exits (the port was taken after all) or does not answer
+// PING within 10 s.
+func start(bin, dir string) (addr string, stop func(), err error) {
+	port := ""
+	for range 500 {
+		p := strconv.Itoa(20000 + rand.IntN(12000))
+		ln, err := net.Listen("tcp", "127.0.0.1:"+p)
+		if err == nil {
+			ln.Close()
+			port = p
+			break
+		}
+	}
+	if port == "" {
+		return "", nil, errors.New("redistest: no free port in 20000-31999")
+	}
+	addr = "127.0.0.1:" + port
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir(), "--logfile", "")
-	cmd.Stdout, cmd.Stderr = nil, nil
+		"--dir", dir, "--logfile", "")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
-	t.Cleanup(func() {
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	stop = func() {
 		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
+		<-done
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		select {
+		case <-done:
+			return "", nil, fmt.Errorf("redis-server on %s exited: %v\n%s", addr, cmd.ProcessState, out.String())
+		default:
+		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			_, werr := c.Write([]byte("PING\r\n"))
@@ -52,11 +91,12 @@ func Server(t testing.TB) string {
 			n, rerr := c.Read(buf)
 			c.Close()
 			if werr == nil && rerr == nil && string(buf[:n]) == "+PONG\r\n" {
-				return addr
+				return addr, stop, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s did not answer PING within 10s: %v", addr, err)
+			stop()
+			return "", nil, fmt.Errorf("redis-server on %s did not answer PING within 10s: %v", addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
