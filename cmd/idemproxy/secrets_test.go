@@ -25,12 +25,7 @@ func startPasswordRedis(t *testing.T, password string) string {
 		}
 		t.Skipf("redis-server not found: %v", err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := freePort(t) // below the ephemeral range: no outgoing connection takes it first
 	dir := t.TempDir()
 	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--save", "", "--appendonly", "no", "--requirepass", password, "--logfile", filepath.Join(dir, "log"))
