@@ -38,7 +38,8 @@ const memoryClient = "memory"
 
 // libHandler is the "lib" role's handler: upstreamHandler behind
 // idemhttp.Middleware on redisstore with client, keys under prefix
-// (redisstore's default when empty).
+// (redisstore's default when empty); for floorClient on floorStore, for
+// memoryClient on memstore.
 func libHandler(client, addr, prefix string) (http.Handler, func(), error) {
 	switch client {
 	case floorClient:
