@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/internal/testenv"
 )
 
 // scopeSecret is the scope secret the scenarios give every proxy on a
@@ -169,26 +169,9 @@ func scanKeys(addr string) ([]string, error) {
 
 // ---- Redis Cluster ----
 
-// freeClusterPort is freePort for a cluster node: the port in 20000-22767
-// and its bus port (port+10000, in 30000-32767) both free a moment ago,
-// both below Linux's ephemeral range.
-func freeClusterPort() (int, error) {
-	for range 200 {
-		port := 20000 + rand.IntN(2768)
-		l1, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+10000))
-		l1.Close()
-		if err != nil {
-			continue
-		}
-		l2.Close()
-		return port, nil
-	}
-	return 0, errors.New("no free port pair in 20000-22767 / 30000-32767")
-}
+// freeClusterPort is freePort for a cluster node: the port and its bus
+// port (port+10000) both free a moment ago, both below the ephemeral range.
+func freeClusterPort() (int, error) { return testenv.PickPort(10000) }
 
 // haRedisArgs are the persistence and replication flags of every node of
 // the HA scenarios (cluster nodes, sentinel-managed servers).

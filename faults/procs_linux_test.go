@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -25,6 +24,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/idemkit/idem/internal/testenv"
 )
 
 const scenariosSupported = true
@@ -253,23 +254,10 @@ func cleanEnv() []string {
 }
 
 // freePort returns a loopback port that was free a moment ago, for a
-// server that must come back on the same port after a crash. It is picked
-// in 20000-31999, below Linux's ephemeral range (32768-60999 by default), so
-// that no port-0 listener or outgoing connection of the machine takes it
-// while the server is down; the shared test servers use 15432, 16379 and
-// 17001-17003.
-func freePort() (int, error) {
-	for range 200 {
-		port := 20000 + rand.IntN(12000)
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return port, nil
-	}
-	return 0, errors.New("no free port in 20000-31999")
-}
+// server that must come back on the same port after a crash: below the
+// machine's ephemeral range (testenv.PickPort), so that nothing else takes
+// it while the server is down.
+func freePort() (int, error) { return testenv.PickPort() }
 
 // ---- idemproxy ----
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/testenv"
 	"github.com/idemkit/idem/redisstore"
 	"github.com/redis/go-redis/v9"
 )
@@ -64,7 +65,7 @@ func newFailoverCluster(t *testing.T) *failoverCluster {
 		}
 		var err error
 		for range 5 { // a port picked free may be taken by the time the node binds it
-			port := freeClusterPort(t)
+			port := testenv.FreePort(t, 10000) // and its bus port, port+10000
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 			var p *redisProc
 			p, err = startRedisProc(server, addr, filepath.Join(dir, "redis.log"), 10*time.Second,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/internal/testenv"
 	"github.com/idemkit/idem/redisstore"
 	"github.com/redis/go-redis/v9"
 )
@@ -50,43 +50,10 @@ func redisBinary(t *testing.T) string {
 	return bin
 }
 
-// freePort returns a loopback port that was free a moment ago. It is
-// picked in 20000-31999, below Linux's ephemeral range (32768-60999 by
-// default), so that no outgoing connection or port-0 listener of the machine
-// takes it between the check and the server's bind, or while a restarted
-// server is down; the shared test servers use 15432, 16379 and 17001-17003.
-func freePort(t *testing.T) int {
-	t.Helper()
-	return pickPort(t, 20000, 12000)
-}
-
-// freeClusterPort returns a port p in 20000-22767 such that p and p+10000,
-// a cluster node's bus port, were both free a moment ago: both lie below
-// the ephemeral range.
-func freeClusterPort(t *testing.T) int {
-	t.Helper()
-	return pickPort(t, 20000, 2768, 10000)
-}
-
-// pickPort returns a random port in [lo, lo+n) that, and each port+offset,
-// can be listened on right now.
-func pickPort(t *testing.T, lo, n int, offsets ...int) int {
-	t.Helper()
-next:
-	for range 500 {
-		port := lo + rand.IntN(n)
-		for _, off := range append([]int{0}, offsets...) {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+off))
-			if err != nil {
-				continue next
-			}
-			l.Close()
-		}
-		return port
-	}
-	t.Fatalf("no free port in %d-%d (offsets %v)", lo, lo+n-1, offsets)
-	return 0
-}
+// freePort returns a loopback port that was free a moment ago, below the
+// machine's ephemeral range (testenv.PickPort), so that nothing else takes
+// it while a restarted server is down.
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // startServer starts a dedicated redis-server; it is killed at cleanup.
 // A port taken between the check and the bind costs another pick.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/testenv"
 )
 
 // needRedisServer returns the path of redis-server: a missing one skips
@@ -36,23 +36,9 @@ func needRedisServer(t *testing.T) string {
 	return ""
 }
 
-// freePort returns a loopback port that nothing listened on a moment ago.
-// It is picked in 20000-31999, below Linux's ephemeral range (32768-60999
-// by default), so that no outgoing connection or port-0 listener of the
-// machine takes it before the server binds it.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 500 {
-		port := 20000 + rand.IntN(12000)
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err == nil {
-			l.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port in 20000-31999")
-	return 0
-}
+// freePort returns a loopback port that nothing listened on a moment ago,
+// below the machine's ephemeral range (testenv.PickPort).
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // sentinelSetup is a Redis master with 2 replicas and 3 sentinels that
 // monitor it as "m", owned by the test: its processes are killed at

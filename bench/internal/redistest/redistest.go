@@ -6,15 +6,15 @@ package redistest
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem/internal/testenv"
 )
 
 // Server starts a redis-server with no persistence on a free loopback port,
@@ -43,25 +43,16 @@ func Server(t testing.TB) string {
 	return ""
 }
 
-// start starts redis-server on a port that was free a moment ago, picked
-// in 20000-31999, below Linux's ephemeral range (32768-60999 by default),
-// so that no outgoing connection of the machine takes it first; it fails
+// start starts redis-server on a port that was free a moment ago, below
+// the machine's ephemeral range (testenv.PickPort); it fails
 // when the server exits (the port was taken after all) or does not answer
 // PING within 10 s.
 func start(bin, dir string) (addr string, stop func(), err error) {
-	port := ""
-	for range 500 {
-		p := strconv.Itoa(20000 + rand.IntN(12000))
-		ln, err := net.Listen("tcp", "127.0.0.1:"+p)
-		if err == nil {
-			ln.Close()
-			port = p
-			break
-		}
+	p, err := testenv.PickPort()
+	if err != nil {
+		return "", nil, err
 	}
-	if port == "" {
-		return "", nil, errors.New("redistest: no free port in 20000-31999")
-	}
+	port := strconv.Itoa(p)
 	addr = "127.0.0.1:" + port
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", dir, "--logfile", "")
