@@ -103,14 +103,20 @@ func (p *redisProbe) cleanup(ctx context.Context, pattern string) {
 }
 
 // commandDelta is the commands per request between two commandstats reads.
+// It leaves out the probe's own commands and a client's connection
+// handshake (rueidis may open a connection in the middle of a measurement),
+// which no request causes.
 func commandDelta(before, after map[string]int64, requests int) map[string]float64 {
 	out := map[string]float64{}
 	if requests <= 0 {
 		return out
 	}
 	for k, v := range after {
-		if k == "info" || k == "scan" || k == "memory|usage" {
-			continue // the probe's own
+		switch k {
+		case "info", "scan", "memory|usage": // the probe's own
+			continue
+		case "hello", "auth", "select", "client|setinfo", "client|setname", "client|tracking": // a new connection's
+			continue
 		}
 		if d := float64(v-before[k]) / float64(requests); d >= 0.005 {
 			out[k] = d

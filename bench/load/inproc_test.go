@@ -90,7 +90,7 @@ func TestLibHandler(t *testing.T) {
 }
 
 func TestCommandDelta(t *testing.T) {
-	d := commandDelta(map[string]int64{"get": 10, "info": 1}, map[string]int64{"get": 30, "set": 10, "info": 9, "scan": 4}, 10)
+	d := commandDelta(map[string]int64{"get": 10, "info": 1}, map[string]int64{"get": 30, "set": 10, "info": 9, "scan": 4, "hello": 1, "client|setinfo": 2}, 10)
 	if len(d) != 2 || d["get"] != 2 || d["set"] != 1 {
 		t.Fatalf("delta %v", d)
 	}
